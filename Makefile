@@ -1,0 +1,45 @@
+# xlir: `make demo` (index the sample corpus, serve, query over REST) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+XLIR := $(VENV)/bin/xlir
+# CPU build of PyTorch (the plain name would pull a multi-GB CUDA build); override on a GPU machine.
+TORCH_SPEC ?= torch==2.13.0
+DEMO_DIR ?= .demo
+DEMO_PORT ?= 8765
+
+.PHONY: setup install models demo test test-fast lint bench-demo clean
+
+setup: install models
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+models: install
+	$(XLIR) models fetch e5-small
+
+demo: setup
+	$(XLIR) index data/sample/corpus.jsonl --out $(DEMO_DIR)/index --overwrite
+	$(PY) -m xlir.demo --index $(DEMO_DIR)/index --port $(DEMO_PORT)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy app indexer models xlir
+
+bench-demo: setup
+	$(PY) -m benchmarks.demo_speed --out benchmarks/results/demo_speed.json
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,119 @@
+"""Micro-batching of query encodings across concurrent requests.
+
+Requests put their text on a bounded queue and await a future. One worker takes the first waiting
+text, gathers more until ``max_batch`` texts or ``max_wait_ms`` have passed, encodes them in one call in
+a worker thread (the event loop never blocks on the model) and resolves every future. A full queue
+answers :class:`Overloaded` at once instead of piling requests up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from xlir.errors import Overloaded
+
+log = logging.getLogger(__name__)
+
+EncodeFn = Callable[[Sequence[str]], np.ndarray]
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    texts: int = 0
+    max_batch_seen: int = 0
+
+
+class QueryBatcher:
+    def __init__(self, encode: EncodeFn, max_batch: int = 32, max_wait_ms: float = 2.0, max_queue: int = 1024) -> None:
+        if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
+            raise ValueError("max_batch and max_queue must be >= 1, max_wait_ms >= 0")
+        self._encode = encode
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self.stats = BatchStats()
+        self._queue: asyncio.Queue[tuple[str, asyncio.Future[np.ndarray]]] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xlir-encode")
+
+    async def start(self) -> None:
+        if self._worker is None:
+            self._queue = asyncio.Queue(maxsize=self.max_queue)
+            self._worker = asyncio.create_task(self._run(), name="xlir-query-batcher")
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        if self._queue is not None:
+            while not self._queue.empty():
+                _, fut = self._queue.get_nowait()
+                if not fut.done():
+                    fut.set_exception(Overloaded("server is shutting down"))
+        self._pool.shutdown(wait=False)
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize() if self._queue is not None else 0
+
+    async def encode(self, text: str) -> np.ndarray:
+        if self._queue is None:
+            raise RuntimeError("QueryBatcher.start() was not awaited")
+        fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait((text, fut))
+        except asyncio.QueueFull:
+            raise Overloaded(f"query queue is full ({self.max_queue} waiting); retry later") from None
+        return await fut
+
+    async def _gather(self) -> list[tuple[str, asyncio.Future[np.ndarray]]]:
+        assert self._queue is not None
+        batch = [await self._queue.get()]
+        deadline = time.monotonic() + self.max_wait
+        while len(batch) < self.max_batch:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._gather()
+            live = [(t, f) for t, f in batch if not f.cancelled()]
+            if not live:
+                continue
+            try:
+                vecs = await loop.run_in_executor(self._pool, self._encode, [t for t, _ in live])
+            except Exception as exc:  # every waiting request gets the failure, the worker keeps going
+                log.exception("query encoding failed")
+                for _, fut in live:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            self.stats.batches += 1
+            self.stats.texts += len(live)
+            self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(live))
+            for (_, fut), vec in zip(live, vecs, strict=True):
+                if not fut.done():
+                    fut.set_result(vec)

@@ -1,0 +1,28 @@
+"""Typed dependencies; tests replace them with ``app.dependency_overrides``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.service import SearchService
+from app.state import AppState
+from xlir.errors import IndexNotReady
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.state.xlir
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def get_service(state: StateDep) -> SearchService:
+    if state.service is None:
+        raise IndexNotReady(state.error or "the index is not loaded yet")
+    return state.service
+
+
+ServiceDep = Annotated[SearchService, Depends(get_service)]

@@ -1,0 +1,85 @@
+"""The one place where errors become HTTP answers, all with the body ``{"error": code, "detail": text}``."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from xlir.errors import (
+    BadQuery,
+    CorpusError,
+    IndexInvalid,
+    IndexNotReady,
+    ModelInvalid,
+    ModelNotFound,
+    Overloaded,
+    QueryTooLong,
+    RerankerNotConfigured,
+    XlirError,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS: dict[type[XlirError], int] = {
+    BadQuery: 422,
+    QueryTooLong: 422,
+    CorpusError: 422,
+    RerankerNotConfigured: 400,
+    Overloaded: 429,
+    IndexNotReady: 503,
+    IndexInvalid: 503,
+    ModelNotFound: 503,
+    ModelInvalid: 503,
+}
+
+
+def status_of(exc: XlirError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 400
+
+
+def error_response(status: int, code: str, detail: str) -> JSONResponse:
+    headers = {"Retry-After": "1"} if status == 429 else None
+    return JSONResponse(status_code=status, content={"error": code, "detail": detail}, headers=headers)
+
+
+def _location(loc: tuple[object, ...]) -> str:
+    return ".".join(str(p) for p in loc if p != "body") or "body"
+
+
+async def _xlir_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, XlirError)
+    return error_response(status_of(exc), exc.code, exc.detail)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    parts = []
+    for err in exc.errors():
+        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        parts.append(f"{_location(tuple(err.get('loc', ())))}: {msg}")
+    return error_response(422, "validation_error", "; ".join(parts))
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal_error", "unexpected server error; the server log has the details")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(XlirError, _xlir_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

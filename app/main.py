@@ -1,0 +1,51 @@
+"""``create_app(settings)``: the FastAPI application; everything heavy is loaded in the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypedDict
+
+from fastapi import FastAPI
+
+from app import errors
+from app.routes import router
+from app.settings import Settings
+from app.state import AppState, load_state
+from models.encoders import Encoder
+from models.rerankers import Reranker
+from xlir import __version__
+
+
+class LifespanState(TypedDict):
+    xlir: AppState
+
+
+def create_app(
+    settings: Settings | None = None, *, encoder: Encoder | None = None, reranker: Reranker | None = None
+) -> FastAPI:
+    """Build the app. ``encoder``/``reranker`` replace the ones named by the settings (tests, embedding)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[LifespanState]:
+        state = load_state(settings, encoder=encoder, reranker=reranker)
+        if state.service is not None:
+            await state.service.batcher.start()
+        try:
+            yield {"xlir": state}
+        finally:
+            if state.service is not None:
+                await state.service.batcher.close()
+                state.service.index.close()
+
+    app = FastAPI(
+        title="xlir",
+        version=__version__,
+        description="Cross-lingual retrieval: dense (multilingual encoder + FAISS shards), BM25 and hybrid "
+        "search over one index, with optional cross-encoder reranking.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(router)
+    return app

@@ -1,0 +1,46 @@
+"""HTTP routes: one call each into the services."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from app.deps import ServiceDep, StateDep
+from app.schemas import EmbedRequest, EmbedResponse, ErrorBody, Health, Ready, SearchRequest, SearchResponse
+
+router = APIRouter()
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorBody, "description": desc}
+    for code, desc in {
+        400: "rerank requested but no cross-encoder configured",
+        422: "invalid request: empty or too long query, k out of range, unknown mode/fusion/language",
+        429: "overloaded: the query queue is full",
+        503: "index or model not ready (missing, half-written, or built with another encoder)",
+    }.items()
+}
+
+
+@router.post("/search", response_model=SearchResponse, responses=ERRORS, summary="Search the index")
+async def search(req: SearchRequest, service: ServiceDep) -> SearchResponse:
+    return await service.search(req)
+
+
+@router.post("/embed", response_model=EmbedResponse, responses=ERRORS, summary="Embed texts with the encoder")
+async def embed(req: EmbedRequest, service: ServiceDep) -> EmbedResponse:
+    return await service.embed(req)
+
+
+@router.get("/health", response_model=Health, summary="Liveness: the process answers")
+async def health() -> Health:
+    return Health(status="ok")
+
+
+@router.get("/ready", response_model=Ready, responses={503: {"model": Ready}}, summary="Readiness: index loaded")
+async def ready(state: StateDep) -> JSONResponse:
+    if state.service is None:
+        return JSONResponse(status_code=503, content=Ready(ready=False, detail=state.error).model_dump())
+    svc = state.service
+    body = Ready(ready=True, docs=svc.index.size, languages=svc.index.manifest.languages,
+                 encoder=svc.encoder.name, reranker=svc.reranker.name if svc.reranker else None)
+    return JSONResponse(content=body.model_dump())

@@ -1,0 +1,114 @@
+"""Request and response models of the REST API (they are also the OpenAPI documentation)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from indexer.langid import normalize_lang
+
+
+class Mode(StrEnum):
+    dense = "dense"
+    bm25 = "bm25"
+    hybrid = "hybrid"
+
+
+class Fusion(StrEnum):
+    rrf = "rrf"
+    weighted = "weighted"
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [
+            {"query": "Which animal sleeps most of the day?", "k": 5, "mode": "hybrid"},
+            {"query": "熊猫吃什么", "k": 10, "mode": "dense", "langs": ["en", "de"]},
+            {"query": "climate change", "mode": "hybrid", "fusion": "weighted", "alpha": 0.7},
+        ]},
+    )
+
+    query: str = Field(description="free text in any language")
+    k: int = Field(10, ge=1, le=1000, description="number of results")
+    mode: Mode = Field(Mode.hybrid, description="dense, bm25 or hybrid (both, fused)")
+    fusion: Fusion = Field(Fusion.rrf, description="hybrid only: rrf or weighted")
+    rrf_k: float = Field(60.0, ge=0, le=10_000, description="RRF constant: score = sum 1/(rrf_k + rank)")
+    alpha: float = Field(0.5, ge=0, le=1, description="weighted fusion: alpha*dense + (1-alpha)*bm25 (min-max)")
+    langs: list[str] | None = Field(None, description="only return documents in these languages (ISO 639-1)")
+    rerank: bool = Field(False, description="rescore the top rerank_depth with the configured cross-encoder")
+    rerank_depth: int = Field(50, ge=1, le=1000)
+
+    @field_validator("query")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("query is empty")
+        return v
+
+    @field_validator("langs")
+    @classmethod
+    def _langs(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        if not v:
+            raise ValueError("langs must not be empty (omit it to search all languages)")
+        return sorted({normalize_lang(code) for code in v})
+
+
+class SearchHit(BaseModel):
+    id: str
+    score: float = Field(description="fused score (or the single retriever's / reranker's score)")
+    lang: str
+    title: str
+    snippet: str
+    ranks: dict[str, int | None] = Field(description="1-based rank in each retriever (null = not retrieved)")
+    scores: dict[str, float | None] = Field(description="raw score in each retriever")
+
+
+class SearchResponse(BaseModel):
+    query: str
+    mode: Mode
+    fusion: Fusion | None
+    reranked: bool
+    took_ms: float
+    results: list[SearchHit]
+
+
+class EmbedKind(StrEnum):
+    query = "query"
+    passage = "passage"
+
+
+class EmbedRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"texts": ["Wie spät ist es?", "What time is it?"], "kind": "query"}]},
+    )
+    texts: list[str] = Field(min_length=1, description="texts to embed")
+    kind: EmbedKind = Field(EmbedKind.query, description="query or passage (the encoder's prefixes differ)")
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    dim: int
+    embeddings: list[list[float]]
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    ready: bool
+    detail: str | None = None
+    docs: int | None = None
+    languages: dict[str, int] | None = None
+    encoder: str | None = None
+    reranker: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="machine-readable code, e.g. query_too_long")
+    detail: str = Field(description="what went wrong and how to fix it")

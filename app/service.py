@@ -1,0 +1,195 @@
+"""Search and embedding services: plain Python, no HTTP, testable on their own.
+
+``retrieve`` is the synchronous core (one query vector + its tokens -> fused hits) that the
+benchmarks call in-process; ``SearchService`` wraps it for the server: batched query encoding,
+dense and BM25 retrieval run concurrently in threads, optional cross-encoder reranking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from app import fusion
+from app.batching import QueryBatcher
+from app.schemas import (
+    EmbedKind,
+    EmbedRequest,
+    EmbedResponse,
+    Fusion,
+    Mode,
+    SearchHit,
+    SearchRequest,
+    SearchResponse,
+)
+from indexer.build import passage_text
+from indexer.store import Index
+from models.encoders import Encoder
+from models.rerankers import Reranker
+from xlir.errors import BadQuery, QueryTooLong, RerankerNotConfigured
+
+Tokenizer = Callable[[str], list[str]]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_query_chars: int = 2048
+    max_rerank_depth: int = 200
+    fusion_depth: int = 100
+    snippet_chars: int = 300
+    embed_max_texts: int = 64
+
+
+def candidate_depth(req: SearchRequest, limits: Limits) -> int:
+    depth = req.k
+    if req.mode is Mode.hybrid:
+        depth = max(depth, limits.fusion_depth)
+    if req.rerank:
+        depth = max(depth, req.rerank_depth)
+    return depth
+
+
+def fuse(req: SearchRequest, runs: dict[str, fusion.Run], k: int) -> list[fusion.FusedHit]:
+    if req.mode is not Mode.hybrid:
+        name = req.mode.value
+        return fusion.single(name, runs[name], k)
+    if req.fusion is Fusion.rrf:
+        return fusion.rrf(runs, k=k, rrf_k=req.rrf_k)
+    return fusion.weighted(runs, {"dense": req.alpha, "bm25": 1.0 - req.alpha}, k=k)
+
+
+def dense_run(index: Index, qvec: np.ndarray, depth: int, mask: np.ndarray | None) -> fusion.Run:
+    hits = index.dense(qvec.reshape(1, -1), depth, mask)[0]
+    return fusion.Run(hits.rows, hits.scores)
+
+
+def bm25_run(index: Index, tokens: list[str], depth: int, mask: np.ndarray | None) -> fusion.Run:
+    hits = index.bm25_search(tokens, depth, mask)
+    return fusion.Run(hits.rows, hits.scores)
+
+
+def retrieve(
+    index: Index, req: SearchRequest, qvec: np.ndarray | None, tokens: list[str] | None, limits: Limits = Limits()
+) -> list[fusion.FusedHit]:
+    """Synchronous retrieval + fusion (no reranking): the in-process path used by benchmarks."""
+    depth = candidate_depth(req, limits)
+    mask = index.lang_mask(req.langs)
+    runs: dict[str, fusion.Run] = {}
+    if req.mode in (Mode.dense, Mode.hybrid):
+        assert qvec is not None
+        runs["dense"] = dense_run(index, qvec, depth, mask)
+    if req.mode in (Mode.bm25, Mode.hybrid):
+        assert tokens is not None
+        runs["bm25"] = bm25_run(index, tokens, depth, mask)
+    return fuse(req, runs, depth)
+
+
+def snippet(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0] if " " in text[: limit] else text[:limit]
+    return cut.rstrip() + "…"
+
+
+class SearchService:
+    def __init__(
+        self,
+        index: Index,
+        encoder: Encoder,
+        batcher: QueryBatcher,
+        tokenizer: Tokenizer,
+        reranker: Reranker | None = None,
+        limits: Limits = Limits(),
+    ) -> None:
+        self.index = index
+        self.encoder = encoder
+        self.batcher = batcher
+        self.tokenize = tokenizer
+        self.reranker = reranker
+        self.limits = limits
+
+    def validate(self, req: SearchRequest) -> None:
+        if not req.query.strip():
+            raise BadQuery("query is empty")
+        if len(req.query) > self.limits.max_query_chars:
+            raise QueryTooLong(
+                f"query has {len(req.query)} characters; the limit is {self.limits.max_query_chars}")
+        if req.rerank and self.reranker is None:
+            raise RerankerNotConfigured(
+                "rerank=true but no cross-encoder is configured: start the server with "
+                "--reranker PATH (or XLIR_RERANKER) pointing to a local sentence-transformers CrossEncoder folder")
+        if req.rerank and req.rerank_depth > self.limits.max_rerank_depth:
+            raise BadQuery(f"rerank_depth {req.rerank_depth} is over the limit {self.limits.max_rerank_depth}")
+
+    async def search(self, req: SearchRequest) -> SearchResponse:
+        t0 = time.perf_counter()
+        self.validate(req)
+        depth = candidate_depth(req, self.limits)
+        mask = self.index.lang_mask(req.langs)
+        jobs: dict[str, asyncio.Future[fusion.Run] | asyncio.Task[fusion.Run]] = {}
+        if req.mode in (Mode.bm25, Mode.hybrid):
+            jobs["bm25"] = asyncio.ensure_future(asyncio.to_thread(
+                lambda: bm25_run(self.index, self.tokenize(req.query), depth, mask)))
+        if req.mode in (Mode.dense, Mode.hybrid):
+            async def dense() -> fusion.Run:
+                qvec = await self.batcher.encode(req.query)
+                return await asyncio.to_thread(dense_run, self.index, qvec, depth, mask)
+            jobs["dense"] = asyncio.ensure_future(dense())
+        try:
+            results = await asyncio.gather(*jobs.values())
+        finally:
+            for job in jobs.values():
+                job.cancel()
+        runs = dict(zip(jobs, results, strict=True))
+        runs = {name: runs[name] for name in ("dense", "bm25") if name in runs}
+        hits = fuse(req, runs, depth)
+        docs = {h.row: self.index.doc(h.row) for h in hits[: max(req.k, req.rerank_depth if req.rerank else 0)]}
+        if req.rerank:
+            hits = await asyncio.to_thread(self._rerank, req, hits[: req.rerank_depth], docs)
+        out = [
+            SearchHit(
+                id=docs[h.row]["id"], score=h.score, lang=docs[h.row]["lang"], title=docs[h.row]["title"],
+                snippet=snippet(docs[h.row]["text"], self.limits.snippet_chars), ranks=h.ranks, scores=h.scores,
+            )
+            for h in hits[: req.k]
+        ]
+        return SearchResponse(
+            query=req.query, mode=req.mode, fusion=req.fusion if req.mode is Mode.hybrid else None,
+            reranked=req.rerank, took_ms=round((time.perf_counter() - t0) * 1000, 3), results=out,
+        )
+
+    def _rerank(self, req: SearchRequest, hits: list[fusion.FusedHit], docs: dict[int, dict[str, str]]
+                ) -> list[fusion.FusedHit]:
+        assert self.reranker is not None
+        texts = [passage_text(docs[h.row]["title"], docs[h.row]["text"]) for h in hits]
+        scores = self.reranker.score(req.query, texts)
+        order = sorted(range(len(hits)), key=lambda i: (-float(scores[i]), i))
+        out = []
+        for rank, i in enumerate(order, start=1):
+            h = hits[i]
+            out.append(fusion.FusedHit(
+                row=h.row, score=float(scores[i]),
+                ranks={**h.ranks, "fused": i + 1, "rerank": rank},
+                scores={**h.scores, "fused": h.score, "rerank": float(scores[i])},
+            ))
+        return out
+
+    async def embed(self, req: EmbedRequest) -> EmbedResponse:
+        if len(req.texts) > self.limits.embed_max_texts:
+            raise BadQuery(f"{len(req.texts)} texts; the limit per request is {self.limits.embed_max_texts}")
+        for i, text in enumerate(req.texts):
+            if not text.strip():
+                raise BadQuery(f"texts[{i}] is empty")
+            if len(text) > self.limits.max_query_chars:
+                raise QueryTooLong(f"texts[{i}] has {len(text)} characters; the limit is {self.limits.max_query_chars}")
+        texts: Sequence[str] = req.texts
+        if req.kind is EmbedKind.query:
+            vecs = await asyncio.to_thread(self.encoder.encode_queries, texts)
+        else:
+            vecs = await asyncio.to_thread(self.encoder.encode_passages, texts)
+        return EmbedResponse(model=self.encoder.name, dim=self.encoder.dim,
+                             embeddings=np.asarray(vecs, dtype=np.float32).tolist())

@@ -1,0 +1,69 @@
+"""What the lifespan loads once per process: index, encoder, batcher, reranker and the services over them."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from app.batching import QueryBatcher
+from app.service import Limits, SearchService
+from app.settings import Settings
+from indexer.store import Index, open_index
+from models.encoders import Encoder, load_encoder
+from models.rerankers import CrossEncoderReranker, Reranker
+from xlir.errors import IndexInvalid, XlirError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    service: SearchService | None = None
+    error: str | None = field(default=None, metadata={"doc": "why the server is not ready"})
+
+    @property
+    def ready(self) -> bool:
+        return self.service is not None
+
+
+def check_encoder(index: Index, encoder: Encoder) -> None:
+    """The index's vectors only make sense with the encoder that produced them."""
+    vs = index.vector_set
+    if encoder.checksum != vs.encoder_checksum or encoder.dim != vs.dim:
+        raise IndexInvalid(
+            f"index {index.dir} was built with encoder {vs.encoder!r} (dim {vs.dim}, weights "
+            f"{vs.encoder_checksum[:12]}), but the server's encoder is {encoder.name!r} (dim {encoder.dim}, "
+            f"weights {encoder.checksum[:12]}): rebuild the index with this encoder or serve it with its own"
+        )
+
+
+def load_state(
+    settings: Settings, encoder: Encoder | None = None, reranker: Reranker | None = None
+) -> AppState:
+    """Load everything; an expected failure leaves a not-ready state with the reason instead of raising."""
+    from indexer.text import ANALYZER_NAME, tokenize
+
+    state = AppState(settings=settings)
+    try:
+        index = open_index(settings.index)
+        if index.manifest.bm25.analyzer != ANALYZER_NAME:
+            raise IndexInvalid(f"index {settings.index} uses the BM25 analyzer {index.manifest.bm25.analyzer!r}; "
+                               f"this xlir has {ANALYZER_NAME!r}: rebuild the index")
+        if encoder is None:
+            encoder = load_encoder(settings.model or index.vector_set.encoder, device=settings.device,
+                                   home=settings.home)
+        check_encoder(index, encoder)
+        if reranker is None and settings.reranker is not None:
+            reranker = CrossEncoderReranker(settings.reranker, device=settings.device)
+    except XlirError as exc:
+        log.error("not ready: %s", exc.detail)
+        state.error = exc.detail
+        return state
+    batcher = QueryBatcher(encoder.encode_queries, max_batch=settings.batch_max_size,
+                           max_wait_ms=settings.batch_max_wait_ms, max_queue=settings.queue_max)
+    limits = Limits(max_query_chars=settings.max_query_chars, max_rerank_depth=settings.max_rerank_depth,
+                    fusion_depth=settings.fusion_depth, snippet_chars=settings.snippet_chars,
+                    embed_max_texts=settings.embed_max_texts)
+    state.service = SearchService(index, encoder, batcher, tokenize, reranker, limits)
+    return state

@@ -1,0 +1,252 @@
+"""The offline indexing pipeline: stream documents -> docstore + embeddings + BM25 tokens -> shards.
+
+Documents are read in chunks; each chunk is embedded (length-sorted batches), appended to the current
+shard's raw vectors and docstore, and its tokens are added to the BM25 builder. When a shard is full its
+FAISS index is built from the raw vectors (mmap). Everything is written into a temporary sibling of the
+output directory, which is renamed into place only after the manifest is written: an interrupted build
+never leaves a half-built index at ``out``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import shutil
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+from tqdm import tqdm
+
+from indexer import bm25 as bm25_mod
+from indexer.dense import INDEX_TYPES, build_faiss_index
+from indexer.docstore import DocStoreWriter
+from indexer.langid import LanguageDetector, normalize_lang
+from indexer.manifest import (
+    BM25Info,
+    FileInfo,
+    Manifest,
+    ShardInfo,
+    VectorSetInfo,
+    library_versions,
+)
+from indexer.readers import Document, read_corpus
+from models.encoders import Encoder
+from models.registry import file_sha256
+from xlir.errors import CorpusError, XlirError
+
+log = logging.getLogger(__name__)
+
+VECTOR_SET = "main"
+LANGS_FILE = "langs.npy"
+
+
+@dataclass
+class BuildOptions:
+    shard_size: int = 1_000_000
+    index_type: str = "flat"
+    batch_size: int = 32
+    chunk_docs: int = 1024
+    default_lang: str | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.shard_size < 1:
+            raise XlirError("shard size must be >= 1")
+        if self.index_type not in INDEX_TYPES:
+            raise XlirError(f"unknown index type {self.index_type!r}; choose from {', '.join(INDEX_TYPES)}")
+
+
+@dataclass
+class _Timer:
+    seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def add(self, stage: str, t0: float) -> float:
+        now = time.perf_counter()
+        self.seconds[stage] += now - t0
+        return now
+
+
+def _chunks(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
+    it = iter(docs)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def passage_text(title: str, text: str) -> str:
+    """What is embedded, BM25-indexed and reranked for a document: its title (if any) and its text."""
+    return f"{title}\n{text}" if title else text
+
+
+class _ShardWriter:
+    def __init__(self, root: Path, number: int, offset: int, dim: int) -> None:
+        self.name = f"shards/{number:05d}"
+        self.dir = root / self.name
+        self.dir.mkdir(parents=True)
+        self.offset = offset
+        self.dim = dim
+        self.docs = DocStoreWriter(self.dir)
+        self._vec_fh = (self.dir / f"{VECTOR_SET}.f32").open("wb")
+        self.langs: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    def add(self, docs: Sequence[Document], langs: Sequence[str], lang_ids: Sequence[int], vecs: np.ndarray) -> None:
+        for doc, lang in zip(docs, langs, strict=True):
+            self.docs.add(doc.id, doc.title, doc.text, lang)
+        self.langs.extend(lang_ids)
+        self._vec_fh.write(np.ascontiguousarray(vecs, dtype="<f4").tobytes())
+
+    def finish(self, index_type: str) -> ShardInfo:
+        self.docs.close()
+        self._vec_fh.close()
+        np.save(self.dir / LANGS_FILE, np.asarray(self.langs, dtype=np.uint16))
+        n = len(self.docs)
+        raw = np.memmap(self.dir / f"{VECTOR_SET}.f32", dtype="<f4", mode="r", shape=(n, self.dim)) if n \
+            else np.zeros((0, self.dim), dtype=np.float32)
+        index, params = build_faiss_index(index_type, raw)
+        faiss.write_index(index, str(self.dir / f"{VECTOR_SET}.faiss"))
+        del raw
+        return ShardInfo(name=self.name, offset=self.offset, count=n, index={VECTOR_SET: params})
+
+
+def build_index(
+    paths: Sequence[Path],
+    out: Path,
+    encoder: Encoder,
+    options: BuildOptions | None = None,
+    *,
+    detector: LanguageDetector | None = None,
+) -> Manifest:
+    """Index the corpus files at ``paths`` into ``out``; returns the written manifest."""
+    from indexer.text import ANALYZER_NAME, tokenize
+
+    opts = options or BuildOptions()
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not opts.overwrite:
+        raise XlirError(f"{out} already exists and is not empty: choose another --out or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    detector = detector or LanguageDetector()
+    timer = _Timer()
+    t_start = time.perf_counter()
+    try:
+        seen: set[str] = set()
+        lang_codes: list[str] = []
+        lang_index: dict[str, int] = {}
+        lang_counts: Counter[str] = Counter()
+        detected = skipped_empty = 0
+        shards: list[ShardInfo] = []
+        writer: _ShardWriter | None = None
+        bm25 = bm25_mod.BM25Builder()
+        total = 0
+        bar = tqdm(desc="indexing", unit="doc", disable=not opts.progress, dynamic_ncols=True)
+        t0 = time.perf_counter()
+        for chunk in _chunks(read_corpus(paths, opts.default_lang), opts.chunk_docs):
+            docs: list[Document] = []
+            for doc in chunk:
+                if doc.id in seen:
+                    raise CorpusError(f"duplicate document id {doc.id!r} (ids must be unique across all inputs)")
+                seen.add(doc.id)
+                if not doc.text.strip() and not doc.title.strip():
+                    skipped_empty += 1
+                    continue
+                docs.append(doc)
+            t0 = timer.add("read", t0)
+            if not docs:
+                continue
+            texts = [passage_text(d.title, d.text) for d in docs]
+            langs = []
+            for doc, text in zip(docs, texts, strict=True):
+                if doc.lang:
+                    try:
+                        langs.append(normalize_lang(doc.lang))
+                    except ValueError as exc:
+                        raise CorpusError(f"document {doc.id!r}: {exc}") from exc
+                else:
+                    langs.append(detector.detect(text))
+                    detected += 1
+            t0 = timer.add("langid", t0)
+            vecs = encoder.encode_passages(texts, batch_size=opts.batch_size)
+            t0 = timer.add("embed", t0)
+            for text in texts:
+                bm25.add(tokenize(text))
+            t0 = timer.add("bm25_tokenize", t0)
+            lang_ids = []
+            for lang in langs:
+                if lang not in lang_index:
+                    lang_index[lang] = len(lang_codes)
+                    lang_codes.append(lang)
+                lang_ids.append(lang_index[lang])
+                lang_counts[lang] += 1
+            pos = 0
+            while pos < len(docs):
+                if writer is None:
+                    writer = _ShardWriter(tmp, len(shards), total, encoder.dim)
+                take = min(len(docs) - pos, opts.shard_size - len(writer))
+                sl = slice(pos, pos + take)
+                writer.add(docs[sl], langs[sl], lang_ids[sl], vecs[sl])
+                pos += take
+                total += take
+                if len(writer) == opts.shard_size:
+                    t0 = timer.add("write", t0)
+                    shards.append(writer.finish(opts.index_type))
+                    t0 = timer.add("faiss_build", t0)
+                    writer = None
+            t0 = timer.add("write", t0)
+            bar.update(len(docs))
+        if writer is not None:
+            shards.append(writer.finish(opts.index_type))
+            t0 = timer.add("faiss_build", t0)
+        bar.close()
+        if total == 0:
+            raise CorpusError(f"no documents found in {', '.join(map(str, paths))}")
+        bm25.save(tmp / "bm25")
+        timer.add("bm25_build", t0)
+        t_files = time.perf_counter()
+        files = {
+            str(p.relative_to(tmp)): FileInfo(size=p.stat().st_size, sha256=file_sha256(p))
+            for p in sorted(tmp.rglob("*")) if p.is_file()
+        }
+        timer.add("checksums", t_files)
+        elapsed = time.perf_counter() - t_start
+        manifest = Manifest(
+            doc_count=total,
+            shard_size=opts.shard_size,
+            languages=dict(sorted(lang_counts.items())),
+            lang_codes=lang_codes,
+            shards=shards,
+            vector_sets={VECTOR_SET: VectorSetInfo(
+                encoder=encoder.name, encoder_checksum=encoder.checksum, dim=encoder.dim,
+                index_type=opts.index_type)},
+            bm25=BM25Info(analyzer=ANALYZER_NAME, k1=bm25.k1, b=bm25.b, method=bm25.method,
+                          vocab_size=len(bm25.vocab)),
+            sources=[str(Path(p).resolve()) for p in paths],
+            versions=library_versions(),
+            files=files,
+            build={
+                "seconds": round(elapsed, 3),
+                "docs_per_second": round(total / elapsed, 2) if elapsed > 0 else None,
+                "stage_seconds": {k: round(v, 3) for k, v in timer.seconds.items()},
+                "languages_detected": detected,
+                "skipped_empty": skipped_empty,
+            },
+        )
+        manifest.write(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+        return manifest
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

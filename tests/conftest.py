@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.encoders import ProgressFn
+
+
+def _word_vec(word: str, dim: int) -> np.ndarray:
+    seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "little")
+    v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+class FakeEncoder:
+    """Deterministic encoder for tests.
+
+    A text listed in ``table`` gets exactly that vector (normalised); any other text gets the normalised
+    sum of per-word random vectors, so texts sharing words are close. Records every call.
+    """
+
+    def __init__(self, dim: int = 16, table: dict[str, Sequence[float]] | None = None,
+                 name: str = "fake", checksum: str = "fake-checksum") -> None:
+        self._dim = dim
+        self._name = name
+        self._checksum = checksum
+        self.table = {k: np.asarray(v, dtype=np.float32) for k, v in (table or {}).items()}
+        self.query_calls: list[list[str]] = []
+        self.passage_calls: list[list[str]] = []
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def checksum(self) -> str:
+        return self._checksum
+
+    def vec(self, text: str) -> np.ndarray:
+        if text in self.table:
+            v = self.table[text]
+        else:
+            words = text.lower().split() or [""]
+            v = np.sum([_word_vec(w, self._dim) for w in words], axis=0)
+        n = np.linalg.norm(v)
+        return (v / n if n else v).astype(np.float32)
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        self.query_calls.append(list(texts))
+        return np.stack([self.vec(t) for t in texts]) if texts else np.zeros((0, self._dim), np.float32)
+
+    def encode_passages(self, texts: Sequence[str], *, batch_size: int = 32,
+                        progress: ProgressFn | None = None) -> np.ndarray:
+        self.passage_calls.append(list(texts))
+        if progress:
+            progress(len(texts))
+        return np.stack([self.vec(t) for t in texts]) if texts else np.zeros((0, self._dim), np.float32)
+
+
+@pytest.fixture
+def fake_encoder() -> FakeEncoder:
+    return FakeEncoder()
+
+
+def write_jsonl(path: Path, records: Sequence[dict[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def jsonl_writer(tmp_path: Path) -> Callable[[str, Sequence[dict[str, object]]], Path]:
+    return lambda name, records: write_jsonl(tmp_path / name, records)
+
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "data" / "sample"

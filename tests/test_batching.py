@@ -1,0 +1,117 @@
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from app.batching import QueryBatcher
+from xlir.errors import Overloaded
+
+
+class Recorder:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.batches: list[list[str]] = []
+        self.threads: set[int] = set()
+        self.delay = delay
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        self.batches.append(list(texts))
+        self.threads.add(threading.get_ident())
+        time.sleep(self.delay)
+        return np.array([[float(len(t)), float(i)] for i, t in enumerate(texts)], dtype=np.float32)
+
+
+def run(coro):  # noqa: ANN001, ANN201
+    return asyncio.run(coro)
+
+
+def test_concurrent_requests_share_one_batch_and_get_their_own_vector() -> None:
+    rec = Recorder()
+
+    async def main() -> list[np.ndarray]:
+        b = QueryBatcher(rec, max_batch=64, max_wait_ms=200)
+        await b.start()
+        try:
+            return await asyncio.gather(*(b.encode("x" * n) for n in range(1, 11)))
+        finally:
+            await b.close()
+
+    vecs = run(main())
+    assert len(rec.batches) == 1 and len(rec.batches[0]) == 10
+    assert [v[0] for v in vecs] == [float(n) for n in range(1, 11)]
+    assert threading.get_ident() not in rec.threads  # the model never runs on the event loop thread
+
+
+def test_max_batch_splits_batches() -> None:
+    rec = Recorder()
+
+    async def main() -> None:
+        b = QueryBatcher(rec, max_batch=4, max_wait_ms=100)
+        await b.start()
+        await asyncio.gather(*(b.encode(str(i)) for i in range(10)))
+        await b.close()
+
+    run(main())
+    assert [len(x) for x in rec.batches] == [4, 4, 2]
+
+
+def test_zero_wait_does_not_hold_a_lone_request() -> None:
+    rec = Recorder()
+
+    async def main() -> float:
+        b = QueryBatcher(rec, max_batch=32, max_wait_ms=0)
+        await b.start()
+        t0 = time.perf_counter()
+        await b.encode("alone")
+        await b.close()
+        return time.perf_counter() - t0
+
+    assert run(main()) < 0.5
+    assert rec.batches == [["alone"]]
+
+
+def test_full_queue_answers_overloaded_instead_of_waiting() -> None:
+    rec = Recorder(delay=0.3)
+
+    async def main() -> list[object]:
+        b = QueryBatcher(rec, max_batch=1, max_wait_ms=0, max_queue=2)
+        await b.start()
+        first = asyncio.ensure_future(b.encode("busy"))
+        await asyncio.sleep(0.05)  # the worker is now inside the slow encode; the queue is empty
+        res = await asyncio.gather(*(b.encode(str(i)) for i in range(5)), return_exceptions=True)
+        await first
+        await b.close()
+        return res
+
+    res = run(main())
+    assert sum(isinstance(r, Overloaded) for r in res) == 3
+    assert sum(isinstance(r, np.ndarray) for r in res) == 2
+
+
+def test_encoder_failure_reaches_every_waiting_request_and_worker_survives() -> None:
+    calls = {"n": 0}
+
+    def flaky(texts: Sequence[str]) -> np.ndarray:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return np.ones((len(texts), 2), np.float32)
+
+    async def main() -> tuple[list[object], np.ndarray]:
+        b = QueryBatcher(flaky, max_batch=8, max_wait_ms=50)
+        await b.start()
+        res = await asyncio.gather(b.encode("a"), b.encode("b"), return_exceptions=True)
+        after = await b.encode("c")
+        await b.close()
+        return res, after
+
+    res, after = run(main())
+    assert all(isinstance(r, RuntimeError) for r in res)
+    assert after.tolist() == [1.0, 1.0]
+
+
+def test_bad_settings_rejected() -> None:
+    with pytest.raises(ValueError):
+        QueryBatcher(Recorder(), max_batch=0)

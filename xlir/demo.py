@@ -1,0 +1,85 @@
+"""``make demo``: serve a built index, ask cross-lingual questions over REST, print the answers, stop.
+
+Starts ``xlir serve`` in a subprocess, waits for ``GET /ready``, sends each probe of
+``data/sample/probes.jsonl`` (a question in one language whose only relevant passage is in another)
+to ``POST /search`` with httpx, prints the top results, and stops the server whatever happens.
+Exits 1 if a probe's passage is not in the top 3 of the hybrid search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+PROBES = REPO / "data" / "sample" / "probes.jsonl"
+
+
+def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 180.0) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited with code {proc.returncode} before it was ready")
+        try:
+            r = httpx.get(f"{base}/ready", timeout=2)
+            if r.status_code == 200:
+                return dict(r.json())
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"the server was not ready after {timeout:.0f}s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--index", type=Path, required=True)
+    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--probes", type=Path, default=PROBES)
+    ap.add_argument("--limit", type=int, default=4, help="how many probes to ask")
+    args = ap.parse_args(argv)
+    base = f"http://127.0.0.1:{args.port}"
+    xlir = Path(sys.executable).with_name("xlir")
+    cmd = [str(xlir), "serve", "--index", str(args.index), "--port", str(args.port), "--log-level", "warning"]
+    print(f"$ {' '.join(cmd)}", flush=True)
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        info = wait_ready(base, proc)
+        langs = info.get("languages") or {}
+        assert isinstance(langs, dict)
+        print(f"ready: {info['docs']} passages in {len(langs)} languages, encoder {info['encoder']}\n")
+        probes = [json.loads(line) for line in args.probes.read_text(encoding="utf-8").splitlines() if line.strip()]
+        failures = 0
+        with httpx.Client(base_url=base, timeout=60) as client:
+            for probe in probes[: args.limit]:
+                r = client.post("/search", json={"query": probe["query"], "k": 3, "mode": "hybrid"})
+                r.raise_for_status()
+                body = r.json()
+                ids = [h["id"] for h in body["results"]]
+                found = probe["relevant"] in ids
+                failures += not found
+                print(f"[{probe['query_lang']}] {probe['query']}   ({body['took_ms']:.0f} ms)")
+                for i, hit in enumerate(body["results"], start=1):
+                    mark = "*" if hit["id"] == probe["relevant"] else " "
+                    print(f"  {mark}{i}. [{hit['lang']}] {hit['id']}: {hit['title']} | {hit['snippet'][:90]}")
+                print(f"  -> expected {probe['relevant']}: {'found' if found else 'NOT in the top 3'}\n")
+        print(f"{min(args.limit, len(probes)) - failures}/{min(args.limit, len(probes))} cross-lingual probes answered")
+        return 1 if failures else 0
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        print("server stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Domain errors shared by the indexer, the models and the server.
+
+Each error carries a short machine-readable ``code`` and a human ``detail``. The HTTP status of each
+class is decided in one place (``app/errors.py``); the CLI prints ``error: detail`` and exits non-zero.
+"""
+
+from __future__ import annotations
+
+
+class XlirError(Exception):
+    """Base class: an expected failure with a clear message (never shown as a traceback)."""
+
+    code = "xlir_error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class ModelNotFound(XlirError):
+    code = "model_not_found"
+
+
+class ModelInvalid(XlirError):
+    code = "model_invalid"
+
+
+class CorpusError(XlirError):
+    code = "corpus_error"
+
+
+class IndexInvalid(XlirError):
+    """Index directory missing, half-written, corrupted or built with another encoder."""
+
+    code = "index_invalid"
+
+
+class IndexNotReady(XlirError):
+    code = "index_not_ready"
+
+
+class BadQuery(XlirError):
+    code = "bad_query"
+
+
+class QueryTooLong(XlirError):
+    code = "query_too_long"
+
+
+class RerankerNotConfigured(XlirError):
+    code = "reranker_not_configured"
+
+
+class Overloaded(XlirError):
+    code = "overloaded"
