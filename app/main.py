@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
@@ -11,7 +12,7 @@ from fastapi import FastAPI
 from app import errors
 from app.routes import router
 from app.settings import Settings
-from app.state import AppState, load_state
+from app.state import AppState, load_state, warm_up
 from models.encoders import Encoder
 from models.rerankers import Reranker
 from xlir import __version__
@@ -31,6 +32,8 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[LifespanState]:
         state = load_state(settings, encoder=encoder, reranker=reranker)
         if state.service is not None:
+            if settings.warmup:
+                await asyncio.to_thread(warm_up, state.service.encoder)
             await state.service.batcher.start()
         try:
             yield {"xlir": state}

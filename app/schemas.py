@@ -24,15 +24,19 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={"examples": [
-            {"query": "Which animal sleeps most of the day?", "k": 5, "mode": "hybrid"},
+            {"query": "Which animal sleeps most of the day?", "k": 5},
             {"query": "熊猫吃什么", "k": 10, "mode": "dense", "langs": ["en", "de"]},
-            {"query": "climate change", "mode": "hybrid", "fusion": "weighted", "alpha": 0.7},
+            {"query": "climate change", "mode": "hybrid", "fusion": "weighted", "alpha": 0.7, "langs": ["en"]},
         ]},
     )
 
     query: str = Field(description="free text in any language")
     k: int = Field(10, ge=1, le=1000, description="number of results")
-    mode: Mode = Field(Mode.hybrid, description="dense, bm25 or hybrid (both, fused)")
+    mode: Mode = Field(
+        Mode.dense,
+        description="dense, bm25 or hybrid (both, fused). Default dense: on a multilingual pool BM25 only matches "
+        "the query's own language, and fusing it in measured below dense alone (benchmarks/RESULTS.md)",
+    )
     fusion: Fusion = Field(Fusion.rrf, description="hybrid only: rrf or weighted")
     rrf_k: float = Field(60.0, ge=0, le=10_000, description="RRF constant: score = sum 1/(rrf_k + rank)")
     alpha: float = Field(0.5, ge=0, le=1, description="weighted fusion: alpha*dense + (1-alpha)*bm25 (min-max)")

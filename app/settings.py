@@ -29,3 +29,4 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(32, ge=1)
     batch_max_wait_ms: float = Field(2.0, ge=0)
     queue_max: int = Field(1024, ge=1)
+    warmup: bool = Field(True, description="encode a few queries at start-up so first requests are not slow")

@@ -38,6 +38,12 @@ def check_encoder(index: Index, encoder: Encoder) -> None:
         )
 
 
+def warm_up(encoder: Encoder) -> None:
+    """Encode queries of a few lengths once, so the first user queries do not pay the kernels' set-up."""
+    for words in (1, 4, 12, 24, 48):
+        encoder.encode_queries([" ".join(["warm"] * words)])
+
+
 def load_state(
     settings: Settings, encoder: Encoder | None = None, reranker: Reranker | None = None
 ) -> AppState:

@@ -169,7 +169,7 @@ def test_concurrent_requests_are_encoded_in_shared_batches(index_dir: Path) -> N
     from concurrent.futures import ThreadPoolExecutor
 
     enc = FakeEncoder()
-    app = create_app(Settings(index=index_dir, batch_max_wait_ms=200), encoder=enc)
+    app = create_app(Settings(index=index_dir, batch_max_wait_ms=200, warmup=False), encoder=enc)
     with TestClient(app) as c, ThreadPoolExecutor(8) as pool:
         rs = list(pool.map(lambda i: c.post("/search", json={"query": f"apples {i}", "mode": "dense"}), range(8)))
     assert [r.status_code for r in rs] == [200] * 8

@@ -148,7 +148,7 @@ def search_cmd(
     index: Annotated[Path | None, typer.Option("--index", "-i", help="search this index in-process")] = None,
     target: Annotated[str | None, typer.Option("--target", help="or ask a server, e.g. http://127.0.0.1:8000")] = None,
     k: Annotated[int, typer.Option("--k", "-k")] = 10,
-    mode: Annotated[str, typer.Option("--mode", help="dense | bm25 | hybrid")] = "hybrid",
+    mode: Annotated[str, typer.Option("--mode", help="dense | bm25 | hybrid")] = "dense",
     fusion: Annotated[str, typer.Option("--fusion", help="rrf | weighted")] = "rrf",
     alpha: Annotated[float, typer.Option("--alpha")] = 0.5,
     langs: Annotated[list[str] | None, typer.Option("--lang", help="filter by language (repeatable)")] = None,
