@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def markdown(r: dict) -> str:  # type: ignore[type-arg]
+def markdown(r: dict[str, Any]) -> str:
     lines = [
         f"Machine: {r['machine']}. Commit {r['commit']}. Demo corpus: {r['docs']} passages, 10 languages; "
         f"{r['queries']} queries (10 cross-lingual probes + 30 titles), k=10, encoder e5-small (torch, fp32, CPU).",

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 log = logging.getLogger(__name__)
+logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG through its own handler
 
 K1 = 1.2
 B = 0.75

@@ -203,6 +203,59 @@ def search_cmd(
     print_results(body)
 
 
+@app.command("mine")
+def mine_cmd(
+    src: Annotated[Path, typer.Argument(help="source sentences: text (one per line) or JSONL with a text field")],
+    tgt: Annotated[Path, typer.Argument(help="target sentences, same formats")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="TSV of mined pairs (written atomically)")],
+    model: Annotated[str, typer.Option("--model", "-m")] = "e5-small",
+    k: Annotated[int, typer.Option("--k", help="neighbourhood size of the margin")] = 4,
+    margin: Annotated[str, typer.Option("--margin", help="ratio | distance | absolute")] = "ratio",
+    retrieval: Annotated[str, typer.Option("--retrieval", help="fwd | bwd | max | intersect")] = "max",
+    threshold: Annotated[float | None, typer.Option("--threshold", help="keep pairs scoring at least this")] = None,
+    one_to_one: Annotated[bool, typer.Option("--one-to-one", help="each sentence in at most one pair")] = False,
+    dedup: Annotated[bool, typer.Option("--dedup", help="drop repeated sentences on each side")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    home: HomeOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Mine parallel sentences from two monolingual files (margin-based, Artetxe & Schwenk 2019)."""
+    from indexer.mining import MARGINS, RETRIEVALS, mine_files
+    from models.encoders import load_encoder
+
+    if margin not in MARGINS:
+        fail(f"unknown --margin {margin!r}; choose from {', '.join(MARGINS)}")
+    if retrieval not in RETRIEVALS:
+        fail(f"unknown --retrieval {retrieval!r}; choose from {', '.join(RETRIEVALS)}")
+    if k < 1:
+        fail("--k must be >= 1")
+    for p in (src, tgt):
+        if not p.is_file():
+            fail(f"{p}: no such file")
+    enc = load_encoder(model, device=device, home=home)
+    try:
+        rep = mine_files(enc, src, tgt, out, k=k, margin=margin, retrieval=retrieval, threshold=threshold,
+                         one_to_one=one_to_one, dedup=dedup, batch_size=batch_size)
+    except ValueError as exc:
+        fail(str(exc))
+    skipped = {side: {k_: v for k_, v in d.items() if v} for side, d in
+               (("src", rep.src_skipped), ("tgt", rep.tgt_skipped))}
+    typer.echo(f"{rep.pairs} pairs from {rep.src} x {rep.tgt} sentences -> {out} "
+               f"(embed {rep.embed_seconds:.1f}s, mine {rep.mine_seconds:.1f}s; skipped {skipped})")
+
+
+@bench_app.command("demo")
+def bench_demo(
+    out: Annotated[Path | None, typer.Option("--out", help="also write the raw figures as JSON")] = None,
+    repeats: Annotated[int, typer.Option("--repeats")] = 3,
+) -> None:
+    """Index the sample corpus with e5-small and measure indexing throughput and query latency."""
+    from benchmarks import demo_speed
+
+    argv = ["--repeats", str(repeats)] + (["--out", str(out)] if out else [])
+    raise typer.Exit(demo_speed.main(argv))
+
+
 def print_results(body: dict[str, object]) -> None:
     results = body["results"]
     assert isinstance(results, list)
