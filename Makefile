@@ -36,10 +36,10 @@ test-fast: install
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy app indexer models xlir
+	$(VENV)/bin/mypy app indexer models xlir benchmarks
 
 bench-demo: setup
-	$(PY) -m benchmarks.demo_speed --out benchmarks/results/demo_speed.json
+	$(XLIR) bench demo --out benchmarks/results/demo.json
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -250,10 +250,10 @@ def bench_demo(
     repeats: Annotated[int, typer.Option("--repeats")] = 3,
 ) -> None:
     """Index the sample corpus with e5-small and measure indexing throughput and query latency."""
-    from benchmarks import demo_speed
+    from benchmarks import demo_bench
 
     argv = ["--repeats", str(repeats)] + (["--out", str(out)] if out else [])
-    raise typer.Exit(demo_speed.main(argv))
+    raise typer.Exit(demo_bench.main(argv))
 
 
 def print_results(body: dict[str, object]) -> None:

@@ -1,7 +1,10 @@
-"""Speed of the demo setup: indexing throughput, query latency in-process and over REST, with baselines.
+"""The demo setup measured: cross-lingual quality per mode, indexing throughput, query latency, baselines.
 
-Run: ``python -m benchmarks.demo_speed [--out FILE.json]`` (``make bench-demo``). It indexes
-``data/sample/corpus.jsonl`` with e5-small into a temporary directory, then measures on that index:
+Run: ``xlir bench demo [--out FILE.json]`` (``make bench-demo``). It indexes ``data/sample/corpus.jsonl`` with
+e5-small into a temporary directory, then measures on that index:
+
+- quality: for each cross-lingual probe (a question whose only answer is in another language), the answer's
+  rank under dense, BM25, hybrid RRF and hybrid weighted (alpha 0.5), and the mean reciprocal rank;
 
 - indexing: docs/s for the whole pipeline and the share of each stage;
 - query latency (p50/p95) per mode, in-process (``SearchService``) and through ``xlir serve`` (httpx);
@@ -133,6 +136,43 @@ def bench_rest(index_dir: Path, qs: list[str], repeats: int) -> dict[str, dict[s
         proc.wait(timeout=30)
 
 
+MODES = {
+    "dense": {"mode": "dense"},
+    "bm25": {"mode": "bm25"},
+    "hybrid-rrf": {"mode": "hybrid", "fusion": "rrf"},
+    "hybrid-weighted-0.5": {"mode": "hybrid", "fusion": "weighted", "alpha": 0.5},
+}
+
+
+def bench_quality(index_dir: Path) -> dict[str, dict[str, Any]]:
+    from app.schemas import SearchRequest
+    from app.settings import Settings
+    from app.state import load_state
+
+    state = load_state(Settings(index=index_dir))
+    assert state.service is not None, state.error
+    svc = state.service
+    probes = [json.loads(x) for x in PROBES.read_text(encoding="utf-8").splitlines() if x.strip()]
+    out: dict[str, dict[str, Any]] = {}
+
+    async def run() -> None:
+        await svc.batcher.start()
+        for name, params in MODES.items():
+            ranks: list[int | None] = []
+            for p in probes:
+                res = await svc.search(SearchRequest.model_validate({"query": p["query"], "k": 100, **params}))
+                ids = [h.id for h in res.results]
+                ranks.append(ids.index(p["relevant"]) + 1 if p["relevant"] in ids else None)
+            mrr = sum(1.0 / r for r in ranks if r) / len(ranks)
+            out[name] = {"ranks": ranks, "mrr": mrr, "top1": sum(r == 1 for r in ranks),
+                         "top10": sum(bool(r and r <= 10) for r in ranks)}
+        await svc.batcher.close()
+
+    asyncio.run(run())
+    out["_probes"] = {"pairs": [f"{p['query_lang']}->{p['relevant']}" for p in probes]}
+    return out
+
+
 def bench_bm25_vs_rank_bm25(index_dir: Path, qs: list[str], repeats: int) -> dict[str, float]:
     from rank_bm25 import BM25Okapi
 
@@ -184,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             "docs_per_second": m.doc_count / wall,
             "stage_share": {k: v / total for k, v in stages.items()},
             "queries": len(qs),
+            "quality": bench_quality(index_dir),
             "inprocess": bench_inprocess(index_dir, qs, args.repeats),
             "rest": bench_rest(index_dir, qs, args.repeats),
             "bm25_vs_rank_bm25": bench_bm25_vs_rank_bm25(index_dir, qs, 20),
@@ -196,8 +237,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def markdown(r: dict[str, Any]) -> str:
+    q = r["quality"]
+    pairs = q["_probes"]["pairs"]
     lines = [
-        f"Machine: {r['machine']}. Commit {r['commit']}. Demo corpus: {r['docs']} passages, 10 languages; "
+        f"Machine: {r['machine']}. Commit {r['commit']}.",
+        "",
+        "**Cross-lingual probes** (10 questions, each answered only by a passage in another language; rank of "
+        "that passage among 300, k=100):",
+        "",
+        "| mode | " + " | ".join(pairs) + " | MRR | top-1 | top-10 |",
+        "|---|" + "---|" * (len(pairs) + 3),
+    ]
+    for name in MODES:
+        row = q[name]
+        cells = [str(x) if x else ">100" for x in row["ranks"]]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['mrr']:.3f} | {row['top1']} | {row['top10']} |")
+    lines += ["",
+        f"Demo corpus: {r['docs']} passages, 10 languages; "
         f"{r['queries']} queries (10 cross-lingual probes + 30 titles), k=10, encoder e5-small (torch, fp32, CPU).",
         "",
         f"**Indexing** (read, language, embed, BM25, FAISS flat, docstore, checksums): {r['docs']} docs in "
