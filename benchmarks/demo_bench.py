@@ -136,7 +136,7 @@ def bench_rest(index_dir: Path, qs: list[str], repeats: int) -> dict[str, dict[s
         proc.wait(timeout=30)
 
 
-MODES = {
+MODES: dict[str, dict[str, Any]] = {
     "dense": {"mode": "dense"},
     "bm25": {"mode": "bm25"},
     "hybrid-rrf": {"mode": "hybrid", "fusion": "rrf"},
