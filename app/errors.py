@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from xlir.errors import (
     BadQuery,
+    CenteringUnavailable,
     CorpusError,
     IndexInvalid,
     IndexNotReady,
@@ -29,6 +30,7 @@ STATUS: dict[type[XlirError], int] = {
     QueryTooLong: 422,
     CorpusError: 422,
     RerankerNotConfigured: 400,
+    CenteringUnavailable: 400,
     Overloaded: 429,
     IndexNotReady: 503,
     IndexInvalid: 503,

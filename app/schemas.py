@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from indexer.langid import normalize_lang
+from indexer.langid import known_lang, normalize_lang
 
 
 class Mode(StrEnum):
@@ -18,6 +18,16 @@ class Mode(StrEnum):
 class Fusion(StrEnum):
     rrf = "rrf"
     weighted = "weighted"
+
+
+class Centering(StrEnum):
+    off = "off"
+    offset = "offset"
+    full = "full"
+
+
+def _query_lang(v: str | None) -> str | None:
+    return None if v is None else known_lang(v)
 
 
 class SearchRequest(BaseModel):
@@ -43,6 +53,15 @@ class SearchRequest(BaseModel):
     langs: list[str] | None = Field(None, description="only return documents in these languages (ISO 639-1)")
     rerank: bool = Field(False, description="rescore the top rerank_depth with the configured cross-encoder")
     rerank_depth: int = Field(50, ge=1, le=1000)
+    lang: str | None = Field(None, description="language of the query (ISO 639-1); detected when omitted")
+    centering: Centering | None = Field(
+        None, description="language centring of dense scores: off, offset (mu_lang - mu_all) or full (mu_lang); "
+        "default: the mode the index was built with")
+
+    @field_validator("lang")
+    @classmethod
+    def _lang(cls, v: str | None) -> str | None:
+        return _query_lang(v)
 
     @field_validator("query")
     @classmethod
@@ -71,12 +90,22 @@ class SearchHit(BaseModel):
     scores: dict[str, float | None] = Field(description="raw score in each retriever")
 
 
+class CenteringInfo(BaseModel):
+    mode: Centering = Field(description="centring applied to the dense scores of documents")
+    query_lang: str | None = Field(description="the query's language: given, or detected")
+    lang_source: str | None = Field(description="request or detected")
+    applied: bool = Field(description="whether the query vector was centred")
+    source: str | None = Field(description="where the query's centroid came from: index or table")
+    note: str | None = None
+
+
 class SearchResponse(BaseModel):
     query: str
     mode: Mode
     fusion: Fusion | None
     reranked: bool
     took_ms: float
+    centering: CenteringInfo | None = Field(description="present when dense scores were used")
     results: list[SearchHit]
 
 
@@ -92,12 +121,22 @@ class EmbedRequest(BaseModel):
     )
     texts: list[str] = Field(min_length=1, description="texts to embed")
     kind: EmbedKind = Field(EmbedKind.query, description="query or passage (the encoder's prefixes differ)")
+    centered: bool = Field(False, description="remove each text's language centroid (the index's)")
+    lang: str | None = Field(None, description="language of all texts when centered; detected per text if omitted")
+    centering: Centering | None = Field(None, description="offset or full; default: the index's mode")
+
+    @field_validator("lang")
+    @classmethod
+    def _lang(cls, v: str | None) -> str | None:
+        return _query_lang(v)
 
 
 class EmbedResponse(BaseModel):
     model: str
     dim: int
     embeddings: list[list[float]]
+    langs: list[str | None] | None = Field(None, description="per text, the language whose centroid was removed")
+    centering: Centering | None = None
 
 
 class Health(BaseModel):

@@ -17,6 +17,8 @@ import numpy as np
 from app import fusion
 from app.batching import QueryBatcher
 from app.schemas import (
+    Centering,
+    CenteringInfo,
     EmbedKind,
     EmbedRequest,
     EmbedResponse,
@@ -27,6 +29,8 @@ from app.schemas import (
     SearchResponse,
 )
 from indexer.build import passage_text
+from indexer.centering import Centroids, center
+from indexer.langid import UNDETERMINED, LanguageDetector
 from indexer.store import Index
 from models.encoders import Encoder
 from models.rerankers import Reranker
@@ -62,8 +66,32 @@ def fuse(req: SearchRequest, runs: dict[str, fusion.Run], k: int) -> list[fusion
     return fusion.weighted(runs, {"dense": req.alpha, "bm25": 1.0 - req.alpha}, k=k)
 
 
-def dense_run(index: Index, qvec: np.ndarray, depth: int, mask: np.ndarray | None) -> fusion.Run:
-    hits = index.dense(qvec.reshape(1, -1), depth, mask)[0]
+def center_query(
+    index: Index, table: Centroids | None, qvec: np.ndarray, mode: str, lang: str | None, lang_source: str | None
+) -> tuple[np.ndarray, CenteringInfo]:
+    """Shift a raw query vector by its language's centroid under ``mode`` (index centroids first, then the
+    encoder's centroid table); without a centroid for the language the query stays as it is, and says so."""
+    info = CenteringInfo(mode=Centering(mode), query_lang=lang, lang_source=lang_source, applied=False, source=None)
+    if mode == "off":
+        return qvec, info
+    centroids = index.require_centroids(mode)
+    shift, source = None, None
+    if lang and lang != UNDETERMINED:
+        for source, tab in (("index", centroids), ("table", table)):
+            shift = tab.shift(mode, lang) if tab is not None else None
+            if shift is not None:
+                break
+    if shift is None:
+        info.note = (f"no centroid for the query language {lang!r} in the index or the centroid table: "
+                     "the query was not centred (pass `lang` to name it)")
+        return qvec, info
+    info.applied, info.source = True, source
+    return center(qvec, shift), info
+
+
+def dense_run(index: Index, qvec: np.ndarray, depth: int, mask: np.ndarray | None,
+              mode: str | None = None) -> fusion.Run:
+    hits = index.dense(qvec.reshape(1, -1), depth, mask, mode)[0]
     return fusion.Run(hits.rows, hits.scores)
 
 
@@ -72,16 +100,33 @@ def bm25_run(index: Index, tokens: list[str], depth: int, mask: np.ndarray | Non
     return fusion.Run(hits.rows, hits.scores)
 
 
+def centering_mode(index: Index, req: SearchRequest | EmbedRequest) -> str:
+    return req.centering.value if req.centering is not None else index.centering
+
+
 def retrieve(
-    index: Index, req: SearchRequest, qvec: np.ndarray | None, tokens: list[str] | None, limits: Limits = Limits()
+    index: Index,
+    req: SearchRequest,
+    qvec: np.ndarray | None,
+    tokens: list[str] | None,
+    limits: Limits = Limits(),
+    *,
+    query_lang: str | None = None,
+    table: Centroids | None = None,
 ) -> list[fusion.FusedHit]:
-    """Synchronous retrieval + fusion (no reranking): the in-process path used by benchmarks."""
+    """Synchronous retrieval + fusion (no reranking): the in-process path used by benchmarks.
+
+    ``qvec`` is the raw query embedding; it is centred here with ``req.lang`` or ``query_lang``.
+    """
     depth = candidate_depth(req, limits)
     mask = index.lang_mask(req.langs)
     runs: dict[str, fusion.Run] = {}
     if req.mode in (Mode.dense, Mode.hybrid):
         assert qvec is not None
-        runs["dense"] = dense_run(index, qvec, depth, mask)
+        mode = centering_mode(index, req)
+        lang = req.lang or query_lang
+        centred, _ = center_query(index, table, qvec, mode, lang, "request" if lang else None)
+        runs["dense"] = dense_run(index, centred, depth, mask, mode)
     if req.mode in (Mode.bm25, Mode.hybrid):
         assert tokens is not None
         runs["bm25"] = bm25_run(index, tokens, depth, mask)
@@ -104,6 +149,8 @@ class SearchService:
         tokenizer: Tokenizer,
         reranker: Reranker | None = None,
         limits: Limits = Limits(),
+        detector: LanguageDetector | None = None,
+        centroid_table: Centroids | None = None,
     ) -> None:
         self.index = index
         self.encoder = encoder
@@ -111,6 +158,13 @@ class SearchService:
         self.tokenize = tokenizer
         self.reranker = reranker
         self.limits = limits
+        self.detector = detector or LanguageDetector()
+        self.table = centroid_table
+
+    def query_language(self, text: str, given: str | None) -> tuple[str | None, str | None]:
+        if given:
+            return given, "request"
+        return self.detector.detect(text), "detected"
 
     def validate(self, req: SearchRequest) -> None:
         if not req.query.strip():
@@ -130,14 +184,22 @@ class SearchService:
         self.validate(req)
         depth = candidate_depth(req, self.limits)
         mask = self.index.lang_mask(req.langs)
+        mode = centering_mode(self.index, req)
+        if mode != "off":
+            self.index.require_centroids(mode)
+        info: CenteringInfo | None = None
         jobs: dict[str, asyncio.Future[fusion.Run] | asyncio.Task[fusion.Run]] = {}
         if req.mode in (Mode.bm25, Mode.hybrid):
             jobs["bm25"] = asyncio.ensure_future(asyncio.to_thread(
                 lambda: bm25_run(self.index, self.tokenize(req.query), depth, mask)))
         if req.mode in (Mode.dense, Mode.hybrid):
             async def dense() -> fusion.Run:
+                nonlocal info
                 qvec = await self.batcher.encode(req.query)
-                return await asyncio.to_thread(dense_run, self.index, qvec, depth, mask)
+                lang, source = (req.lang, "request") if req.lang or mode == "off" else \
+                    await asyncio.to_thread(self.query_language, req.query, None)
+                centred, info = center_query(self.index, self.table, qvec, mode, lang, source if lang else None)
+                return await asyncio.to_thread(dense_run, self.index, centred, depth, mask, mode)
             jobs["dense"] = asyncio.ensure_future(dense())
         try:
             results = await asyncio.gather(*jobs.values())
@@ -159,7 +221,7 @@ class SearchService:
         ]
         return SearchResponse(
             query=req.query, mode=req.mode, fusion=req.fusion if req.mode is Mode.hybrid else None,
-            reranked=req.rerank, took_ms=round((time.perf_counter() - t0) * 1000, 3), results=out,
+            reranked=req.rerank, took_ms=round((time.perf_counter() - t0) * 1000, 3), centering=info, results=out,
         )
 
     def _rerank(self, req: SearchRequest, hits: list[fusion.FusedHit], docs: dict[int, dict[str, str]]
@@ -191,5 +253,19 @@ class SearchService:
             vecs = await asyncio.to_thread(self.encoder.encode_queries, texts)
         else:
             vecs = await asyncio.to_thread(self.encoder.encode_passages, texts)
-        return EmbedResponse(model=self.encoder.name, dim=self.encoder.dim,
-                             embeddings=np.asarray(vecs, dtype=np.float32).tolist())
+        if not req.centered:
+            return EmbedResponse(model=self.encoder.name, dim=self.encoder.dim,
+                                 embeddings=np.asarray(vecs, dtype=np.float32).tolist())
+        mode = centering_mode(self.index, req)
+        if mode == "off":
+            raise BadQuery("centered=true needs centering 'offset' or 'full' (this index was built with 'off')")
+        out, langs = [], []
+        for text, vec in zip(texts, vecs, strict=True):
+            lang, source = self.query_language(text, req.lang)
+            centred, info = center_query(self.index, self.table, vec, mode, lang, source)
+            if not info.applied:
+                raise BadQuery(f"cannot centre {text[:40]!r}: {info.note}")
+            out.append(centred)
+            langs.append(lang)
+        return EmbedResponse(model=self.encoder.name, dim=self.encoder.dim, embeddings=np.stack(out).tolist(),
+                             langs=langs, centering=Centering(mode))

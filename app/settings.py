@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=xlir_home, description="cache of built models (XLIR_HOME)")
     device: str = Field("auto", description="auto = CUDA when torch sees a GPU, else CPU")
     reranker: Path | None = Field(None, description="local sentence-transformers CrossEncoder folder")
+    centroid_table: Path | None = Field(
+        None, description="centroids for query languages missing from the index; default: the table that "
+        "`xlir models centroids` wrote for the encoder under XLIR_HOME/centroids, if any")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     max_query_chars: int = Field(2048, ge=1, description="longer queries answer 422 query_too_long")

@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 from app.batching import QueryBatcher
 from app.service import Limits, SearchService
 from app.settings import Settings
+from indexer.centering import Centroids
+from indexer.centroid_table import default_table_path
 from indexer.store import Index, open_index
 from models.encoders import Encoder, load_encoder
 from models.rerankers import CrossEncoderReranker, Reranker
-from xlir.errors import IndexInvalid, XlirError
+from xlir.errors import IndexInvalid, ModelNotFound, XlirError
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,12 @@ def load_state(
         check_encoder(index, encoder)
         if reranker is None and settings.reranker is not None:
             reranker = CrossEncoderReranker(settings.reranker, device=settings.device)
+        table = None
+        table_path = settings.centroid_table or default_table_path(settings.home, encoder.checksum)
+        if settings.centroid_table is not None or table_path.is_file():
+            if not table_path.is_file():
+                raise ModelNotFound(f"centroid table {table_path} does not exist (XLIR_CENTROID_TABLE)")
+            table = Centroids.load(table_path, encoder.checksum)
     except XlirError as exc:
         log.error("not ready: %s", exc.detail)
         state.error = exc.detail
@@ -71,5 +79,5 @@ def load_state(
     limits = Limits(max_query_chars=settings.max_query_chars, max_rerank_depth=settings.max_rerank_depth,
                     fusion_depth=settings.fusion_depth, snippet_chars=settings.snippet_chars,
                     embed_max_texts=settings.embed_max_texts)
-    state.service = SearchService(index, encoder, batcher, tokenize, reranker, limits)
+    state.service = SearchService(index, encoder, batcher, tokenize, reranker, limits, centroid_table=table)
     return state

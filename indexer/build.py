@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from indexer import bm25 as bm25_mod
+from indexer.centering import AUTO, MODES, Centroids, CentroidStats, center_by_lang, resolve_auto
 from indexer.dense import INDEX_TYPES, build_faiss_index
 from indexer.docstore import DocStoreWriter
 from indexer.langid import LanguageDetector, normalize_lang
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 
 VECTOR_SET = "main"
 LANGS_FILE = "langs.npy"
+CENTROIDS_FILE = "centroids.npz"
+SHARD_STATS_FILE = "centroid_stats.npz"
 
 
 @dataclass
@@ -55,12 +58,15 @@ class BuildOptions:
     default_lang: str | None = None
     overwrite: bool = False
     progress: bool = True
+    centering: str = AUTO
 
     def __post_init__(self) -> None:
         if self.shard_size < 1:
             raise XlirError("shard size must be >= 1")
         if self.index_type not in INDEX_TYPES:
             raise XlirError(f"unknown index type {self.index_type!r}; choose from {', '.join(INDEX_TYPES)}")
+        if self.centering not in (*MODES, AUTO):
+            raise XlirError(f"unknown centering {self.centering!r}; choose from {', '.join((*MODES, AUTO))}")
 
 
 @dataclass
@@ -94,6 +100,7 @@ class _ShardWriter:
         self.docs = DocStoreWriter(self.dir)
         self._vec_fh = (self.dir / f"{VECTOR_SET}.f32").open("wb")
         self.langs: list[int] = []
+        self.stats = CentroidStats(dim)
 
     def __len__(self) -> int:
         return len(self.docs)
@@ -102,19 +109,36 @@ class _ShardWriter:
         for doc, lang in zip(docs, langs, strict=True):
             self.docs.add(doc.id, doc.title, doc.text, lang)
         self.langs.extend(lang_ids)
+        self.stats.add(langs, vecs)
         self._vec_fh.write(np.ascontiguousarray(vecs, dtype="<f4").tobytes())
 
-    def finish(self, index_type: str) -> ShardInfo:
+    def finish(self) -> ShardInfo:
+        """Close the shard's files; its FAISS index is built once the collection's centroids are known."""
         self.docs.close()
         self._vec_fh.close()
         np.save(self.dir / LANGS_FILE, np.asarray(self.langs, dtype=np.uint16))
-        n = len(self.docs)
-        raw = np.memmap(self.dir / f"{VECTOR_SET}.f32", dtype="<f4", mode="r", shape=(n, self.dim)) if n \
-            else np.zeros((0, self.dim), dtype=np.float32)
-        index, params = build_faiss_index(index_type, raw)
-        faiss.write_index(index, str(self.dir / f"{VECTOR_SET}.faiss"))
-        del raw
-        return ShardInfo(name=self.name, offset=self.offset, count=n, index={VECTOR_SET: params})
+        self.stats.save(self.dir / SHARD_STATS_FILE)
+        return ShardInfo(name=self.name, offset=self.offset, count=len(self.docs), index={})
+
+
+def index_shard(root: Path, info: ShardInfo, dim: int, index_type: str, mode: str, centroids: Centroids,
+                lang_codes: Sequence[str]) -> None:
+    """Build a shard's FAISS index over its raw vectors, centred with ``mode`` (no re-embedding)."""
+    sdir = root / info.name
+    raw = np.memmap(sdir / f"{VECTOR_SET}.f32", dtype="<f4", mode="r", shape=(info.count, dim)) if info.count \
+        else np.zeros((0, dim), dtype=np.float32)
+    shifts = centroids.shifts(mode)
+    to_row = np.asarray([centroids.langs.index(code) if code in centroids else 0 for code in lang_codes],
+                        dtype=np.int64)
+    rows = to_row[np.load(sdir / LANGS_FILE)] if info.count else np.zeros(0, dtype=np.int64)
+
+    def transform(block: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        return block if mode == "off" else center_by_lang(block, rows[idx], shifts)
+
+    index, params = build_faiss_index(index_type, raw, transform=transform)
+    faiss.write_index(index, str(sdir / f"{VECTOR_SET}.faiss"))
+    info.index[VECTOR_SET] = {**params, "centering": mode}
+    del raw
 
 
 def build_index(
@@ -147,6 +171,7 @@ def build_index(
         lang_counts: Counter[str] = Counter()
         detected = skipped_empty = 0
         shards: list[ShardInfo] = []
+        shard_stats: list[CentroidStats] = []
         writer: _ShardWriter | None = None
         bm25 = bm25_mod.BM25Builder()
         total = 0
@@ -199,18 +224,27 @@ def build_index(
                 pos += take
                 total += take
                 if len(writer) == opts.shard_size:
-                    t0 = timer.add("write", t0)
-                    shards.append(writer.finish(opts.index_type))
-                    t0 = timer.add("faiss_build", t0)
+                    shards.append(writer.finish())
+                    shard_stats.append(writer.stats)
                     writer = None
             t0 = timer.add("write", t0)
             bar.update(len(docs))
         if writer is not None:
-            shards.append(writer.finish(opts.index_type))
-            t0 = timer.add("faiss_build", t0)
+            shards.append(writer.finish())
+            shard_stats.append(writer.stats)
+            t0 = timer.add("write", t0)
         bar.close()
         if total == 0:
             raise CorpusError(f"no documents found in {', '.join(map(str, paths))}")
+        merged = shard_stats[0]
+        for stats in shard_stats[1:]:
+            merged = merged.merge(stats)
+        centroids = merged.centroids()
+        centroids.save(tmp / CENTROIDS_FILE, encoder.checksum)
+        mode = resolve_auto(lang_counts) if opts.centering == AUTO else opts.centering
+        for info in tqdm(shards, desc="faiss", unit="shard", disable=not opts.progress or len(shards) < 2):
+            index_shard(tmp, info, encoder.dim, opts.index_type, mode, centroids, lang_codes)
+        t0 = timer.add("faiss_build", t0)
         bm25.save(tmp / "bm25")
         timer.add("bm25_build", t0)
         t_files = time.perf_counter()
@@ -228,7 +262,8 @@ def build_index(
             shards=shards,
             vector_sets={VECTOR_SET: VectorSetInfo(
                 encoder=encoder.name, encoder_checksum=encoder.checksum, dim=encoder.dim,
-                index_type=opts.index_type)},
+                index_type=opts.index_type, centering=mode, centering_requested=opts.centering,
+                centroids=CENTROIDS_FILE)},
             bm25=BM25Info(analyzer=ANALYZER_NAME, k1=bm25.k1, b=bm25.b, method=bm25.method,
                           vocab_size=len(bm25.vocab)),
             sources=[str(Path(p).resolve()) for p in paths],

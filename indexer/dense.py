@@ -9,7 +9,7 @@ whole collection, ties broken by lower global row.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +28,23 @@ def ivf_nlist(n: int) -> int:
     return int(max(1, min(4 * math.sqrt(n), n // 39)))
 
 
-def build_faiss_index(kind: str, vectors: np.ndarray, chunk: int = 65_536) -> tuple[faiss.Index, dict[str, Any]]:
+Transform = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def build_faiss_index(
+    kind: str, vectors: np.ndarray, chunk: int = 65_536, transform: Transform | None = None
+) -> tuple[faiss.Index, dict[str, Any]]:
     """An inner-product FAISS index over ``vectors`` (n x d float32) and the parameters it was built with.
 
+    ``transform(chunk, rows)`` maps a chunk of stored vectors (and their row numbers) to what is indexed, e.g.
+    language centring; it is applied chunk by chunk, so a memory-mapped shard is never copied whole.
     A shard too small for IVF-PQ training falls back to flat (recorded in the returned parameters).
     """
+
+    def rows_of(idx: np.ndarray) -> np.ndarray:
+        block = np.ascontiguousarray(vectors[idx], dtype=np.float32)
+        return np.ascontiguousarray(transform(block, idx), dtype=np.float32) if transform else block
+
     if kind not in INDEX_TYPES:
         raise ValueError(f"unknown index type {kind!r}; choose from {', '.join(INDEX_TYPES)}")
     n, dim = vectors.shape
@@ -54,12 +66,12 @@ def build_faiss_index(kind: str, vectors: np.ndarray, chunk: int = 65_536) -> tu
         index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(0)
         sample = np.sort(rng.choice(n, size=min(n, max(256 * 39, nlist * 39)), replace=False))
-        index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
+        index.train(rows_of(sample))
         nprobe = min(nlist, 16)
         index.nprobe = nprobe
         params.update(nlist=nlist, m=m, nbits=8, nprobe=nprobe)
     for start in range(0, n, chunk):
-        index.add(np.ascontiguousarray(vectors[start : start + chunk], dtype=np.float32))
+        index.add(rows_of(np.arange(start, min(n, start + chunk))))
     return index, params
 
 

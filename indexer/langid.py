@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-__all__ = ["UNDETERMINED", "LanguageDetector", "normalize_lang"]
+__all__ = ["KNOWN_LANGS", "UNDETERMINED", "LanguageDetector", "known_lang", "normalize_lang"]
 
 UNDETERMINED: Final = "und"
 """BCP-47 "undetermined": returned for text with no letters or no recognisable language."""
@@ -382,3 +382,15 @@ class LanguageDetector:
     def detect_many(self, texts: Iterable[str]) -> list[str]:
         """:meth:`detect` for each text, in input order."""
         return [self.detect(text) for text in texts]
+
+
+KNOWN_LANGS: Final = frozenset(_ISO639_1)
+"""The ISO 639-1 codes this module knows (what a query's ``lang`` may name)."""
+
+
+def known_lang(code: str) -> str:
+    """``normalize_lang`` that also rejects codes without an ISO 639-1 equivalent, listing the accepted ones."""
+    lang = normalize_lang(code)
+    if lang not in KNOWN_LANGS:
+        raise ValueError(f"unknown language code {code!r}; accepted ISO 639-1 codes: {', '.join(sorted(KNOWN_LANGS))}")
+    return lang

@@ -36,6 +36,9 @@ class VectorSetInfo(BaseModel):
     dim: int
     metric: str = "cosine"
     index_type: str
+    centering: str = Field("off", description="language centring the FAISS indexes were built with")
+    centering_requested: str = "off"
+    centroids: str | None = Field(None, description="per-language centroid table (npz), if the index has one")
 
 
 class BM25Info(BaseModel):

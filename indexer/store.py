@@ -12,11 +12,12 @@ import numpy as np
 
 from indexer.bm25 import BM25Searcher
 from indexer.build import LANGS_FILE, VECTOR_SET
-from indexer.dense import DenseShard, load_shard_index, search_shards
+from indexer.centering import Centroids, centered_norms, centered_scores, check_mode
+from indexer.dense import DenseShard, load_shard_index, merge_topk, search_shards
 from indexer.docstore import DocStore
 from indexer.manifest import Manifest
 from models.registry import file_sha256
-from xlir.errors import IndexInvalid
+from xlir.errors import CenteringUnavailable, IndexInvalid
 
 
 @dataclass
@@ -53,6 +54,17 @@ class Index:
             raise IndexInvalid(f"{directory}: BM25 holds {self.bm25.num_docs} docs, manifest says {manifest.doc_count}")
         self._offsets = [s.offset for s in manifest.shards]
         self._lang_id = {code: i for i, code in enumerate(manifest.lang_codes)}
+        vs = manifest.vector_sets[VECTOR_SET]
+        self.centering: str = vs.centering
+        self.centroids: Centroids | None = None
+        self.lang_rows = np.zeros(len(self.langs), dtype=np.int64)
+        if vs.centroids is not None:
+            self.centroids = Centroids.load(directory / vs.centroids)
+            to_row = np.asarray([self.centroids.langs.index(c) if c in self.centroids else 0
+                                 for c in manifest.lang_codes], dtype=np.int64)
+            self.lang_rows = to_row[self.langs] if len(self.langs) else self.lang_rows
+        self._raw: list[np.ndarray] | None = None
+        self._norms: dict[str, list[np.ndarray]] = {}
 
     @property
     def vector_set(self) -> Any:
@@ -69,11 +81,71 @@ class Index:
         ids = [self._lang_id[code] for code in langs if code in self._lang_id]
         return np.isin(self.langs, np.asarray(ids, dtype=np.uint16))
 
-    def dense(self, queries: np.ndarray, k: int, mask: np.ndarray | None = None) -> list[Hits]:
+    def require_centroids(self, mode: str) -> Centroids:
+        check_mode(mode)
+        if self.centroids is None:
+            raise CenteringUnavailable(
+                f"index {self.dir} has no language centroids, so centering={mode!r} cannot be applied: rebuild it "
+                f"with this xlir (`xlir index CORPUS --out {self.dir} --overwrite`) or ask for centering 'off'")
+        return self.centroids
+
+    def dense(self, queries: np.ndarray, k: int, mask: np.ndarray | None = None,
+              mode: str | None = None) -> list[Hits]:
+        """Top ``k`` documents for already centred ``queries``.
+
+        Documents are centred with ``mode`` (default: the mode the FAISS indexes were built with, searched with
+        FAISS). Another mode is computed exactly from the stored raw vectors and the centroids: a brute-force
+        scan, as costly as a flat index, but no re-embedding.
+        """
         masks = None
         if mask is not None:
             masks = [mask[s.offset : s.offset + s.size] for s in self.shards]
-        return [Hits(rows, scores) for scores, rows in search_shards(self.shards, queries, k, masks)]
+        if mode is None or mode == self.centering:
+            return [Hits(rows, scores) for scores, rows in search_shards(self.shards, queries, k, masks)]
+        return self._dense_exact(queries, k, mode, masks)
+
+    def _raw_vectors(self) -> list[np.ndarray]:
+        if self._raw is None:
+            dim = self.vector_set.dim
+            self._raw = [
+                np.memmap(self.dir / info.name / f"{VECTOR_SET}.f32", dtype="<f4", mode="r", shape=(info.count, dim))
+                if info.count else np.zeros((0, dim), dtype=np.float32)
+                for info in self.manifest.shards
+            ]
+        return self._raw
+
+    def _dense_exact(self, queries: np.ndarray, k: int, mode: str,
+                     masks: list[np.ndarray] | None) -> list[Hits]:
+        raws = self._raw_vectors()
+        if mode == "off":
+            shifts = np.zeros((1, self.vector_set.dim), dtype=np.float32)
+            rows_of = [np.zeros(len(r), dtype=np.int64) for r in raws]
+        else:
+            shifts = self.require_centroids(mode).shifts(mode)
+            rows_of = [self.lang_rows[s.offset : s.offset + s.size] for s in self.shards]
+        if mode not in self._norms:
+            self._norms[mode] = [centered_norms(np.asarray(r), rows, shifts) for r, rows in zip(raws, rows_of,
+                                                                                                 strict=True)]
+        out = []
+        for q in np.asarray(queries, dtype=np.float32):
+            all_s, all_r = [], []
+            for i, (raw, rows, shard) in enumerate(zip(raws, rows_of, self.shards, strict=True)):
+                if not len(raw):
+                    continue
+                scores = centered_scores(np.asarray(raw), rows, q, shifts, self._norms[mode][i])
+                if masks is not None:
+                    scores = np.where(masks[i], scores, -np.inf)
+                kk = min(k, len(scores))
+                top = np.argpartition(-scores, kk - 1)[:kk]
+                top = top[np.isfinite(scores[top])]
+                all_s.append(scores[top].astype(np.float32))
+                all_r.append(top.astype(np.int64) + shard.offset)
+            if not all_s:
+                out.append(Hits(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)))
+                continue
+            s, r = merge_topk(np.concatenate(all_s), np.concatenate(all_r), k)
+            out.append(Hits(r, s))
+        return out
 
     def bm25_search(self, tokens: list[str], k: int, mask: np.ndarray | None = None) -> Hits:
         scores, rows = self.bm25.search(tokens, k, mask)

@@ -51,5 +51,9 @@ class RerankerNotConfigured(XlirError):
     code = "reranker_not_configured"
 
 
+class CenteringUnavailable(XlirError):
+    code = "centering_unavailable"
+
+
 class Overloaded(XlirError):
     code = "overloaded"

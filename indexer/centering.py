@@ -1,0 +1,195 @@
+"""Language centring: remove each language's mean embedding so cross-lingual search stops preferring the
+query's own language (Libovický, Rosa & Fraser 2020, "On the Language Neutrality of Pre-trained Multilingual
+Representations").
+
+Multilingual encoders add a language-specific offset to every embedding. With per-language means ``mu_l`` of
+the (unit-norm) passage embeddings and the global mean ``mu_all``, a vector ``x`` of language ``l`` becomes
+
+- ``off``:    ``x`` (unchanged)
+- ``offset``: ``normalize(x - (mu_l - mu_all))``: removes only the language's offset from the global mean, so a
+  single-language index is unchanged by construction
+- ``full``:   ``normalize(x - mu_l)``: removes the whole language mean
+
+Queries are shifted with the centroid of their own language (from the index, else from a centroid table built
+for the encoder). Everything here is pure numpy over embeddings; the indexer streams ``CentroidStats`` per shard
+and merges them exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from xlir.errors import IndexInvalid, ModelInvalid
+
+MODES = ("off", "offset", "full")
+AUTO = "auto"
+# an index is "multilingual" for `auto` when at least two languages each hold this share of its documents
+AUTO_MIN_SHARE = 0.01
+# a language with fewer documents has no reliable mean (with one document, `full` would erase it): its
+# documents are shifted by the global mean under `full` and left alone under `offset`; its queries look
+# for a centroid in the encoder's table instead
+MIN_CENTROID_DOCS = 10
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+@dataclass
+class CentroidStats:
+    """Running per-language sums and counts (float64), mergeable exactly across shards and workers."""
+
+    dim: int
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, langs: Sequence[str], vecs: np.ndarray) -> None:
+        if len(langs) != len(vecs):
+            raise ValueError("one language per vector")
+        codes = np.asarray(langs)
+        for lang in np.unique(codes):
+            rows = vecs[codes == lang]
+            key = str(lang)
+            if key not in self.sums:
+                self.sums[key] = np.zeros(self.dim, dtype=np.float64)
+                self.counts[key] = 0
+            self.sums[key] += rows.sum(axis=0, dtype=np.float64)
+            self.counts[key] += len(rows)
+
+    def merge(self, other: CentroidStats) -> CentroidStats:
+        if other.dim != self.dim:
+            raise ValueError(f"cannot merge centroid stats of dim {other.dim} into dim {self.dim}")
+        out = CentroidStats(self.dim, {k: v.copy() for k, v in self.sums.items()}, dict(self.counts))
+        for lang, s in other.sums.items():
+            out.sums[lang] = out.sums.get(lang, np.zeros(self.dim, dtype=np.float64)) + s
+            out.counts[lang] = out.counts.get(lang, 0) + other.counts[lang]
+        return out
+
+    def save(self, path: Path) -> None:
+        langs = sorted(self.sums)
+        sums = np.stack([self.sums[k] for k in langs]) if langs else np.zeros((0, self.dim))
+        np.savez(path, langs=np.asarray(langs, dtype=str), sums=sums,
+                 counts=np.asarray([self.counts[k] for k in langs], dtype=np.int64))
+
+    @classmethod
+    def load(cls, path: Path) -> CentroidStats:
+        with np.load(path, allow_pickle=False) as z:
+            langs = [str(x) for x in z["langs"]]
+            return cls(int(z["sums"].shape[1]), {k: z["sums"][i].astype(np.float64) for i, k in enumerate(langs)},
+                       {k: int(z["counts"][i]) for i, k in enumerate(langs)})
+
+    def centroids(self) -> Centroids:
+        langs = sorted(self.sums)
+        if not langs:
+            raise ValueError("no vectors were added")
+        counts = np.asarray([self.counts[lang] for lang in langs], dtype=np.int64)
+        sums = np.stack([self.sums[lang] for lang in langs])
+        return Centroids(langs=langs, means=(sums / counts[:, None]).astype(np.float32), counts=counts,
+                         global_mean=(sums.sum(axis=0) / counts.sum()).astype(np.float32))
+
+
+@dataclass(frozen=True)
+class Centroids:
+    langs: list[str]
+    means: np.ndarray  # L x d, float32
+    counts: np.ndarray  # L, int64
+    global_mean: np.ndarray  # d, float32
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_row", {lang: i for i, lang in enumerate(self.langs)})
+
+    def __contains__(self, lang: object) -> bool:
+        return lang in self._row  # type: ignore[attr-defined]
+
+    def reliable(self, lang: str) -> bool:
+        row = self._row.get(lang)  # type: ignore[attr-defined]
+        return row is not None and int(self.counts[row]) >= MIN_CENTROID_DOCS
+
+    def shift(self, mode: str, lang: str) -> np.ndarray | None:
+        """The vector subtracted from a query of ``lang`` under ``mode`` (None: no reliable centroid here)."""
+        check_mode(mode)
+        if mode == "off":
+            return np.zeros(self.means.shape[1], dtype=np.float32)
+        if not self.reliable(lang):
+            return None
+        return self.shifts(mode)[self._row[lang]]  # type: ignore[attr-defined,no-any-return]
+
+    def shifts(self, mode: str) -> np.ndarray:
+        """L x d: what is subtracted from documents of each language of the table, in ``langs`` order."""
+        check_mode(mode)
+        if mode == "off":
+            return np.zeros_like(self.means)
+        small = self.counts < MIN_CENTROID_DOCS
+        if mode == "full":
+            return np.where(small[:, None], self.global_mean[None, :], self.means).astype(np.float32)
+        return np.where(small[:, None], 0.0, self.means - self.global_mean).astype(np.float32)
+
+    def save(self, path: Path, encoder_checksum: str) -> None:
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, means=self.means, counts=self.counts, global_mean=self.global_mean,
+                 langs=np.asarray(self.langs), meta=np.asarray(json.dumps({"encoder_checksum": encoder_checksum})))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path, encoder_checksum: str | None = None) -> Centroids:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                table = cls(langs=[str(x) for x in z["langs"]], means=z["means"].astype(np.float32),
+                            counts=z["counts"], global_mean=z["global_mean"].astype(np.float32))
+        except (OSError, KeyError, ValueError) as exc:
+            raise IndexInvalid(f"cannot read centroid table {path}: {exc}") from exc
+        if encoder_checksum is not None and meta.get("encoder_checksum") != encoder_checksum:
+            raise ModelInvalid(
+                f"centroid table {path} was built with encoder weights {str(meta.get('encoder_checksum'))[:12]}, "
+                f"not {encoder_checksum[:12]}: rebuild it with `xlir models centroids`")
+        return table
+
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown centering mode {mode!r}; choose from {', '.join((*MODES, AUTO))}")
+
+
+def resolve_auto(counts: Mapping[str, int]) -> str:
+    """``full`` for a multilingual collection, ``offset`` (a no-op on one language) otherwise."""
+    total = sum(counts.values())
+    big = [lang for lang, n in counts.items() if total and n / total >= AUTO_MIN_SHARE]
+    return "full" if len(big) >= 2 else "offset"
+
+
+def center(vecs: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """``normalize(vecs - shifts)``; ``shifts`` is one row per vector or one row for all."""
+    return normalize(np.asarray(vecs, dtype=np.float32) - shifts)
+
+
+def center_by_lang(vecs: np.ndarray, lang_rows: np.ndarray, table_shifts: np.ndarray) -> np.ndarray:
+    """Centre each vector with the shift of its language (``lang_rows`` index ``table_shifts``)."""
+    return center(vecs, table_shifts[lang_rows])
+
+
+def centered_scores(raw: np.ndarray, lang_rows: np.ndarray, query: np.ndarray, table_shifts: np.ndarray,
+                    norms: np.ndarray | None = None) -> np.ndarray:
+    """Cosine of each raw document vector, centred with its language's shift, with an already centred query.
+
+    Equals ``center_by_lang(raw, lang_rows, table_shifts) @ query`` without materialising the centred matrix:
+    ``((raw @ q) - (shifts @ q)[lang]) / |raw - shift[lang]|``. ``norms`` can be passed when precomputed.
+    """
+    q = np.asarray(query, dtype=np.float32)
+    if norms is None:
+        norms = centered_norms(raw, lang_rows, table_shifts)
+    return ((raw @ q) - (table_shifts @ q)[lang_rows]) / norms
+
+
+def centered_norms(raw: np.ndarray, lang_rows: np.ndarray, table_shifts: np.ndarray) -> np.ndarray:
+    """``|raw_i - shift[lang_i]|`` via ``|x|^2 - 2 x.s + |s|^2`` (one pass over ``raw``)."""
+    dots = np.einsum("ij,ij->i", raw, table_shifts[lang_rows], dtype=np.float64) if len(raw) else np.zeros(0)
+    sq = (np.einsum("ij,ij->i", raw, raw, dtype=np.float64) - 2 * dots
+          + np.einsum("ij,ij->i", table_shifts, table_shifts, dtype=np.float64)[lang_rows])
+    return np.sqrt(np.maximum(sq, 1e-12)).astype(np.float32)
