@@ -23,6 +23,7 @@ $(VENV)/.installed: pyproject.toml
 
 models: install
 	$(XLIR) models fetch e5-small
+	$(XLIR) models centroids data/sample/corpus.jsonl --model e5-small
 
 demo: setup
 	$(XLIR) index data/sample/corpus.jsonl --out $(DEMO_DIR)/index --overwrite

@@ -77,9 +77,10 @@ def center_query(
     centroids = index.require_centroids(mode)
     shift, source = None, None
     if lang and lang != UNDETERMINED:
-        for source, tab in (("index", centroids), ("table", table)):
+        for name, tab in (("index", centroids), ("table", table)):
             shift = tab.shift(mode, lang) if tab is not None else None
             if shift is not None:
+                source = name
                 break
     if shift is None:
         info.note = (f"no centroid for the query language {lang!r} in the index or the centroid table: "

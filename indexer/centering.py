@@ -118,7 +118,7 @@ class Centroids:
             return np.zeros(self.means.shape[1], dtype=np.float32)
         if not self.reliable(lang):
             return None
-        return self.shifts(mode)[self._row[lang]]  # type: ignore[attr-defined,no-any-return]
+        return self.shifts(mode)[self._row[lang]]  # type: ignore[attr-defined]
 
     def shifts(self, mode: str) -> np.ndarray:
         """L x d: what is subtracted from documents of each language of the table, in ``langs`` order."""
@@ -193,3 +193,18 @@ def centered_norms(raw: np.ndarray, lang_rows: np.ndarray, table_shifts: np.ndar
     sq = (np.einsum("ij,ij->i", raw, raw, dtype=np.float64) - 2 * dots
           + np.einsum("ij,ij->i", table_shifts, table_shifts, dtype=np.float64)[lang_rows])
     return np.sqrt(np.maximum(sq, 1e-12)).astype(np.float32)
+
+
+def center_sides(x: np.ndarray, y: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Bitext mining: each side is one language, centred on its own mean (``full``) or on its offset from
+    the mean of both sides (``offset``). A side with fewer than ``MIN_CENTROID_DOCS`` sentences has no
+    reliable mean: then neither side is changed."""
+    check_mode(mode)
+    if mode == "off" or min(len(x), len(y)) < MIN_CENTROID_DOCS:
+        return x, y
+    stats = CentroidStats(x.shape[1])
+    stats.add(["src"] * len(x), x)
+    stats.add(["tgt"] * len(y), y)
+    c = stats.centroids()
+    shifts = c.means if mode == "full" else (c.means - c.global_mean).astype(np.float32)
+    return center(x, shifts[c.langs.index("src")]), center(y, shifts[c.langs.index("tgt")])

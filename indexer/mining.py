@@ -53,6 +53,7 @@ from typing import Protocol
 import faiss
 import numpy as np
 
+from indexer.centering import center_sides, check_mode
 from xlir.errors import CorpusError
 
 MARGINS = ("ratio", "distance", "absolute")
@@ -366,9 +367,11 @@ def _mine_texts_timed(
     retrieval: str,
     threshold: float | None,
     one_to_one: bool,
+    centering: str = "off",
 ) -> tuple[list[MinedPair], int, int, float, float]:
     """mine_texts() plus (distinct src, distinct tgt, embed seconds, mine seconds)."""
     _check_options(k, margin, retrieval, threshold)
+    check_mode(centering)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if not src_texts or not tgt_texts:
@@ -382,6 +385,7 @@ def _mine_texts_timed(
     t0 = time.perf_counter()
     x = _embed(encoder, src_u, batch_size, "source")
     y = _embed(encoder, tgt_u, batch_size, "target")
+    x, y = center_sides(x, y, centering)
     t1 = time.perf_counter()
     pairs = mine(x, y, k=k, margin=margin, retrieval=retrieval, threshold=threshold, one_to_one=one_to_one)
     if dedup:  # back to rows of the caller's lists (first occurrence); order is unchanged
@@ -402,6 +406,7 @@ def mine_texts(
     one_to_one: bool = False,
     dedup: bool = False,
     batch_size: int = 32,
+    centering: str = "off",
 ) -> list[MinedPair]:
     """Embed both sides with ``encoder.encode_passages`` and :func:`mine` them.
 
@@ -410,7 +415,7 @@ def mine_texts(
     """
     pairs, *_ = _mine_texts_timed(
         encoder, src_texts, tgt_texts, dedup=dedup, batch_size=batch_size, k=k, margin=margin,
-        retrieval=retrieval, threshold=threshold, one_to_one=one_to_one,
+        retrieval=retrieval, threshold=threshold, one_to_one=one_to_one, centering=centering,
     )
     return pairs
 
@@ -528,6 +533,7 @@ def mine_files(
     one_to_one: bool = False,
     dedup: bool = False,
     batch_size: int = 32,
+    centering: str = "off",
 ) -> MineReport:
     """Mine two sentence files and write ``out_path`` as TSV, atomically.
 
@@ -537,13 +543,14 @@ def mine_files(
     """
     src_p, tgt_p, out_p = Path(src_path), Path(tgt_path), Path(out_path)
     _check_options(k, margin, retrieval, threshold)  # fail before the expensive part
+    check_mode(centering)
     if not out_p.parent.is_dir():
         raise FileNotFoundError(f"{out_p}: output directory {out_p.parent} does not exist")
     src_texts, src_lines, src_skipped = read_sentences(src_p)
     tgt_texts, tgt_lines, tgt_skipped = read_sentences(tgt_p)
     pairs, src_unique, tgt_unique, embed_s, mine_s = _mine_texts_timed(
         encoder, src_texts, tgt_texts, dedup=dedup, batch_size=batch_size, k=k, margin=margin,
-        retrieval=retrieval, threshold=threshold, one_to_one=one_to_one,
+        retrieval=retrieval, threshold=threshold, one_to_one=one_to_one, centering=centering,
     )
     t0 = time.perf_counter()
     rows = [(p.score, src_texts[p.src], tgt_texts[p.tgt], src_lines[p.src], tgt_lines[p.tgt]) for p in pairs]

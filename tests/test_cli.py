@@ -96,3 +96,11 @@ def test_model_not_built_yet_says_how_to_build_it(tmp_path: Path, corpus: Path) 
 def test_index_built_with_another_encoder_is_refused_by_serve(index: Path, tmp_path: Path) -> None:
     res = xlir("serve", "--index", str(index), "--model", "e5-small")
     assert_clean_error(res, "was built with encoder 'minilm-en'")
+
+
+def test_models_centroids_builds_a_table_for_the_encoder(tmp_path: Path, corpus: Path) -> None:
+    out = tmp_path / "table.npz"
+    res = xlir("models", "centroids", str(corpus), "--model", "minilm-en", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert "centroids of 1 languages (en:3)" in res.stdout and out.is_file()
+    assert_clean_error(xlir("models", "centroids", str(tmp_path / "none.txt")), "no such file")

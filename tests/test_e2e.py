@@ -32,6 +32,7 @@ def sample_index(tmp_path_factory: pytest.TempPathFactory, e5: SentenceTransform
     out = tmp_path_factory.mktemp("e2e") / "sample"
     m = build_index([SAMPLE / "corpus.jsonl"], out, e5, BuildOptions(progress=False, shard_size=128))
     assert m.doc_count == 300 and len(m.shards) == 3 and len(m.languages) == 10
+    assert m.vector_sets["main"].centering == "full"  # auto on a multilingual index
     return out
 
 
@@ -61,6 +62,22 @@ def test_every_probe_finds_its_other_language_answer_in_the_top_10(client: TestC
         assert probe["relevant"] in ids, (probe, ids)
         ranks[probe["relevant"]] = ids.index(probe["relevant"]) + 1
     assert ranks["u-en-5"] == 1 and ranks["u-es-3"] == 1  # ja -> en, ko -> es
+    # centring with the detected query language: plain cosine put only 2 of 10 answers first (RESULTS.md)
+    assert sum(r == 1 for r in ranks.values()) >= 7, ranks
+
+
+def test_centring_beats_plain_cosine_on_the_probes(client: TestClient) -> None:
+    def mrr(centering: str) -> float:
+        total = 0.0
+        for probe in PROBES:
+            body = client.post("/search", json={"query": probe["query"], "k": 100, "centering": centering}).json()
+            ids = [h["id"] for h in body["results"]]
+            total += 1 / (ids.index(probe["relevant"]) + 1)
+        return total / len(PROBES)
+
+    assert client.get("/ready").status_code == 200
+    off, full = mrr("off"), mrr("full")
+    assert full > off + 0.3, (off, full)
 
 
 def test_language_filter_and_hybrid_with_real_model(client: TestClient) -> None:

@@ -76,6 +76,41 @@ def models_check(
         raise typer.Exit(1)
 
 
+@models_app.command("centroids")
+def models_centroids(
+    files: Annotated[list[Path], typer.Argument(help=".txt (one text per line) or corpus files (JSONL/TSV)")],
+    model: Annotated[str, typer.Option("--model", "-m")] = "e5-small",
+    out: Annotated[Path | None, typer.Option("--out", help="default: XLIR_HOME/centroids/<weights>.npz, which "
+                                             "the server uses for the encoder")] = None,
+    lang: Annotated[str | None, typer.Option("--lang", help="language of all texts (default: detected)")] = None,
+    max_per_lang: Annotated[int, typer.Option("--max-per-lang")] = 5000,
+    home: HomeOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Per-language centroid table for an encoder, for queries in languages the index does not hold."""
+    from indexer.centroid_table import build_table, default_table_path
+    from indexer.langid import normalize_lang
+    from models.encoders import load_encoder
+    from models.registry import xlir_home
+
+    for f in files:
+        if not f.exists():
+            fail(f"{f}: no such file")
+    code = None
+    if lang is not None:
+        try:
+            code = normalize_lang(lang)
+        except ValueError as exc:
+            fail(str(exc))
+    enc = load_encoder(model, device=device, home=home)
+    table = build_table(enc, files, lang=code, max_per_lang=max_per_lang)
+    target = out or default_table_path(home or xlir_home(), enc.checksum)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    table.save(target, enc.checksum)
+    counts = ", ".join(f"{k}:{int(n)}" for k, n in zip(table.langs, table.counts, strict=True))
+    typer.echo(f"centroids of {len(table.langs)} languages ({counts}) for {enc.name} -> {target}")
+
+
 @app.command("index")
 def index_cmd(
     corpus: Annotated[list[Path], typer.Argument(help="JSONL / TSV files (optionally .gz) or BEIR/MIRACL dirs")],
@@ -87,6 +122,8 @@ def index_cmd(
     lang: Annotated[str | None, typer.Option("--lang", help="language of documents without a lang field "
                                              "(default: detect)")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing index")] = False,
+    centering: Annotated[str, typer.Option("--centering", help="auto | off | offset | full: language "
+                                           "centring of dense vectors (auto: full if multilingual)")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
     home: HomeOpt = None,
     device: DeviceOpt = "auto",
@@ -96,7 +133,7 @@ def index_cmd(
     from models.encoders import load_encoder
 
     opts = BuildOptions(shard_size=shard_size, index_type=index_type, batch_size=batch_size, default_lang=lang,
-                        overwrite=overwrite, progress=not quiet)
+                        overwrite=overwrite, progress=not quiet, centering=centering)
     for p in corpus:
         if not p.exists():
             fail(f"{p}: no such file or directory")
@@ -104,7 +141,8 @@ def index_cmd(
     m = build_index(corpus, out, enc, opts)
     typer.echo(f"indexed {m.doc_count} documents in {len(m.shards)} shard(s), "
                f"{len(m.languages)} languages ({', '.join(f'{k}:{v}' for k, v in m.languages.items())}) "
-               f"-> {out} [{m.build['seconds']}s, {m.build['docs_per_second']} docs/s]")
+               f"-> {out} [{m.build['seconds']}s, {m.build['docs_per_second']} docs/s; "
+               f"centering {m.vector_sets['main'].centering}]")
 
 
 @app.command("serve")
@@ -152,6 +190,10 @@ def search_cmd(
     fusion: Annotated[str, typer.Option("--fusion", help="rrf | weighted")] = "rrf",
     alpha: Annotated[float, typer.Option("--alpha")] = 0.5,
     langs: Annotated[list[str] | None, typer.Option("--lang", help="filter by language (repeatable)")] = None,
+    query_lang: Annotated[str | None, typer.Option("--query-lang", help="the query's language (default: "
+                                                   "detected)")] = None,
+    centering: Annotated[str | None, typer.Option("--centering", help="off | offset | full (default: the "
+                                                  "index's)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the JSON response")] = False,
     home: HomeOpt = None,
     device: DeviceOpt = "auto",
@@ -165,7 +207,8 @@ def search_cmd(
 
     try:
         req = SearchRequest.model_validate(
-            {"query": query, "k": k, "mode": mode, "fusion": fusion, "alpha": alpha, "langs": langs or None})
+            {"query": query, "k": k, "mode": mode, "fusion": fusion, "alpha": alpha, "langs": langs or None,
+             "lang": query_lang, "centering": centering})
     except ValidationError as exc:
         fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     if (index is None) == (target is None):
@@ -215,6 +258,8 @@ def mine_cmd(
     threshold: Annotated[float | None, typer.Option("--threshold", help="keep pairs scoring at least this")] = None,
     one_to_one: Annotated[bool, typer.Option("--one-to-one", help="each sentence in at most one pair")] = False,
     dedup: Annotated[bool, typer.Option("--dedup", help="drop repeated sentences on each side")] = False,
+    centering: Annotated[str, typer.Option("--centering", help="off | offset | full: remove each side's "
+                                           "language mean before scoring")] = "full",
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     home: HomeOpt = None,
     device: DeviceOpt = "auto",
@@ -229,13 +274,15 @@ def mine_cmd(
         fail(f"unknown --retrieval {retrieval!r}; choose from {', '.join(RETRIEVALS)}")
     if k < 1:
         fail("--k must be >= 1")
+    if centering not in ("off", "offset", "full"):
+        fail(f"unknown --centering {centering!r}; choose from off, offset, full")
     for p in (src, tgt):
         if not p.is_file():
             fail(f"{p}: no such file")
     enc = load_encoder(model, device=device, home=home)
     try:
         rep = mine_files(enc, src, tgt, out, k=k, margin=margin, retrieval=retrieval, threshold=threshold,
-                         one_to_one=one_to_one, dedup=dedup, batch_size=batch_size)
+                         one_to_one=one_to_one, dedup=dedup, batch_size=batch_size, centering=centering)
     except ValueError as exc:
         fail(str(exc))
     skipped = {side: {k_: v for k_, v in d.items() if v} for side, d in

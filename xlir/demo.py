@@ -65,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
                 ids = [h["id"] for h in body["results"]]
                 rank = ids.index(probe["relevant"]) + 1 if probe["relevant"] in ids else None
                 failures += rank is None
-                print(f"POST /search {{\"query\": \"{probe['query']}\"}}   [{probe['query_lang']}, "
-                      f"{body['took_ms']:.0f} ms]")
+                cen = body.get("centering") or {}
+                print(f"POST /search {{\"query\": \"{probe['query']}\"}}   [{body['took_ms']:.0f} ms; query "
+                      f"language {cen.get('query_lang')} ({cen.get('lang_source')}), centering {cen.get('mode')}]")
                 for i, hit in enumerate(body["results"][:3], start=1):
                     mark = "*" if hit["id"] == probe["relevant"] else " "
                     print(f"  {mark}{i}. [{hit['lang']}] {hit['id']}: {hit['title']} | {hit['snippet'][:80]}")
