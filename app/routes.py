@@ -42,5 +42,6 @@ async def ready(state: StateDep) -> JSONResponse:
         return JSONResponse(status_code=503, content=Ready(ready=False, detail=state.error).model_dump())
     svc = state.service
     body = Ready(ready=True, docs=svc.index.size, languages=svc.index.manifest.languages,
-                 encoder=svc.encoder.name, reranker=svc.reranker.name if svc.reranker else None)
+                 encoder=svc.encoder.name, reranker=svc.reranker.name if svc.reranker else None,
+                 centering=svc.index.centering, centroid_table_langs=svc.table.langs if svc.table else None)
     return JSONResponse(content=body.model_dump())

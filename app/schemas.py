@@ -150,6 +150,8 @@ class Ready(BaseModel):
     languages: dict[str, int] | None = None
     encoder: str | None = None
     reranker: str | None = None
+    centering: str | None = Field(None, description="the index's language centring mode")
+    centroid_table_langs: list[str] | None = Field(None, description="languages of the encoder's centroid table")
 
 
 class ErrorBody(BaseModel):

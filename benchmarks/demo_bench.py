@@ -4,7 +4,8 @@ Run: ``xlir bench demo [--out FILE.json]`` (``make bench-demo``). It indexes ``d
 e5-small into a temporary directory, then measures on that index:
 
 - quality: for each cross-lingual probe (a question whose only answer is in another language), the answer's
-  rank under dense, BM25, hybrid RRF and hybrid weighted (alpha 0.5), and the mean reciprocal rank;
+  rank under dense (each centring mode), BM25, hybrid RRF and hybrid weighted, and the mean reciprocal rank
+  (query language detected, as a client that sends no ``lang`` gets);
 
 - indexing: docs/s for the whole pipeline and the share of each stage;
 - query latency (p50/p95) per mode, in-process (``SearchService``) and through ``xlir serve`` (httpx);
@@ -137,10 +138,14 @@ def bench_rest(index_dir: Path, qs: list[str], repeats: int) -> dict[str, dict[s
 
 
 MODES: dict[str, dict[str, Any]] = {
-    "dense": {"mode": "dense"},
+    "dense, centering off": {"mode": "dense", "centering": "off"},
+    "dense, centering offset": {"mode": "dense", "centering": "offset"},
+    "dense, centering full (default)": {"mode": "dense"},
     "bm25": {"mode": "bm25"},
-    "hybrid-rrf": {"mode": "hybrid", "fusion": "rrf"},
-    "hybrid-weighted-0.5": {"mode": "hybrid", "fusion": "weighted", "alpha": 0.5},
+    "hybrid rrf, centering full": {"mode": "hybrid", "fusion": "rrf"},
+    "hybrid weighted 0.5, centering full": {"mode": "hybrid", "fusion": "weighted", "alpha": 0.5},
+    "hybrid weighted 0.8, centering full": {"mode": "hybrid", "fusion": "weighted", "alpha": 0.8},
+    "hybrid weighted 0.8, centering off": {"mode": "hybrid", "fusion": "weighted", "alpha": 0.8, "centering": "off"},
 }
 
 
