@@ -308,7 +308,7 @@ def print_results(body: dict[str, object]) -> None:
     assert isinstance(results, list)
     typer.echo(f"{len(results)} results for {body['query']!r} ({body['mode']}, {body['took_ms']} ms)")
     for i, hit in enumerate(results, start=1):
-        ranks = ", ".join(f"{k}={v}" for k, v in hit["ranks"].items())
+        ranks = ", ".join(f"{k}={v if v is not None else '-'}" for k, v in hit["ranks"].items())
         typer.echo(f"{i:3d}. [{hit['lang']}] {hit['id']}  score={hit['score']:.4f}  ({ranks})")
         typer.echo(f"     {hit['title']}: {hit['snippet'][:160]}")
 
