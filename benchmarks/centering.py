@@ -55,11 +55,13 @@ import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from app.fusion import Run, rrf, weighted
 from indexer.centering import MODES, Centroids, CentroidStats, center, center_by_lang, center_sides
 from models.encoders import ProgressFn, length_sorted_batches
 from models.registry import xlir_home
@@ -545,6 +547,233 @@ def bench_lid(langs: Sequence[str], detected: Sequence[str]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------
+# Hybrid: BM25 + dense, fused with the server's functions
+# --------------------------------------------------------------------------------------------------
+
+FUSION_DEPTH = 100  # each retriever's contribution to fusion (the server's fusion_depth)
+HYBRID_RRF_K = 60.0
+ALPHAS = tuple(i / 10 for i in range(11))  # weighted fusion: alpha * dense + (1 - alpha) * bm25
+# hybrid conditions on the multilingual pool (the dense side of a fused run is named after the slash)
+HYBRID_CONDITIONS = ("bm25", "dense/off", "dense/full", "rrf/full", "weighted/full", "weighted/off")
+MONO_METRICS = ("map@20", "ndcg@10")
+
+
+def choose_alpha(means: Mapping[float, float]) -> float:
+    """The alpha with the highest score (mean AP@20 on dev); exact ties go to the larger alpha."""
+    if not means:
+        raise ValueError("no alpha to choose from")
+    return max(means, key=lambda a: (means[a], a))
+
+
+def ranked_run(keys: Sequence[str], cand_ids: Sequence[str],
+               rankings: Sequence[Sequence[int]]) -> dict[str, dict[str, float]]:
+    """A ranx run from rankings (candidate rows best first) with scores ``n, n - 1, ..., 1``, so that ranx scores
+    exactly our order (fused scores tie often, e.g. RRF ranks; ranx would order ties its own way)."""
+    return {q: {cand_ids[r]: float(len(rows) - i) for i, r in enumerate(rows)}
+            for q, rows in zip(keys, rankings, strict=True)}
+
+
+def dense_runs(rows: np.ndarray, scores: np.ndarray) -> list[Run]:
+    """One fusion run per query from :func:`top_k` output."""
+    return [Run(r, s) for r, s in zip(rows, scores, strict=True)]
+
+
+def fuse_rankings(dense: Sequence[Run], bm25: Sequence[Run], how: str, param: float,
+                  k: int = DEPTH) -> list[list[int]]:
+    """Per query, the rows of the top ``k`` of :func:`app.fusion.rrf` (``how="rrf"``, ``param`` = rrf_k) or
+    :func:`app.fusion.weighted` (``how="weighted"``, ``param`` = alpha, the dense weight)."""
+    if how not in ("rrf", "weighted"):
+        raise ValueError(f"unknown fusion {how!r}")
+    out = []
+    for d, b in zip(dense, bm25, strict=True):
+        runs = {"dense": d, "bm25": b}
+        hits = (rrf(runs, k=k, rrf_k=param) if how == "rrf"
+                else weighted(runs, {"dense": param, "bm25": 1.0 - param}, k=k))
+        out.append([h.row for h in hits])
+    return out
+
+
+@dataclass
+class HybridClock:
+    """Seconds spent per step of the hybrid section, and how many BM25 indexes / queries."""
+
+    seconds: dict[str, float]
+    bm25_indexes: int = 0
+    bm25_queries: int = 0
+
+    def add(self, step: str, t0: float) -> None:
+        self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - t0
+
+
+def bm25_runs(cand_tokens: Sequence[Sequence[str]], query_tokens: Sequence[Sequence[str]], workdir: Path,
+              clock: HybridClock, k: int = FUSION_DEPTH) -> list[Run]:
+    """Index ``cand_tokens`` (rows in that order) with :class:`indexer.bm25.BM25Builder` in a fresh folder under
+    ``workdir`` and search it once per query: its top ``k`` hits with a positive score."""
+    from indexer.bm25 import BM25Builder, BM25Searcher
+
+    t0 = time.perf_counter()
+    builder = BM25Builder()
+    for tokens in cand_tokens:
+        builder.add(tokens)
+    directory = workdir / f"bm25-{clock.bm25_indexes}"
+    builder.save(directory)
+    searcher = BM25Searcher(directory)
+    clock.bm25_indexes += 1
+    clock.add("bm25 build", t0)
+    t0 = time.perf_counter()
+    out = []
+    for tokens in query_tokens:
+        scores, rows = searcher.search(tokens, k)
+        out.append(Run(rows, scores))
+    clock.bm25_queries += len(query_tokens)
+    clock.add("bm25 search", t0)
+    return out
+
+
+def _evaluate_rankings(qrels: Mapping[str, Mapping[str, int]], keys: Sequence[str], q_langs: Sequence[str],
+                       c_ids: Sequence[str], rankings: Sequence[Sequence[int]], clock: HybridClock,
+                       metrics: Sequence[str] = METRICS) -> dict[str, dict[str, float]]:
+    t0 = time.perf_counter()
+    per_query = evaluate_run(qrels, ranked_run(keys, c_ids, rankings), metrics)
+    clock.add("ranx", t0)
+    return {m: by_lang(per_query[m], keys, q_langs) for m in metrics}
+
+
+def _evaluate_means(qrels: Mapping[str, Mapping[str, int]], keys: Sequence[str], q_langs: Sequence[str],
+                    c_ids: Sequence[str], rankings: Sequence[Sequence[int]], clock: HybridClock) -> dict[str, float]:
+    got = _evaluate_rankings(qrels, keys, q_langs, c_ids, rankings, clock, MONO_METRICS)
+    return {m: got[m]["mean"] for m in MONO_METRICS}
+
+
+def _fuse(dense: Sequence[Run], bm25: Sequence[Run], how: str, param: float, clock: HybridClock) -> list[list[int]]:
+    t0 = time.perf_counter()
+    out = fuse_rankings(dense, bm25, how, param)
+    clock.add("fusion", t0)
+    return out
+
+
+def _rankings(runs: Sequence[Run], k: int = DEPTH) -> list[list[int]]:
+    return [r.rows[:k].tolist() for r in runs]
+
+
+def bench_hybrid_xquad(pool: Pool, cand_vecs: np.ndarray, query_vecs: np.ndarray, detected: Sequence[str],
+                       cand_tokens: Sequence[Sequence[str]], query_tokens: Sequence[Sequence[str]],
+                       limit: int | None, workdir: Path, clock: HybridClock) -> dict[str, Any]:
+    """Multilingual pool: BM25 over the split's candidates, dense off and full (detected query language), RRF
+    and weighted fusion; alpha chosen on dev (weighted/full and weighted/off separately), applied to test and all."""
+    out: dict[str, Any] = {"alpha": {}, "dev_sweep": {}}
+    for split in SPLITS:  # dev first: it fixes the alphas
+        crow = np.flatnonzero(split_mask(pool.cand_articles, split))
+        qrow = first_per_lang(pool.query_langs, split_mask(pool.query_articles, split), limit)
+        c_ids = [pool.cand_ids[i] for i in crow]
+        c_langs = [pool.cand_langs[i] for i in crow]
+        keys = [pool.query_keys[i] for i in qrow]
+        q_langs = [pool.query_langs[i] for i in qrow]
+        qrels = {k: pool.qrels[k] for k in keys}
+        bm25 = bm25_runs([cand_tokens[i] for i in crow.tolist()], [query_tokens[i] for i in qrow.tolist()],
+                         workdir, clock)
+        t0 = time.perf_counter()
+        table = pool_centroids(cand_vecs[crow], c_langs)
+        dense: dict[str, list[Run]] = {}
+        for mode in ("off", "full"):
+            cands = centred_pool(table, mode, cand_vecs[crow], c_langs)
+            shifts, _ = query_shifts(table, mode, [detected[i] for i in qrow])
+            queries = center(query_vecs[qrow], shifts) if mode != "off" else query_vecs[qrow]
+            dense[mode] = dense_runs(*top_k(queries, cands, FUSION_DEPTH))
+        clock.add("dense", t0)
+        evaluate = partial(_evaluate_rankings, qrels, keys, q_langs, c_ids, clock=clock)
+        conds: dict[str, Any] = {"bm25": evaluate(_rankings(bm25)), "dense/off": evaluate(_rankings(dense["off"])),
+                                 "dense/full": evaluate(_rankings(dense["full"])),
+                                 "rrf/full": evaluate(_fuse(dense["full"], bm25, "rrf", HYBRID_RRF_K, clock))}
+        for mode in ("full", "off"):
+            if split == "dev":
+                sweep = {a: evaluate(_fuse(dense[mode], bm25, "weighted", a, clock)) for a in ALPHAS}
+                out["dev_sweep"][mode] = {str(a): {m: v[m]["mean"] for m in METRICS} for a, v in sweep.items()}
+                alpha = out["alpha"][mode] = choose_alpha({a: v["map@20"]["mean"] for a, v in sweep.items()})
+                conds[f"weighted/{mode}"] = sweep[alpha]
+            else:
+                conds[f"weighted/{mode}"] = evaluate(_fuse(dense[mode], bm25, "weighted", out["alpha"][mode], clock))
+        out[split] = {"candidates": len(crow), "queries": len(qrow),
+                      "bm25_queries_without_hit": sum(len(r.rows) == 0 for r in bm25),
+                      "conditions": {c: conds[c] for c in HYBRID_CONDITIONS}}
+    return out
+
+
+def bench_hybrid_mono(pool: Pool, cand_vecs: np.ndarray, query_vecs: np.ndarray, cand_tokens: Sequence[Sequence[str]],
+                      query_tokens: Sequence[Sequence[str]], limit: int | None, workdir: Path,
+                      clock: HybridClock) -> dict[str, Any]:
+    """Single-language indexes: BM25 over that language's sentences, dense with ``offset`` (what ``auto`` picks
+    for one language; equal to ``off``), RRF and weighted fusion, alpha chosen on dev by mean AP@20 over the 7
+    languages; nDCG@10 (and AP@20) per language."""
+    out: dict[str, Any] = {}
+    c_langs_all = np.asarray(pool.cand_langs)
+    q_langs_all = np.asarray(pool.query_langs)
+    for split in SPLITS:
+        per_lang: dict[str, dict[str, Any]] = {}
+        qmask_split = split_mask(pool.query_articles, split)
+        for lang in LANGS:
+            crow = np.flatnonzero(split_mask(pool.cand_articles, split) & (c_langs_all == lang))
+            qrow = first_per_lang(pool.query_langs, qmask_split & (q_langs_all == lang), limit)
+            c_ids = [pool.cand_ids[i] for i in crow]
+            c_set = set(c_ids)
+            keys = [pool.query_keys[i] for i in qrow]
+            q_langs = [lang] * len(qrow)
+            qrels = {k: {c: 1 for c in pool.qrels[k] if c in c_set} for k in keys}
+            bm25 = bm25_runs([cand_tokens[i] for i in crow.tolist()], [query_tokens[i] for i in qrow.tolist()],
+                             workdir, clock)
+            t0 = time.perf_counter()
+            langs = [lang] * len(crow)
+            table = pool_centroids(cand_vecs[crow], langs)
+            cands = centred_pool(table, "offset", cand_vecs[crow], langs)
+            shifts, _ = query_shifts(table, "offset", q_langs)
+            dense = dense_runs(*top_k(center(query_vecs[qrow], shifts), cands, FUSION_DEPTH))
+            clock.add("dense", t0)
+            evaluate = partial(_evaluate_means, qrels, keys, q_langs, c_ids, clock=clock)
+
+            vals: dict[str, Any] = {"bm25": evaluate(_rankings(bm25)), "dense": evaluate(_rankings(dense)),
+                                    "rrf": evaluate(_fuse(dense, bm25, "rrf", HYBRID_RRF_K, clock))}
+            if split == "dev":
+                vals["sweep"] = {a: evaluate(_fuse(dense, bm25, "weighted", a, clock)) for a in ALPHAS}
+            else:
+                vals["weighted"] = evaluate(_fuse(dense, bm25, "weighted", out["alpha"], clock))
+            per_lang[lang] = vals
+        if split == "dev":
+            sweep = {a: {m: float(np.mean([per_lang[lang]["sweep"][a][m] for lang in LANGS])) for m in MONO_METRICS}
+                     for a in ALPHAS}
+            out["dev_sweep"] = {str(a): v for a, v in sweep.items()}
+            alpha = out["alpha"] = choose_alpha({a: v["map@20"] for a, v in sweep.items()})
+            for lang in LANGS:
+                per_lang[lang]["weighted"] = per_lang[lang].pop("sweep")[alpha]
+        res: dict[str, Any] = {lang: per_lang[lang] for lang in LANGS}
+        res["mean"] = {c: {m: float(np.mean([per_lang[lang][c][m] for lang in LANGS])) for m in MONO_METRICS}
+                       for c in ("bm25", "dense", "rrf", "weighted")}
+        out[split] = res
+    return out
+
+
+def bench_hybrid(pool: Pool, cand_vecs: np.ndarray, query_vecs: np.ndarray, detected: Sequence[str],
+                 limit: int | None) -> dict[str, Any]:
+    """The hybrid section: multilingual pool and single-language indexes, with its own timings."""
+    import tempfile
+
+    from indexer.text import tokenize
+
+    t_all = time.perf_counter()
+    clock = HybridClock(seconds={})
+    t0 = time.perf_counter()
+    cand_tokens = [tokenize(t) for t in pool.cand_texts]
+    query_tokens = [tokenize(t) for t in pool.query_texts]
+    clock.add("tokenize", t0)
+    with tempfile.TemporaryDirectory(prefix="xlir-centering-bm25-") as tmp:
+        xquad = bench_hybrid_xquad(pool, cand_vecs, query_vecs, detected, cand_tokens, query_tokens, limit,
+                                   Path(tmp), clock)
+        mono = bench_hybrid_mono(pool, cand_vecs, query_vecs, cand_tokens, query_tokens, limit, Path(tmp), clock)
+    return {"fusion_depth": FUSION_DEPTH, "rrf_k": HYBRID_RRF_K, "alphas": list(ALPHAS), "xquad": xquad,
+            "mono": mono, "timings": {**clock.seconds, "total": time.perf_counter() - t_all},
+            "bm25_indexes": clock.bm25_indexes, "bm25_queries": clock.bm25_queries}
+
+
+# --------------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------------
 
@@ -648,7 +877,93 @@ def render(res: Mapping[str, Any]) -> str:
              ", ".join(f"{k} {v}" for k, v in lid[lang]["confusions"].items()) or "-"] for lang in LANGS]
     rows.append(["mean", "", _f(lid["mean"]), ""])
     L += _table(["lang", "questions", "accuracy", "most frequent wrong labels"], rows)
+    if "hybrid" in res:
+        L += render_hybrid(res)
     return "\n".join(L)
+
+
+HYBRID_LABELS = {"bm25": "BM25", "dense/off": "dense off", "dense/full": "dense full (detected)",
+                 "rrf/full": "RRF + dense full", "weighted/full": "weighted + dense full",
+                 "weighted/off": "weighted + dense off"}
+
+
+def render_hybrid(res: Mapping[str, Any]) -> list[str]:
+    h = res["hybrid"]
+    hx, hm = h["xquad"], h["mono"]
+    a_full, a_off, a_mono = hx["alpha"]["full"], hx["alpha"]["off"], hm["alpha"]
+    L = ["## Hybrid: BM25 + dense on XQuAD-R (fusion tuned with centring on)", ""]
+    L += [f"BM25: `indexer.bm25` (k1 1.2, b 0.75, lucene) over `indexer.text.tokenize`, one index per pool. Dense: "
+          f"e5-small, `off` or `full` with the detected query language (the product default on a multilingual "
+          f"index); on a single-language index `offset` (what `auto` picks there; equal to `off`). Each retriever "
+          f"contributes its top {h['fusion_depth']} (the server's fusion_depth), fused by `app.fusion`: RRF with "
+          f"rrf_k {h['rrf_k']:g}; weighted = alpha * dense + (1 - alpha) * BM25, min-max normalised, min-fill. "
+          f"Metrics (ranx) on the fused top {DEPTH}, in the fused order. alpha in {ALPHAS[0]:.1f}, {ALPHAS[1]:.1f}, "
+          f"..., {ALPHAS[-1]:.1f}, chosen on **dev** by mean AP@20 over the query languages (ties: larger alpha): "
+          f"pool with dense full **{a_full:.1f}**, pool with dense off **{a_off:.1f}**, single-language indexes "
+          f"**{a_mono:.1f}**; test and all are reported at those alphas.", ""]
+    t = h["timings"]
+    per_query = 1e6 * t.get("bm25 search", 0.0) / max(h["bm25_queries"], 1)
+    L += [f"Hybrid section: {t['total']:.1f} s (tokenize {t.get('tokenize', 0.0):.1f}, BM25 build "
+          f"{t.get('bm25 build', 0.0):.1f} for {h['bm25_indexes']} indexes, BM25 search {t.get('bm25 search', 0.0):.1f}"
+          f" for {h['bm25_queries']} queries = {per_query:.0f} µs/query, dense {t.get('dense', 0.0):.1f}, fusion "
+          f"{t.get('fusion', 0.0):.1f}, ranx {t.get('ranx', 0.0):.1f}).", ""]
+
+    L += ["### Dev sweep of alpha (mean over query languages)", "",
+          "\\* = the alpha chosen for that column's setting (by AP@20).", ""]
+    rows = []
+    for a in ALPHAS:
+        row = [f"{a:.1f}"]
+        for sweep, chosen in ((hx["dev_sweep"]["full"], a_full), (hx["dev_sweep"]["off"], a_off),
+                              (hm["dev_sweep"], a_mono)):
+            star = "\\*" if a == chosen else ""
+            row += [_f(sweep[str(a)]["map@20"]) + star, _f(sweep[str(a)]["ndcg@10"])]
+        rows.append(row)
+    L += _table(["alpha", "pool+full AP@20", "pool+full nDCG@10", "pool+off AP@20", "pool+off nDCG@10",
+                 "mono AP@20", "mono nDCG@10"], rows)
+
+    L += ["### Multilingual pool: AP@20 per query language", "",
+          f"Weighted + dense full at alpha {a_full:.1f}, weighted + dense off at alpha {a_off:.1f}. Δ = mean AP@20 "
+          "minus that of dense full alone, in points (x100). dev is the tuning split.", ""]
+    rows = []
+    for s in ("test", "all", "dev"):
+        conds = hx[s]["conditions"]
+        base = conds["dense/full"]["map@20"]["mean"]
+        for c in HYBRID_CONDITIONS:
+            v = conds[c]
+            rows.append([s, HYBRID_LABELS[c]] + [_f(v["map@20"][lang]) for lang in (*LANGS, "mean")]
+                        + [f"{100 * (v['map@20']['mean'] - base):+.2f}", _f(v["ndcg@10"]["mean"]),
+                           _f(v["recall@100"]["mean"])])
+    L += _table(["split", "condition", *LANGS, "mean AP@20", "Δ", "nDCG@10", "R@100"], rows)
+    L += ["Queries without a BM25 hit: " + ", ".join(f"{s} {hx[s]['bm25_queries_without_hit']}" for s in SPLITS)
+          + ".", ""]
+
+    L += ["### Single-language indexes: nDCG@10", "",
+          f"Each language's own pool; BM25 over that language only; dense `offset` (= `off`); weighted at alpha "
+          f"{a_mono:.1f}. dev is the tuning split.", ""]
+    cols = ("bm25", "dense", "rrf", "weighted")
+    names = {"bm25": "BM25", "dense": "dense", "rrf": "RRF", "weighted": "weighted"}
+    rows = []
+    for lang in (*LANGS, "mean"):
+        rows.append([lang] + [_f(hm[s][lang][c]["ndcg@10"]) for s in ("test", "all", "dev") for c in cols])
+    L += _table(["lang"] + [f"{s} {names[c]}" for s in ("test", "all", "dev") for c in cols], rows)
+    rows = [[s] + [_f(hm[s]["mean"][c]["map@20"]) for c in cols] for s in ("test", "all", "dev")]
+    L += ["Mean AP@20 over the 7 languages:", ""] + _table(["split"] + [names[c] for c in cols], rows)
+
+    # hybrid vs dense alone, and a check that dense alone reproduces the centring section
+    d = {s: {c: 100 * (hx[s]["conditions"][c]["map@20"]["mean"] - hx[s]["conditions"]["dense/full"]["map@20"]["mean"])
+             for c in ("rrf/full", "weighted/full")} for s in ("test", "all")}
+    m = {s: {c: 100 * (hm[s]["mean"][c]["ndcg@10"] - hm[s]["mean"]["dense"]["ndcg@10"]) for c in ("rrf", "weighted")}
+         for s in ("test", "all")}
+    L += ["Hybrid minus dense alone, in points: multilingual pool mean AP@20 "
+          + "; ".join(f"{s}: RRF {d[s]['rrf/full']:+.2f}, weighted {d[s]['weighted/full']:+.2f}" for s in d)
+          + ". Single-language nDCG@10 (mean of 7) "
+          + "; ".join(f"{s}: RRF {m[s]['rrf']:+.2f}, weighted {m[s]['weighted']:+.2f}" for s in m) + ".", ""]
+    diffs = [abs(hx[s]["conditions"][hc]["map@20"]["mean"] - res["xquad"][s]["conditions"][xc]["map@20"]["mean"])
+             for s in SPLITS for hc, xc in (("dense/off", "off"), ("dense/full", "full/detected"))]
+    diffs += [abs(hm[s][lang]["dense"]["ndcg@10"] - res["mono"][s][lang]["offset"]) for s in SPLITS for lang in LANGS]
+    L += [f"Check: dense alone here vs the centring sections above (AP@20 means, single-language nDCG@10): max "
+          f"|difference| {max(diffs):.1e}.", ""]
+    return L
 
 
 # --------------------------------------------------------------------------------------------------
@@ -656,7 +971,7 @@ def render(res: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def run(data: Path, model: str, limit: int | None) -> dict[str, Any]:
+def run(data: Path, model: str, limit: int | None, hybrid: bool = True) -> dict[str, Any]:
     from importlib.metadata import version
 
     from benchmarks.demo_bench import commit, machine
@@ -700,6 +1015,11 @@ def run(data: Path, model: str, limit: int | None) -> dict[str, Any]:
     t0 = time.perf_counter()
     tatoeba = bench_tatoeba(sides)
     timings["tatoeba eval"] = time.perf_counter() - t0
+    extra: dict[str, Any] = {}
+    if hybrid:
+        t0 = time.perf_counter()
+        extra["hybrid"] = bench_hybrid(pool, cand_vecs, query_vecs, detected, limit)
+        timings["hybrid eval"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_all
     return {
         **head, "checksum": enc.checksum,
@@ -707,7 +1027,7 @@ def run(data: Path, model: str, limit: int | None) -> dict[str, Any]:
         "cache": {"dir": str(cache_dir), "hits": stats.hits, "misses": stats.misses,
                   "texts_embedded": stats.texts_embedded, "embed_seconds": stats.seconds},
         "segmentation": {lang: list(v) for lang, v in pool.official_counts.items()},
-        "xquad": xquad, "mono": mono, "tatoeba": tatoeba, "lid": bench_lid(pool.query_langs, detected),
+        "xquad": xquad, "mono": mono, "tatoeba": tatoeba, "lid": bench_lid(pool.query_langs, detected), **extra,
     }
 
 
@@ -719,10 +1039,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="at most N questions per language and split (quick runs)")
     ap.add_argument("--data", type=Path, default=DATA, help="folder holding xquad-r/ and tatoeba/")
     ap.add_argument("--model", default="e5-small")
+    ap.add_argument("--skip-hybrid", action="store_true", help="skip the hybrid (BM25 + dense fusion) section")
     args = ap.parse_args(argv)
     if args.max_questions is not None and args.max_questions < 1:
         ap.error("--max-questions must be >= 1")
-    res = run(args.data, args.model, args.max_questions)
+    res = run(args.data, args.model, args.max_questions, hybrid=not args.skip_hybrid)
     print(render(res))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
