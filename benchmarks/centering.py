@@ -38,6 +38,15 @@ the ``absolute`` margin (cosine nearest neighbour) and the ``ratio`` margin (k=4
 side centred on its own mean (``full``) and with ``offset`` (the global mean is that of both sides), by
 :func:`indexer.centering.center_sides`, what ``xlir mine --centering`` does.
 
+**Hybrid** (skip with ``--skip-hybrid``): BM25 (:mod:`indexer.bm25` over :func:`indexer.text.tokenize`, one index
+per pool, built in a temporary folder, searched once per query) fused with the dense run by :mod:`app.fusion`, each
+retriever contributing its top ``FUSION_DEPTH`` = 100 (the server's ``fusion_depth``): RRF (rrf_k 60) and weighted
+(``alpha * dense + (1 - alpha) * bm25`` after min-max, min-fill) for alpha in 0.0, 0.1, ..., 1.0. On the pool the
+dense side is ``full`` with the detected query language (the product default) or ``off``; on single-language
+indexes ``offset`` (what ``auto`` picks there, equal to ``off``). alpha is chosen on **dev** by the mean AP@20 over
+query languages (:func:`choose_alpha`, ties to the larger alpha) and reported on test and all. Metrics are computed
+on the fused order (:func:`ranked_run`), not on the fused scores, which tie often.
+
 Embeddings are cached as ``.npy`` in ``$XLIR_HOME/cache/embeddings/``, keyed by the sha256 of the model checksum,
 the kind (query or passage) and the texts, so a second run only scores.
 """
@@ -555,7 +564,8 @@ HYBRID_RRF_K = 60.0
 ALPHAS = tuple(i / 10 for i in range(11))  # weighted fusion: alpha * dense + (1 - alpha) * bm25
 # hybrid conditions on the multilingual pool (the dense side of a fused run is named after the slash)
 HYBRID_CONDITIONS = ("bm25", "dense/off", "dense/full", "rrf/full", "weighted/full", "weighted/off")
-MONO_METRICS = ("map@20", "ndcg@10")
+SWEEP_METRICS = ("map@20", "ndcg@10")  # the alpha sweeps and the single-language indexes
+SWEEP_DEPTH = 20  # all those metrics need of a ranking
 
 
 def choose_alpha(means: Mapping[float, float]) -> float:
@@ -641,13 +651,14 @@ def _evaluate_rankings(qrels: Mapping[str, Mapping[str, int]], keys: Sequence[st
 
 def _evaluate_means(qrels: Mapping[str, Mapping[str, int]], keys: Sequence[str], q_langs: Sequence[str],
                     c_ids: Sequence[str], rankings: Sequence[Sequence[int]], clock: HybridClock) -> dict[str, float]:
-    got = _evaluate_rankings(qrels, keys, q_langs, c_ids, rankings, clock, MONO_METRICS)
-    return {m: got[m]["mean"] for m in MONO_METRICS}
+    got = _evaluate_rankings(qrels, keys, q_langs, c_ids, rankings, clock, SWEEP_METRICS)
+    return {m: got[m]["mean"] for m in SWEEP_METRICS}
 
 
-def _fuse(dense: Sequence[Run], bm25: Sequence[Run], how: str, param: float, clock: HybridClock) -> list[list[int]]:
+def _fuse(dense: Sequence[Run], bm25: Sequence[Run], how: str, param: float, clock: HybridClock,
+          k: int = DEPTH) -> list[list[int]]:
     t0 = time.perf_counter()
-    out = fuse_rankings(dense, bm25, how, param)
+    out = fuse_rankings(dense, bm25, how, param, k)
     clock.add("fusion", t0)
     return out
 
@@ -682,17 +693,16 @@ def bench_hybrid_xquad(pool: Pool, cand_vecs: np.ndarray, query_vecs: np.ndarray
             dense[mode] = dense_runs(*top_k(queries, cands, FUSION_DEPTH))
         clock.add("dense", t0)
         evaluate = partial(_evaluate_rankings, qrels, keys, q_langs, c_ids, clock=clock)
+        evaluate_top = partial(_evaluate_rankings, qrels, keys, q_langs, c_ids, clock=clock, metrics=SWEEP_METRICS)
         conds: dict[str, Any] = {"bm25": evaluate(_rankings(bm25)), "dense/off": evaluate(_rankings(dense["off"])),
                                  "dense/full": evaluate(_rankings(dense["full"])),
                                  "rrf/full": evaluate(_fuse(dense["full"], bm25, "rrf", HYBRID_RRF_K, clock))}
         for mode in ("full", "off"):
             if split == "dev":
-                sweep = {a: evaluate(_fuse(dense[mode], bm25, "weighted", a, clock)) for a in ALPHAS}
-                out["dev_sweep"][mode] = {str(a): {m: v[m]["mean"] for m in METRICS} for a, v in sweep.items()}
-                alpha = out["alpha"][mode] = choose_alpha({a: v["map@20"]["mean"] for a, v in sweep.items()})
-                conds[f"weighted/{mode}"] = sweep[alpha]
-            else:
-                conds[f"weighted/{mode}"] = evaluate(_fuse(dense[mode], bm25, "weighted", out["alpha"][mode], clock))
+                sweep = {a: evaluate_top(_fuse(dense[mode], bm25, "weighted", a, clock, SWEEP_DEPTH)) for a in ALPHAS}
+                out["dev_sweep"][mode] = {str(a): {m: v[m]["mean"] for m in SWEEP_METRICS} for a, v in sweep.items()}
+                out["alpha"][mode] = choose_alpha({a: v["map@20"]["mean"] for a, v in sweep.items()})
+            conds[f"weighted/{mode}"] = evaluate(_fuse(dense[mode], bm25, "weighted", out["alpha"][mode], clock))
         out[split] = {"candidates": len(crow), "queries": len(qrow),
                       "bm25_queries_without_hit": sum(len(r.rows) == 0 for r in bm25),
                       "conditions": {c: conds[c] for c in HYBRID_CONDITIONS}}
@@ -729,23 +739,23 @@ def bench_hybrid_mono(pool: Pool, cand_vecs: np.ndarray, query_vecs: np.ndarray,
             dense = dense_runs(*top_k(center(query_vecs[qrow], shifts), cands, FUSION_DEPTH))
             clock.add("dense", t0)
             evaluate = partial(_evaluate_means, qrels, keys, q_langs, c_ids, clock=clock)
-
-            vals: dict[str, Any] = {"bm25": evaluate(_rankings(bm25)), "dense": evaluate(_rankings(dense)),
-                                    "rrf": evaluate(_fuse(dense, bm25, "rrf", HYBRID_RRF_K, clock))}
+            k = SWEEP_DEPTH
+            vals: dict[str, Any] = {"bm25": evaluate(_rankings(bm25, k)), "dense": evaluate(_rankings(dense, k)),
+                                    "rrf": evaluate(_fuse(dense, bm25, "rrf", HYBRID_RRF_K, clock, k))}
             if split == "dev":
-                vals["sweep"] = {a: evaluate(_fuse(dense, bm25, "weighted", a, clock)) for a in ALPHAS}
+                vals["sweep"] = {a: evaluate(_fuse(dense, bm25, "weighted", a, clock, k)) for a in ALPHAS}
             else:
-                vals["weighted"] = evaluate(_fuse(dense, bm25, "weighted", out["alpha"], clock))
+                vals["weighted"] = evaluate(_fuse(dense, bm25, "weighted", out["alpha"], clock, k))
             per_lang[lang] = vals
         if split == "dev":
-            sweep = {a: {m: float(np.mean([per_lang[lang]["sweep"][a][m] for lang in LANGS])) for m in MONO_METRICS}
+            sweep = {a: {m: float(np.mean([per_lang[lang]["sweep"][a][m] for lang in LANGS])) for m in SWEEP_METRICS}
                      for a in ALPHAS}
             out["dev_sweep"] = {str(a): v for a, v in sweep.items()}
             alpha = out["alpha"] = choose_alpha({a: v["map@20"] for a, v in sweep.items()})
             for lang in LANGS:
                 per_lang[lang]["weighted"] = per_lang[lang].pop("sweep")[alpha]
         res: dict[str, Any] = {lang: per_lang[lang] for lang in LANGS}
-        res["mean"] = {c: {m: float(np.mean([per_lang[lang][c][m] for lang in LANGS])) for m in MONO_METRICS}
+        res["mean"] = {c: {m: float(np.mean([per_lang[lang][c][m] for lang in LANGS])) for m in SWEEP_METRICS}
                        for c in ("bm25", "dense", "rrf", "weighted")}
         out[split] = res
     return out
@@ -768,7 +778,10 @@ def bench_hybrid(pool: Pool, cand_vecs: np.ndarray, query_vecs: np.ndarray, dete
         xquad = bench_hybrid_xquad(pool, cand_vecs, query_vecs, detected, cand_tokens, query_tokens, limit,
                                    Path(tmp), clock)
         mono = bench_hybrid_mono(pool, cand_vecs, query_vecs, cand_tokens, query_tokens, limit, Path(tmp), clock)
-    return {"fusion_depth": FUSION_DEPTH, "rrf_k": HYBRID_RRF_K, "alphas": list(ALPHAS), "xquad": xquad,
+    from indexer import bm25
+
+    return {"fusion_depth": FUSION_DEPTH, "rrf_k": HYBRID_RRF_K, "alphas": list(ALPHAS),
+            "bm25": {"k1": bm25.K1, "b": bm25.B, "method": bm25.METHOD}, "xquad": xquad,
             "mono": mono, "timings": {**clock.seconds, "total": time.perf_counter() - t_all},
             "bm25_indexes": clock.bm25_indexes, "bm25_queries": clock.bm25_queries}
 
@@ -892,13 +905,17 @@ def render_hybrid(res: Mapping[str, Any]) -> list[str]:
     hx, hm = h["xquad"], h["mono"]
     a_full, a_off, a_mono = hx["alpha"]["full"], hx["alpha"]["off"], hm["alpha"]
     L = ["## Hybrid: BM25 + dense on XQuAD-R (fusion tuned with centring on)", ""]
-    L += [f"BM25: `indexer.bm25` (k1 1.2, b 0.75, lucene) over `indexer.text.tokenize`, one index per pool. Dense: "
+    bm = h["bm25"]
+    L += [f"BM25: `indexer.bm25` (k1 {bm['k1']:g}, b {bm['b']:g}, {bm['method']}) over `indexer.text.tokenize`, "
+          f"one index per pool. Dense: "
           f"e5-small, `off` or `full` with the detected query language (the product default on a multilingual "
           f"index); on a single-language index `offset` (what `auto` picks there; equal to `off`). Each retriever "
           f"contributes its top {h['fusion_depth']} (the server's fusion_depth), fused by `app.fusion`: RRF with "
           f"rrf_k {h['rrf_k']:g}; weighted = alpha * dense + (1 - alpha) * BM25, min-max normalised, min-fill. "
-          f"Metrics (ranx) on the fused top {DEPTH}, in the fused order. alpha in {ALPHAS[0]:.1f}, {ALPHAS[1]:.1f}, "
-          f"..., {ALPHAS[-1]:.1f}, chosen on **dev** by mean AP@20 over the query languages (ties: larger alpha): "
+          f"Metrics (ranx) on the fused top {DEPTH} in the fused order (the top {SWEEP_DEPTH}, all AP@20 and "
+          f"nDCG@10 depend on, for the alpha sweeps and the single-language indexes). alpha in "
+          f"{ALPHAS[0]:.1f}, {ALPHAS[1]:.1f}, ..., {ALPHAS[-1]:.1f}, chosen on **dev** by mean AP@20 over the query "
+          f"languages (ties: larger alpha): "
           f"pool with dense full **{a_full:.1f}**, pool with dense off **{a_off:.1f}**, single-language indexes "
           f"**{a_mono:.1f}**; test and all are reported at those alphas.", ""]
     t = h["timings"]

@@ -170,3 +170,49 @@ def test_cache_key() -> None:
               cache_key("sum1", "passage", ["a", "c"]), cache_key("sum1", "passage", ["b", "a"]),
               cache_key("sum1", "passage", ["ab"]), cache_key("sum1", "passage", ["a", "b", ""])]
     assert len({base, *others}) == len(others) + 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Hybrid section: alpha choice, fusion of runs, ranx runs in fused order
+# --------------------------------------------------------------------------------------------------
+
+
+def test_choose_alpha_best_then_larger_on_ties() -> None:
+    from benchmarks.centering import choose_alpha
+
+    assert choose_alpha({0.0: 0.1, 0.5: 0.3, 0.7: 0.3, 1.0: 0.2}) == 0.7
+    assert choose_alpha({1.0: 0.2, 0.7: 0.3, 0.5: 0.3, 0.0: 0.1}) == 0.7  # order of the mapping is irrelevant
+    assert choose_alpha({0.0: 0.4, 1.0: 0.4}) == 1.0 and choose_alpha({0.3: 0.0}) == 0.3
+    with pytest.raises(ValueError):
+        choose_alpha({})
+
+
+def test_fuse_rankings_rrf_and_weighted() -> None:
+    from app.fusion import Run
+    from benchmarks.centering import dense_runs, fuse_rankings
+
+    dense = dense_runs(np.asarray([[0, 1, 2]]), np.asarray([[1.0, 0.5, 0.0]]))
+    assert dense[0].rows.tolist() == [0, 1, 2] and dense[0].scores.tolist() == [1.0, 0.5, 0.0]
+    bm25 = [Run(np.asarray([2, 3]), np.asarray([4.0, 2.0]))]
+    # RRF: row 2 = 1/63 + 1/61, row 0 = 1/61, rows 1 and 3 tie at 1/62 (lower row first)
+    assert fuse_rankings(dense, bm25, "rrf", 60) == [[2, 0, 1, 3]]
+    # weighted, min-max: dense 0 -> 1, 1 -> .5, 2 -> 0; bm25 2 -> 1, 3 -> 0 (missing rows min-filled to 0)
+    assert fuse_rankings(dense, bm25, "weighted", 0.5) == [[0, 2, 1, 3]]  # 0 and 2 tie at .5
+    assert fuse_rankings(dense, bm25, "weighted", 0.5, k=2) == [[0, 2]]
+    assert fuse_rankings(dense, bm25, "weighted", 1.0) == [[0, 1, 2, 3]]
+    assert fuse_rankings(dense, bm25, "weighted", 0.0) == [[2, 0, 1, 3]]
+    no_hit = [Run(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))]
+    assert fuse_rankings(dense, no_hit, "weighted", 0.5) == [[0, 1, 2]]
+    assert fuse_rankings(dense, no_hit, "rrf", 60) == [[0, 1, 2]]
+    with pytest.raises(ValueError):
+        fuse_rankings(dense, bm25, "max", 0.5)
+
+
+def test_ranked_run_keeps_the_fused_order() -> None:
+    from benchmarks.centering import evaluate_run, ranked_run
+
+    run = ranked_run(["q1", "q2"], ["a", "b", "c"], [[2, 0], []])
+    assert run == {"q1": {"c": 2.0, "a": 1.0}, "q2": {}}
+    # rank 2 of 3 -> AP 1/2, whatever ranx would do with equal scores
+    got = evaluate_run({"q1": {"a": 1}}, ranked_run(["q1"], ["a", "b", "c"], [[1, 0, 2]]), ["map@20"])
+    assert got["map@20"]["q1"] == pytest.approx(0.5)
