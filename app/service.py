@@ -48,6 +48,13 @@ class Limits:
     embed_max_texts: int = 64
 
 
+def resolve_mode(index: Index, req: SearchRequest) -> SearchRequest:
+    """``auto`` -> dense on a multilingual index, hybrid on a single-language one (benchmarks/RESULTS.md)."""
+    if req.mode is not Mode.auto:
+        return req
+    return req.model_copy(update={"mode": Mode.dense if index.multilingual else Mode.hybrid})
+
+
 def candidate_depth(req: SearchRequest, limits: Limits) -> int:
     depth = req.k
     if req.mode is Mode.hybrid:
@@ -119,6 +126,7 @@ def retrieve(
 
     ``qvec`` is the raw query embedding; it is centred here with ``req.lang`` or ``query_lang``.
     """
+    req = resolve_mode(index, req)
     depth = candidate_depth(req, limits)
     mask = index.lang_mask(req.langs)
     runs: dict[str, fusion.Run] = {}
@@ -183,6 +191,7 @@ class SearchService:
     async def search(self, req: SearchRequest) -> SearchResponse:
         t0 = time.perf_counter()
         self.validate(req)
+        req = resolve_mode(self.index, req)
         depth = candidate_depth(req, self.limits)
         mask = self.index.lang_mask(req.langs)
         mode = centering_mode(self.index, req)

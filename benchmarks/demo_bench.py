@@ -140,10 +140,11 @@ def bench_rest(index_dir: Path, qs: list[str], repeats: int) -> dict[str, dict[s
 MODES: dict[str, dict[str, Any]] = {
     "dense, centering off": {"mode": "dense", "centering": "off"},
     "dense, centering offset": {"mode": "dense", "centering": "offset"},
-    "dense, centering full (default)": {"mode": "dense"},
+    "defaults (auto = dense here, centering full)": {},
     "bm25": {"mode": "bm25"},
     "hybrid rrf, centering full": {"mode": "hybrid", "fusion": "rrf"},
     "hybrid weighted 0.5, centering full": {"mode": "hybrid", "fusion": "weighted", "alpha": 0.5},
+    "hybrid weighted 0.7, centering full": {"mode": "hybrid", "fusion": "weighted", "alpha": 0.7},
     "hybrid weighted 0.8, centering full": {"mode": "hybrid", "fusion": "weighted", "alpha": 0.8},
     "hybrid weighted 0.8, centering off": {"mode": "hybrid", "fusion": "weighted", "alpha": 0.8, "centering": "off"},
 }

@@ -12,7 +12,7 @@ import numpy as np
 
 from indexer.bm25 import BM25Searcher
 from indexer.build import LANGS_FILE, VECTOR_SET
-from indexer.centering import Centroids, centered_norms, centered_scores, check_mode
+from indexer.centering import Centroids, centered_norms, centered_scores, check_mode, resolve_auto
 from indexer.dense import DenseShard, load_shard_index, merge_topk, search_shards
 from indexer.docstore import DocStore
 from indexer.manifest import Manifest
@@ -65,6 +65,11 @@ class Index:
             self.lang_rows = to_row[self.langs] if len(self.langs) else self.lang_rows
         self._raw: list[np.ndarray] | None = None
         self._norms: dict[str, list[np.ndarray]] = {}
+
+    @property
+    def multilingual(self) -> bool:
+        """At least two languages each hold a real share of the documents (the rule of centring's ``auto``)."""
+        return resolve_auto(self.manifest.languages) == "full"
 
     @property
     def vector_set(self) -> Any:

@@ -71,8 +71,20 @@ def test_search_modes_return_documents_with_provenance(client: TestClient, mode:
     assert top["snippet"] == "apples and pears grow on trees"
     expected_runs = {"dense": {"dense"}, "bm25": {"bm25"}, "hybrid": {"dense", "bm25"}}[mode]
     assert set(top["ranks"]) == expected_runs and top["ranks"][mode if mode != "hybrid" else "dense"] == 1
-    assert body["fusion"] == ("rrf" if mode == "hybrid" else None)
+    assert body["fusion"] == ("weighted" if mode == "hybrid" else None)
     assert len(body["results"]) <= 3
+
+
+def test_auto_mode_is_dense_on_a_multilingual_index_and_hybrid_on_one_language(client: TestClient,
+                                                                              tmp_path: Path) -> None:
+    body = client.post("/search", json={"query": "apples"}).json()
+    assert body["mode"] == "dense" and body["fusion"] is None
+    corpus = write_jsonl(tmp_path / "en.jsonl", [d for d in DOCS if d["lang"] == "en"])
+    build_index([corpus], tmp_path / "en-idx", FakeEncoder(), BuildOptions(progress=False))
+    with TestClient(create_app(Settings(index=tmp_path / "en-idx", warmup=False), encoder=FakeEncoder())) as c:
+        body = c.post("/search", json={"query": "apples"}).json()
+    assert body["mode"] == "hybrid" and body["fusion"] == "weighted"
+    assert set(body["results"][0]["ranks"]) == {"dense", "bm25"}
 
 
 def test_weighted_fusion_and_alpha_extremes_follow_one_retriever(client: TestClient) -> None:
@@ -105,7 +117,7 @@ def test_embed(client: TestClient) -> None:
     ({"query": "x" * 101}, 422, "query_too_long", "101 characters; the limit is 100"),
     ({"query": "ok", "k": 0}, 422, "validation_error", "k: Input should be greater than or equal to 1"),
     ({"query": "ok", "k": 1001}, 422, "validation_error", "k: Input should be less than or equal to 1000"),
-    ({"query": "ok", "mode": "sparse"}, 422, "validation_error", "mode: Input should be 'dense', 'bm25' or 'hybrid'"),
+    ({"query": "ok", "mode": "sparse"}, 422, "validation_error", "mode: Input should be 'auto', 'dense', 'bm25' or 'hybrid'"),
     ({"query": "ok", "fusion": "max"}, 422, "validation_error", "fusion: Input should be 'rrf' or 'weighted'"),
     ({"query": "ok", "langs": ["12"]}, 422, "validation_error", "langs"),
     ({"query": "ok", "rerank": True}, 400, "reranker_not_configured", "no cross-encoder is configured"),

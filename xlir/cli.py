@@ -186,9 +186,10 @@ def search_cmd(
     index: Annotated[Path | None, typer.Option("--index", "-i", help="search this index in-process")] = None,
     target: Annotated[str | None, typer.Option("--target", help="or ask a server, e.g. http://127.0.0.1:8000")] = None,
     k: Annotated[int, typer.Option("--k", "-k")] = 10,
-    mode: Annotated[str, typer.Option("--mode", help="dense | bm25 | hybrid")] = "dense",
-    fusion: Annotated[str, typer.Option("--fusion", help="rrf | weighted")] = "rrf",
-    alpha: Annotated[float, typer.Option("--alpha")] = 0.5,
+    mode: Annotated[str, typer.Option("--mode", help="auto | dense | bm25 | hybrid (auto: dense on a "
+                                      "multilingual index, hybrid on a single-language one)")] = "auto",
+    fusion: Annotated[str, typer.Option("--fusion", help="weighted | rrf")] = "weighted",
+    alpha: Annotated[float, typer.Option("--alpha", help="weighted: alpha*dense + (1-alpha)*bm25")] = 0.7,
     langs: Annotated[list[str] | None, typer.Option("--lang", help="filter by language (repeatable)")] = None,
     query_lang: Annotated[str | None, typer.Option("--query-lang", help="the query's language (default: "
                                                    "detected)")] = None,
