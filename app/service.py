@@ -206,9 +206,9 @@ class SearchService:
             async def dense() -> fusion.Run:
                 nonlocal info
                 qvec = await self.batcher.encode(req.query)
-                lang, source = (req.lang, "request") if req.lang or mode == "off" else \
-                    await asyncio.to_thread(self.query_language, req.query, None)
-                centred, info = center_query(self.index, self.table, qvec, mode, lang, source if lang else None)
+                # language ID takes well under a millisecond: no need to leave the event loop for it
+                lang, source = self.query_language(req.query, req.lang) if mode != "off" or req.lang else (None, None)
+                centred, info = center_query(self.index, self.table, qvec, mode, lang, source)
                 return await asyncio.to_thread(dense_run, self.index, centred, depth, mask, mode)
             jobs["dense"] = asyncio.ensure_future(dense())
         try:
