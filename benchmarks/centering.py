@@ -471,21 +471,26 @@ def bench_xquad(pool: Pool, cand_vecs: np.ndarray, query_vecs: np.ndarray, detec
     return out
 
 
+def mono_slice(pool: Pool, split: str, lang: str, limit: int | None
+               ) -> tuple[np.ndarray, np.ndarray, list[str], list[str], dict[str, dict[str, int]]]:
+    """One language's pool of a split: candidate rows, query rows, candidate ids, query keys and the qrels
+    restricted to that language's candidates."""
+    crow = np.flatnonzero(split_mask(pool.cand_articles, split) & (np.asarray(pool.cand_langs) == lang))
+    qmask = split_mask(pool.query_articles, split) & (np.asarray(pool.query_langs) == lang)
+    qrow = first_per_lang(pool.query_langs, qmask, limit)
+    c_ids = [pool.cand_ids[i] for i in crow]
+    c_set = set(c_ids)
+    keys = [pool.query_keys[i] for i in qrow]
+    return crow, qrow, c_ids, keys, {k: {c: 1 for c in pool.qrels[k] if c in c_set} for k in keys}
+
+
 def bench_mono(pool: Pool, cand_vecs: np.ndarray, query_vecs: np.ndarray, limit: int | None) -> dict[str, Any]:
     """Single-language indexes: nDCG@10 per language and mode, centroids from that language's pool only."""
     out: dict[str, Any] = {}
-    c_langs_all = np.asarray(pool.cand_langs)
-    q_langs_all = np.asarray(pool.query_langs)
     for split in SPLITS:
         res: dict[str, Any] = {}
-        qmask_split = split_mask(pool.query_articles, split)
         for lang in LANGS:
-            crow = np.flatnonzero(split_mask(pool.cand_articles, split) & (c_langs_all == lang))
-            qrow = first_per_lang(pool.query_langs, qmask_split & (q_langs_all == lang), limit)
-            c_ids = [pool.cand_ids[i] for i in crow]
-            c_set = set(c_ids)
-            keys = [pool.query_keys[i] for i in qrow]
-            qrels = {k: {c: 1 for c in pool.qrels[k] if c in c_set} for k in keys}
+            crow, qrow, c_ids, keys, qrels = mono_slice(pool, split, lang, limit)
             langs = [lang] * len(crow)
             table = pool_centroids(cand_vecs[crow], langs)
             vals: dict[str, float] = {}
@@ -716,19 +721,11 @@ def bench_hybrid_mono(pool: Pool, cand_vecs: np.ndarray, query_vecs: np.ndarray,
     for one language; equal to ``off``), RRF and weighted fusion, alpha chosen on dev by mean AP@20 over the 7
     languages; nDCG@10 (and AP@20) per language."""
     out: dict[str, Any] = {}
-    c_langs_all = np.asarray(pool.cand_langs)
-    q_langs_all = np.asarray(pool.query_langs)
     for split in SPLITS:
         per_lang: dict[str, dict[str, Any]] = {}
-        qmask_split = split_mask(pool.query_articles, split)
         for lang in LANGS:
-            crow = np.flatnonzero(split_mask(pool.cand_articles, split) & (c_langs_all == lang))
-            qrow = first_per_lang(pool.query_langs, qmask_split & (q_langs_all == lang), limit)
-            c_ids = [pool.cand_ids[i] for i in crow]
-            c_set = set(c_ids)
-            keys = [pool.query_keys[i] for i in qrow]
+            crow, qrow, c_ids, keys, qrels = mono_slice(pool, split, lang, limit)
             q_langs = [lang] * len(qrow)
-            qrels = {k: {c: 1 for c in pool.qrels[k] if c in c_set} for k in keys}
             bm25 = bm25_runs([cand_tokens[i] for i in crow.tolist()], [query_tokens[i] for i in qrow.tolist()],
                              workdir, clock)
             t0 = time.perf_counter()
