@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= .demo
 DEMO_PORT ?= 8765
 
-.PHONY: setup install models demo test test-fast lint bench-demo clean
+.PHONY: setup install models demo test test-fast lint bench-demo bench-quality clean
 
 setup: install models
 
@@ -41,6 +41,9 @@ lint: install
 
 bench-demo: setup
 	$(XLIR) bench demo --out benchmarks/results/demo.json
+
+bench-quality: setup
+	$(PY) -m benchmarks.matrix --out benchmarks/results/matrix.md
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

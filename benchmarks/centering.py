@@ -76,7 +76,7 @@ from models.encoders import ProgressFn, length_sorted_batches
 from models.registry import xlir_home
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = Path("/work/shared/data")
+DATA = REPO.parent / "shared" / "data"  # ../shared/data beside the checkout, as in CI
 LANGS = ("ar", "de", "en", "es", "hi", "ru", "zh")
 TATOEBA = ("ara", "cmn", "deu", "fra", "hin", "jpn", "kor", "rus", "spa")
 SPLITS = ("dev", "test", "all")

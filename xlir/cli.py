@@ -304,6 +304,21 @@ def bench_demo(
     raise typer.Exit(demo_bench.main(argv))
 
 
+@bench_app.command(
+    "retrieval",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+)
+def bench_retrieval(ctx: typer.Context) -> None:
+    """Retrieval quality through the product (in-process or a server with --target): XQuAD-R, MIRACL.
+
+    Options (see `xlir bench retrieval --help`): --dataset xquad-r-sentence|xquad-r-paragraph|miracl, --langs,
+    --split, --max-per-lang, --conditions, --alpha, --monolingual, --target URL, --concurrency, --reranker, --out.
+    """
+    from benchmarks import retrieval
+
+    raise typer.Exit(retrieval.main(list(ctx.args)))
+
+
 def print_results(body: dict[str, object]) -> None:
     results = body["results"]
     assert isinstance(results, list)
