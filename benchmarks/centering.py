@@ -57,7 +57,6 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import sys
 import time
 import warnings
@@ -71,6 +70,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from app.fusion import Run, rrf, weighted
+from benchmarks.datasets import answer_sentences, split_sentences
 from indexer.centering import MODES, Centroids, CentroidStats, center, center_by_lang, center_sides
 from models.encoders import ProgressFn, length_sorted_batches
 from models.registry import xlir_home
@@ -89,75 +89,8 @@ OTHER_AT = 10
 MARGINS = ("absolute", "ratio")
 BATCH = 32
 
+# Sentence splitting and the answer-sentence rule are the benchmark datasets' (one splitter for every benchmark).
 Span = tuple[int, int]
-
-
-# --------------------------------------------------------------------------------------------------
-# Sentence splitting
-# --------------------------------------------------------------------------------------------------
-
-# A run of terminators, then any closing quotes or brackets.
-_TERMINATOR = re.compile(r"[.!?؟।॥。！？]+[\"'”’»)\]」』）》]*")
-_ALWAYS = frozenset("।॥。！？")  # end a sentence even without a following space
-
-
-def split_sentences(text: str, lang: str | None = None) -> list[Span]:
-    """Sentence spans ``(start, end)`` of ``text``, with surrounding whitespace excluded.
-
-    A sentence ends after a run of terminators (plus closing quotes or brackets):
-
-    - Devanagari danda ``।`` / ``॥`` and Chinese ``。！？``: always;
-    - ``. ! ?`` (Latin, Cyrillic, also used in Arabic and Hindi text) and Arabic ``؟``: only when whitespace
-      follows and the next character is not a lowercase letter (so ``3.5``, ``e.g. the`` do not split), or at the
-      end of the text; and a ``.`` after a one-letter word (initials, ``z.B.``, ``d.h.``, ``c.``) or, with
-      ``lang="de"``, after a number of one or two digits (German ordinals: ``am 31. August``) never ends one.
-
-    No abbreviation list: ``Dr. Smith`` splits. Deterministic; the text after the last terminator is a sentence.
-    """
-    spans: list[Span] = []
-    start = 0
-    for m in _TERMINATOR.finditer(text):
-        end = m.end()
-        if not _ALWAYS.intersection(m.group()):
-            rest = text[end:]
-            stripped = rest.lstrip()
-            if stripped and (len(stripped) == len(rest) or stripped[0].islower()):
-                continue
-            if m.group().startswith(".") and _not_an_end(text[: m.start()], lang):
-                continue
-        _add_span(spans, text, start, end)
-        start = end
-    _add_span(spans, text, start, len(text))
-    return spans
-
-
-_ONE_LETTER = re.compile(r"(?:^|[^\w])[^\W\d_]$")
-_ORDINAL = re.compile(r"(?:^|[^\w.,])\d{1,2}$")
-
-
-def _not_an_end(before: str, lang: str | None) -> bool:
-    """Whether the text before a ``.`` ends with a one-letter word, or a German ordinal number."""
-    tail = before[-4:]
-    return bool(_ONE_LETTER.search(tail) or (lang == "de" and _ORDINAL.search(tail)))
-
-
-def _add_span(spans: list[Span], text: str, start: int, end: int) -> None:
-    while start < end and text[start].isspace():
-        start += 1
-    while end > start and text[end - 1].isspace():
-        end -= 1
-    if end > start:
-        spans.append((start, end))
-
-
-def answer_sentences(spans: Sequence[Span], start: int, length: int) -> list[int]:
-    """Indices of the spans overlapping the answer ``[start, start + length)`` (an empty answer counts as one
-    character); if it falls between sentences, the next sentence (else the last)."""
-    end = start + max(length, 1)
-    hits = [i for i, (s, e) in enumerate(spans) if s < end and start < e]
-    if hits or not spans:
-        return hits
-    return [next((i for i, (s, _) in enumerate(spans) if s >= start), len(spans) - 1)]
 
 
 # --------------------------------------------------------------------------------------------------
