@@ -79,7 +79,11 @@ CONDITIONS: dict[str, dict[str, Any]] = {
     "dense": {"mode": "dense"},
     "hybrid-rrf": {"mode": "hybrid", "fusion": "rrf"},
     "hybrid-weighted": {"mode": "hybrid", "fusion": "weighted"},
+    # language centring per request (the index is built with `auto`): what it is worth, condition by condition
+    "dense-centering-off": {"mode": "dense", "centering": "off"},
+    "dense-centering-offset": {"mode": "dense", "centering": "offset"},
 }
+DEFAULT_CONDITIONS = ("bm25", "dense", "hybrid-rrf", "hybrid-weighted")
 RERANK = "hybrid-rerank"
 DATASETS = ("xquad-r-sentence", "xquad-r-paragraph", "miracl")
 MAX_RELEVANT_MAP = 20  # ranx map@20 == LAReQA mAP@20 only while every query has at most 20 relevant documents
@@ -572,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"index: {index.dir} ({index.size} documents)", file=sys.stderr)
         table = load_centroid_table(encoder)
         has_reranker = reranker is not None
-    conditions = args.conditions or [*CONDITIONS, *([RERANK] if has_reranker else [])]
+    conditions = args.conditions or [*DEFAULT_CONDITIONS, *([RERANK] if has_reranker else [])]
     if RERANK in conditions and not has_reranker:
         raise DatasetError(f"{RERANK} needs a reranker: --reranker PATH, or with --target a server started with one")
 

@@ -321,11 +321,11 @@ def test_main_end_to_end_with_a_fake_encoder(tmp_path: Path, monkeypatch: pytest
 
     assert code == 0
     res = json.loads((out / "xquad-r-sentence" / "metrics.json").read_text(encoding="utf-8"))
-    assert set(res["metrics"]) == set(retrieval.CONDITIONS)
+    assert set(res["metrics"]) == set(retrieval.DEFAULT_CONDITIONS)
     assert res["queries"] == 4 and res["langs"] == ["de", "en"]  # test split: the odd articles
     assert res["alpha_source"].startswith("dev sweep") and len(res["alpha_sweep"]) == len(retrieval.ALPHAS)
     assert set(res["metrics"]["dense"]) == {"all", "de", "en"}
-    for cond in retrieval.CONDITIONS:
+    for cond in retrieval.DEFAULT_CONDITIONS:
         run = retrieval.read_trec(out / "xquad-r-sentence" / f"{cond}.trec")
         assert set(run.hits) == {"en/q1", "en/q3", "de/q1", "de/q3"}
     printed = capsys.readouterr().out
