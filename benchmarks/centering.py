@@ -366,19 +366,24 @@ def condition_name(mode: str, qlang: str) -> str:
     return mode if mode == "off" else f"{mode}/{qlang}"
 
 
+def pool_slice(pool: Pool, split: str, limit: int | None) -> tuple[
+        np.ndarray, np.ndarray, list[str], list[str], list[str], list[str], dict[str, dict[str, int]]]:
+    """The multilingual pool of a split: candidate rows, query rows, candidate ids and languages, query keys and
+    languages, and their qrels."""
+    crow = np.flatnonzero(split_mask(pool.cand_articles, split))
+    qrow = first_per_lang(pool.query_langs, split_mask(pool.query_articles, split), limit)
+    keys = [pool.query_keys[i] for i in qrow]
+    return (crow, qrow, [pool.cand_ids[i] for i in crow], [pool.cand_langs[i] for i in crow], keys,
+            [pool.query_langs[i] for i in qrow], {k: pool.qrels[k] for k in keys})
+
+
 def bench_xquad(pool: Pool, cand_vecs: np.ndarray, query_vecs: np.ndarray, detected: Sequence[str],
                 limit: int | None) -> dict[str, Any]:
     """Multilingual pool, per split and condition: metrics per query language, other-language share, checks."""
     out: dict[str, Any] = {}
     for split in SPLITS:
-        crow = np.flatnonzero(split_mask(pool.cand_articles, split))
-        qrow = first_per_lang(pool.query_langs, split_mask(pool.query_articles, split), limit)
-        c_ids = [pool.cand_ids[i] for i in crow]
-        c_langs = [pool.cand_langs[i] for i in crow]
-        keys = [pool.query_keys[i] for i in qrow]
-        q_langs = [pool.query_langs[i] for i in qrow]
+        crow, qrow, c_ids, c_langs, keys, q_langs, qrels = pool_slice(pool, split, limit)
         q_detected = [detected[i] for i in qrow]
-        qrels = {k: pool.qrels[k] for k in keys}
         n_rel = np.asarray([len(qrels[k]) for k in keys])
         table = pool_centroids(cand_vecs[crow], c_langs)
         res: dict[str, Any] = {
@@ -612,13 +617,7 @@ def bench_hybrid_xquad(pool: Pool, cand_vecs: np.ndarray, query_vecs: np.ndarray
     and weighted fusion; alpha chosen on dev (weighted/full and weighted/off separately), applied to test and all."""
     out: dict[str, Any] = {"alpha": {}, "dev_sweep": {}}
     for split in SPLITS:  # dev first: it fixes the alphas
-        crow = np.flatnonzero(split_mask(pool.cand_articles, split))
-        qrow = first_per_lang(pool.query_langs, split_mask(pool.query_articles, split), limit)
-        c_ids = [pool.cand_ids[i] for i in crow]
-        c_langs = [pool.cand_langs[i] for i in crow]
-        keys = [pool.query_keys[i] for i in qrow]
-        q_langs = [pool.query_langs[i] for i in qrow]
-        qrels = {k: pool.qrels[k] for k in keys}
+        crow, qrow, c_ids, c_langs, keys, q_langs, qrels = pool_slice(pool, split, limit)
         bm25 = bm25_runs([cand_tokens[i] for i in crow.tolist()], [query_tokens[i] for i in qrow.tolist()],
                          workdir, clock)
         t0 = time.perf_counter()

@@ -32,6 +32,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from xlir.demo import wait_ready
+
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "data" / "sample" / "corpus.jsonl"
 PROBES = REPO / "data" / "sample" / "probes.jsonl"
@@ -110,16 +112,7 @@ def bench_rest(index_dir: Path, qs: list[str], repeats: int) -> dict[str, dict[s
                              "--log-level", "warning"])
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("server did not become ready")
-            time.sleep(0.3)
+        wait_ready(base, proc)
         out: dict[str, dict[str, float]] = {}
         with httpx.Client(base_url=base, timeout=60) as c:
             for mode in ("bm25", "dense", "hybrid"):
