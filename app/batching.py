@@ -41,6 +41,7 @@ class QueryBatcher:
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self.stats = BatchStats()
+        self.on_batch: Callable[[int], None] | None = None  # called with each encoded batch's size (metrics)
         self._queue: asyncio.Queue[tuple[str, asyncio.Future[np.ndarray]]] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xlir-encode")
@@ -114,6 +115,8 @@ class QueryBatcher:
             self.stats.batches += 1
             self.stats.texts += len(live)
             self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(live))
+            if self.on_batch is not None:
+                self.on_batch(len(live))
             for (_, fut), vec in zip(live, vecs, strict=True):
                 if not fut.done():
                     fut.set_result(vec)

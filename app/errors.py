@@ -13,13 +13,17 @@ from xlir.errors import (
     BadQuery,
     CenteringUnavailable,
     CorpusError,
+    Forbidden,
     IndexInvalid,
     IndexNotReady,
     ModelInvalid,
     ModelNotFound,
     Overloaded,
+    PathNotAllowed,
+    PayloadTooLarge,
     QueryTooLong,
     RerankerNotConfigured,
+    Unauthorized,
     XlirError,
 )
 
@@ -31,6 +35,10 @@ STATUS: dict[type[XlirError], int] = {
     CorpusError: 422,
     RerankerNotConfigured: 400,
     CenteringUnavailable: 400,
+    PathNotAllowed: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    PayloadTooLarge: 413,
     Overloaded: 429,
     IndexNotReady: 503,
     IndexInvalid: 503,
@@ -46,9 +54,19 @@ def status_of(exc: XlirError) -> int:
     return 400
 
 
+HEADERS: dict[int, dict[str, str]] = {
+    401: {"WWW-Authenticate": 'Bearer realm="xlir"'},
+    429: {"Retry-After": "1"},
+}
+
+
 def error_response(status: int, code: str, detail: str) -> JSONResponse:
-    headers = {"Retry-After": "1"} if status == 429 else None
-    return JSONResponse(status_code=status, content={"error": code, "detail": detail}, headers=headers)
+    return JSONResponse(status_code=status, content={"error": code, "detail": detail}, headers=HEADERS.get(status))
+
+
+def xlir_error_response(exc: XlirError) -> JSONResponse:
+    """The answer to a domain error (also for middlewares, which run outside the exception handlers)."""
+    return error_response(status_of(exc), exc.code, exc.detail)
 
 
 def _location(loc: tuple[object, ...]) -> str:
@@ -57,7 +75,7 @@ def _location(loc: tuple[object, ...]) -> str:
 
 async def _xlir_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, XlirError)
-    return error_response(status_of(exc), exc.code, exc.detail)
+    return xlir_error_response(exc)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

@@ -9,7 +9,8 @@ from typing import TypedDict
 
 from fastapi import FastAPI
 
-from app import errors
+from app import errors, security
+from app import metrics as app_metrics
 from app.routes import router
 from app.settings import Settings
 from app.state import AppState, load_state, warm_up
@@ -29,9 +30,11 @@ def create_app(
     settings = settings or Settings()
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[LifespanState]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[LifespanState]:
+        security.log_policy(app)
         state = load_state(settings, encoder=encoder, reranker=reranker)
         if state.service is not None:
+            state.service.batcher.on_batch = metrics.observe_batch
             if settings.warmup:
                 await asyncio.to_thread(warm_up, state.service.encoder)
             await state.service.batcher.start()
@@ -50,5 +53,7 @@ def create_app(
         lifespan=lifespan,
     )
     errors.install(app)
+    security.install(app, settings)
     app.include_router(router)
+    metrics = app_metrics.install(app)  # last: its middleware is the outermost
     return app

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from app.deps import ServiceDep, StateDep
 from app.schemas import EmbedRequest, EmbedResponse, ErrorBody, Health, Ready, SearchRequest, SearchResponse
+from app.security import authorize
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(authorize)])  # a read key for every route but /health and /ready
 
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody, "description": desc}
     for code, desc in {
         400: "rerank requested but no cross-encoder configured",
+        401: "API keys are configured and the request has none, or an unknown one",
+        403: "the API key lacks the scope this endpoint needs",
+        413: "request body over XLIR_MAX_BODY_BYTES",
         422: "invalid request: empty or too long query, k out of range, unknown mode/fusion/language",
         429: "overloaded: the query queue is full",
         503: "index or model not ready (missing, half-written, or built with another encoder)",

@@ -42,6 +42,7 @@ Tokenizer = Callable[[str], list[str]]
 @dataclass(frozen=True)
 class Limits:
     max_query_chars: int = 2048
+    max_k: int = 1000
     max_rerank_depth: int = 200
     fusion_depth: int = 100
     snippet_chars: int = 300
@@ -185,6 +186,8 @@ class SearchService:
             raise RerankerNotConfigured(
                 "rerank=true but no cross-encoder is configured: start the server with "
                 "--reranker PATH (or XLIR_RERANKER) pointing to a local sentence-transformers CrossEncoder folder")
+        if req.k > self.limits.max_k:
+            raise BadQuery(f"k={req.k} is over the limit {self.limits.max_k}")
         if req.rerank and req.rerank_depth > self.limits.max_rerank_depth:
             raise BadQuery(f"rerank_depth {req.rerank_depth} is over the limit {self.limits.max_rerank_depth}")
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.security import parse_api_keys, parse_origins
 from models.registry import xlir_home
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="XLIR_", extra="ignore")
+    # errors never echo the input: it may be an API key
+    model_config = SettingsConfigDict(env_prefix="XLIR_", extra="ignore", hide_input_in_errors=True)
 
     index: Path = Field(Path("index"), description="index directory built by `xlir index`")
     model: str | None = Field(
@@ -25,6 +28,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     max_query_chars: int = Field(2048, ge=1, description="longer queries answer 422 query_too_long")
+    max_k: int = Field(1000, ge=10, le=1000, description="largest k a search may ask for (at least the default, 10)")
     max_rerank_depth: int = Field(200, ge=1, le=1000)
     fusion_depth: int = Field(100, ge=1, le=1000, description="candidates taken from each retriever for fusion")
     snippet_chars: int = Field(300, ge=20)
@@ -33,3 +37,31 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(2.0, ge=0)
     queue_max: int = Field(1024, ge=1)
     warmup: bool = Field(True, description="encode a few queries at start-up so first requests are not slow")
+    verify: Literal["full", "size", "off"] = Field(
+        "full", description="index check at load: full = size and sha256 of every file in the manifest, "
+        "size = sizes only, off = none")
+    api_keys: SecretStr | None = Field(
+        None, description="API keys with scopes, `KEY:read,KEY2:write` or JSON {\"KEY\": \"read\"}; write implies "
+        "read; unset = every endpoint open")
+    metrics_auth: bool = Field(False, description="GET /metrics needs a read key too (default: open)")
+    max_body_bytes: int = Field(1 << 20, ge=1, description="larger request bodies answer 413")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="origins allowed by CORS (comma-separated or JSON list); empty = CORS off")
+    data_dir: Path | None = Field(
+        None, description="paths named by clients must stay inside it; default: the index's parent directory")
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            parse_api_keys(v.get_secret_value())  # a malformed spec fails at start-up, not at the first request
+        return v
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, v: object) -> object:
+        return parse_origins(v) if isinstance(v, str) else v
+
+    @property
+    def data_root(self) -> Path:
+        return self.data_dir if self.data_dir is not None else self.index.resolve().parent

@@ -10,7 +10,7 @@ from app.service import Limits, SearchService
 from app.settings import Settings
 from indexer.centering import Centroids
 from indexer.centroid_table import default_table_path
-from indexer.store import Index, open_index
+from indexer.store import Index, encoder_mismatch, open_index
 from models.encoders import Encoder, load_encoder
 from models.rerankers import CrossEncoderReranker, Reranker
 from xlir.errors import IndexInvalid, ModelNotFound, XlirError
@@ -31,13 +31,13 @@ class AppState:
 
 def check_encoder(index: Index, encoder: Encoder) -> None:
     """The index's vectors only make sense with the encoder that produced them."""
+    why = encoder_mismatch(index.dir, index.manifest, encoder.checksum, encoder.name)
+    if why:
+        raise IndexInvalid(why)
     vs = index.vector_set
-    if encoder.checksum != vs.encoder_checksum or encoder.dim != vs.dim:
-        raise IndexInvalid(
-            f"index {index.dir} was built with encoder {vs.encoder!r} (dim {vs.dim}, weights "
-            f"{vs.encoder_checksum[:12]}), but the server's encoder is {encoder.name!r} (dim {encoder.dim}, "
-            f"weights {encoder.checksum[:12]}): rebuild the index with this encoder or serve it with its own"
-        )
+    if encoder.dim != vs.dim:
+        raise IndexInvalid(f"index {index.dir} holds {vs.dim}-dim vectors of {vs.encoder!r}, but the encoder "
+                           f"{encoder.name!r} makes {encoder.dim}-dim ones")
 
 
 def warm_up(encoder: Encoder) -> None:
@@ -54,7 +54,7 @@ def load_state(
 
     state = AppState(settings=settings)
     try:
-        index = open_index(settings.index)
+        index = open_index(settings.index, verify=settings.verify)
         if index.manifest.bm25.analyzer != ANALYZER_NAME:
             raise IndexInvalid(f"index {settings.index} uses the BM25 analyzer {index.manifest.bm25.analyzer!r}; "
                                f"this xlir has {ANALYZER_NAME!r}: rebuild the index")
@@ -76,7 +76,8 @@ def load_state(
         return state
     batcher = QueryBatcher(encoder.encode_queries, max_batch=settings.batch_max_size,
                            max_wait_ms=settings.batch_max_wait_ms, max_queue=settings.queue_max)
-    limits = Limits(max_query_chars=settings.max_query_chars, max_rerank_depth=settings.max_rerank_depth,
+    limits = Limits(max_query_chars=settings.max_query_chars, max_k=settings.max_k,
+                    max_rerank_depth=settings.max_rerank_depth,
                     fusion_depth=settings.fusion_depth, snippet_chars=settings.snippet_chars,
                     embed_max_texts=settings.embed_max_texts)
     state.service = SearchService(index, encoder, batcher, tokenize, reranker, limits, centroid_table=table)

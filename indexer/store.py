@@ -15,7 +15,7 @@ from indexer.build import LANGS_FILE, VECTOR_SET
 from indexer.centering import Centroids, centered_norms, centered_scores, check_mode, resolve_auto
 from indexer.dense import DenseShard, load_shard_index, merge_topk, search_shards
 from indexer.docstore import DocStore
-from indexer.manifest import Manifest
+from indexer.manifest import MANIFEST, Manifest
 from models.registry import file_sha256
 from xlir.errors import CenteringUnavailable, IndexInvalid
 
@@ -165,11 +165,45 @@ class Index:
             ds.close()
 
 
-def open_index(directory: Path, mmap: bool = True) -> Index:
-    directory = Path(directory)
+VERIFY_LEVELS = ("full", "size", "off")
+
+
+def encoder_mismatch(directory: Path, manifest: Manifest, checksum: str, name: str | None = None) -> str | None:
+    """Why ``manifest``'s vectors cannot be used with an encoder of weights ``checksum`` (None if they can)."""
+    vs = manifest.vector_sets[VECTOR_SET]
+    if vs.encoder_checksum == checksum:
+        return None
+    theirs = f"{name!r} " if name else ""
+    return (f"{Path(directory) / MANIFEST}: the index was built with encoder {vs.encoder!r} (weights sha256 "
+            f"{vs.encoder_checksum}), but the encoder {theirs}given to serve it has weights sha256 {checksum}: "
+            "rebuild the index with this encoder or serve it with its own")
+
+
+def verify_index(path: Path, expected_encoder_checksum: str | None = None, level: str = "full") -> Manifest:
+    """Check an index before serving it, without loading it; returns its manifest or raises ``IndexInvalid``
+    naming the file and what differs.
+
+    ``level``: ``full`` = every file the manifest lists exists with its size and sha256 (reads every byte),
+    ``size`` = exists with its size (a stat per file), ``off`` = only the manifest itself. With
+    ``expected_encoder_checksum`` the index must have been built with an encoder of these weights.
+    """
+    if level not in VERIFY_LEVELS:
+        raise ValueError(f"verify level must be one of {', '.join(VERIFY_LEVELS)}, not {level!r}")
+    directory = Path(path)
     manifest = Manifest.read(directory)
-    manifest.check_files(directory)
-    return Index(directory, manifest, mmap=mmap)
+    if level != "off":
+        manifest.check_files(directory, checksums=level == "full")
+    if expected_encoder_checksum is not None:
+        why = encoder_mismatch(directory, manifest, expected_encoder_checksum)
+        if why:
+            raise IndexInvalid(why)
+    return manifest
+
+
+def open_index(directory: Path, mmap: bool = True, verify: str = "size") -> Index:
+    """Open an index for search after ``verify_index`` at ``verify`` (default: sizes only, cheap)."""
+    directory = Path(directory)
+    return Index(directory, verify_index(directory, level=verify), mmap=mmap)
 
 
 def verify_checksums(directory: Path) -> list[str]:

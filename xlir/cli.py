@@ -155,9 +155,12 @@ def serve_cmd(
     device: DeviceOpt = "auto",
     home: HomeOpt = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    verify: Annotated[str | None, typer.Option("--verify", help="index check before serving: full (sizes and "
+                                               "sha256, default) | size | off (XLIR_VERIFY)")] = None,
 ) -> None:
-    """Serve an index over REST (POST /search, POST /embed, GET /health, GET /ready, /docs)."""
+    """Serve an index over REST (POST /search, POST /embed, GET /health, GET /ready, GET /metrics, /docs)."""
     import uvicorn
+    from pydantic import ValidationError
 
     from app.main import create_app
     from app.settings import Settings
@@ -170,12 +173,19 @@ def serve_cmd(
         overrides["model"] = model
     if home is not None:
         overrides["home"] = home
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    if verify is not None:
+        overrides["verify"] = verify
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     # validate before binding the port: a missing index or model is a clear error, not a server answering 503
     state = load_state(settings)
     if state.service is None:
         fail(state.error or "not ready")
-    application = create_app(settings, encoder=state.service.encoder, reranker=state.service.reranker)
+    # the files were just verified: the app's own load only re-checks their sizes
+    application = create_app(settings.model_copy(update={"verify": "size"}) if settings.verify == "full" else settings,
+                             encoder=state.service.encoder, reranker=state.service.reranker)
     state.service.index.close()
     uvicorn.run(application, host=host, port=port, log_level=log_level)
 

@@ -57,3 +57,25 @@ class CenteringUnavailable(XlirError):
 
 class Overloaded(XlirError):
     code = "overloaded"
+
+
+class Unauthorized(XlirError):
+    """No API key, or one the server does not know (HTTP 401)."""
+
+    code = "unauthorized"
+
+
+class Forbidden(XlirError):
+    """A known API key without the scope the endpoint needs (HTTP 403)."""
+
+    code = "forbidden"
+
+
+class PayloadTooLarge(XlirError):
+    code = "payload_too_large"
+
+
+class PathNotAllowed(XlirError):
+    """A path given by a client or the command line that leaves the configured data directory."""
+
+    code = "path_not_allowed"
