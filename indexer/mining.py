@@ -34,38 +34,27 @@ by (src, tgt) asc; ties between equal-scoring candidates of one sentence go to t
 The ratio margin assumes positive neighbourhood averages, which holds for real sentence embeddings
 (for random vectors a negative average flips the ranking; a zero one gives inf/nan).
 
-Layers: :func:`knn`, :func:`apply_margin`, :func:`margin_scores` and :func:`mine` work on arrays;
-:func:`mine_texts` embeds two lists of sentences with an encoder first; :func:`mine_files` reads two
-files (one sentence per line, or JSONL with ``{"text": ...}``) and writes the pairs as TSV atomically.
+Layers: :func:`knn`, :func:`apply_margin`, :func:`margin_scores`, :func:`mine` and :func:`mine_neighbours`
+work on arrays; :mod:`indexer.mining_search` searches at any size (IVF, chunked, resumable);
+:mod:`indexer.mining_job` embeds texts (``mine_texts``) and files (``mine_files``, cached and resumable).
 """
 
 from __future__ import annotations
 
-import json
 import numbers
-import os
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
 
-from indexer.centering import center_sides, check_mode
-from xlir.errors import CorpusError
+from indexer.centering import check_mode
 
 MARGINS = ("ratio", "distance", "absolute")
 RETRIEVALS = ("fwd", "bwd", "max", "intersect")
+SEARCHES = ("auto", "exact", "ivf")
 DEFAULT_CHUNK = 8192  # query rows per FAISS search call in knn()
 PAIR_CHUNK = 4096  # candidate pairs per cosine batch
-TSV_HEADER = ("score", "src", "tgt", "src_line", "tgt_line")
-SKIP_KINDS = ("blank", "invalid_utf8")
-
-
-class PassageEncoder(Protocol):
-    def encode_passages(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,23 +62,6 @@ class MinedPair:
     score: float
     src: int  # row of the source sentence
     tgt: int  # row of the target sentence
-
-
-@dataclass
-class MineReport:
-    src_path: Path
-    tgt_path: Path
-    out_path: Path
-    src: int  # sentences read from the source file (after skipping)
-    tgt: int
-    pairs: int  # rows written
-    src_unique: int  # sentences embedded (== src unless dedup)
-    tgt_unique: int
-    src_skipped: dict[str, int] = field(default_factory=dict)  # kind -> lines, see SKIP_KINDS
-    tgt_skipped: dict[str, int] = field(default_factory=dict)
-    embed_seconds: float = 0.0
-    mine_seconds: float = 0.0
-    write_seconds: float = 0.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -196,7 +168,7 @@ def _pair_cos(x: np.ndarray, y: np.ndarray, src: np.ndarray, tgt: np.ndarray) ->
 
 @dataclass
 class _Candidates:
-    """The k-NN candidate pairs of both directions, each distinct pair's cosine computed once."""
+    """The k-NN candidate pairs of both directions, each distinct pair scored once."""
 
     fwd_ids: np.ndarray  # n x kf: each source's nearest targets
     bwd_ids: np.ndarray  # m x kb: each target's nearest sources
@@ -209,25 +181,42 @@ class _Candidates:
     bwd_avg: np.ndarray  # m: mean cosine of each target's k nearest sources
 
 
-def _candidates(x: np.ndarray, y: np.ndarray, k: int, chunk: int) -> _Candidates:
-    # FAISS (float32) picks the neighbours; their cosines are recomputed once per distinct pair in
-    # float64, so a pair found in both directions has one score, and the averages use the same values.
-    _, fwd_ids = _knn(x, y, k, chunk)
-    _, bwd_ids = _knn(y, x, k, chunk)
-    n, m = len(x), len(y)
+PairCos = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def _candidates_from(
+    fwd_sims: np.ndarray, fwd_ids: np.ndarray, bwd_sims: np.ndarray, bwd_ids: np.ndarray, m: int,
+    pair_cos: PairCos | None = None,
+) -> _Candidates:
+    """Distinct candidate pairs of both neighbour lists. Their cosine is ``pair_cos(src, tgt)`` when given
+    (recomputed once per pair, so a pair found in both directions has one score), else the similarity the
+    search returned (the forward one for a pair found both ways)."""
+    n = len(fwd_ids)
     f_src = np.repeat(np.arange(n, dtype=np.int64), fwd_ids.shape[1])
-    b_tgt = np.repeat(np.arange(m, dtype=np.int64), bwd_ids.shape[1])
+    b_tgt = np.repeat(np.arange(bwd_ids.shape[0], dtype=np.int64), bwd_ids.shape[1])
     keys = np.concatenate((f_src * m + fwd_ids.ravel(), bwd_ids.ravel() * m + b_tgt))
-    uniq, inverse = np.unique(keys, return_inverse=True)
+    uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     inverse = inverse.ravel()
     src, tgt = uniq // m, uniq % m
-    cos = _pair_cos(x, y, src, tgt)
+    if pair_cos is not None:
+        cos = pair_cos(src, tgt)
+    else:
+        cos = np.concatenate((fwd_sims.ravel(), bwd_sims.ravel())).astype(np.float64)[first]
     fwd_pos = inverse[: fwd_ids.size].reshape(fwd_ids.shape)
     bwd_pos = inverse[fwd_ids.size :].reshape(bwd_ids.shape)
     return _Candidates(
         fwd_ids=fwd_ids, bwd_ids=bwd_ids, src=src, tgt=tgt, cos=cos, fwd_pos=fwd_pos, bwd_pos=bwd_pos,
         fwd_avg=cos[fwd_pos].mean(axis=1), bwd_avg=cos[bwd_pos].mean(axis=1),
     )
+
+
+def _candidates(x: np.ndarray, y: np.ndarray, k: int, chunk: int) -> _Candidates:
+    # FAISS (float32) picks the neighbours; their cosines are recomputed once per distinct pair in
+    # float64, so a pair found in both directions has one score, and the averages use the same values.
+    fwd_sims, fwd_ids = _knn(x, y, k, chunk)
+    bwd_sims, bwd_ids = _knn(y, x, k, chunk)
+    return _candidates_from(fwd_sims, fwd_ids, bwd_sims, bwd_ids, len(y),
+                            pair_cos=lambda s, t: _pair_cos(x, y, s, t))
 
 
 def margin_scores(
@@ -276,36 +265,70 @@ def _greedy_one_to_one(src: np.ndarray, tgt: np.ndarray) -> np.ndarray:
     return np.asarray(keep, dtype=np.int64)
 
 
-def mine(
-    src_emb: np.ndarray,
-    tgt_emb: np.ndarray,
-    *,
-    k: int = 4,
-    margin: str = "ratio",
-    retrieval: str = "max",
-    threshold: float | None = None,
-    one_to_one: bool = False,
-    chunk: int = DEFAULT_CHUNK,
-) -> list[MinedPair]:
-    """Mine parallel pairs between the rows of ``src_emb`` and ``tgt_emb`` (see the module docstring).
+@dataclass(frozen=True)
+class MineOptions:
+    """What to mine and how; shared by :func:`mine_texts`, the file job and ``POST /mine``.
 
-    Raises ``ValueError`` for an unknown margin or retrieval, ``k < 1``, empty inputs or mismatched
-    dimensions.
+    ``search``: ``exact`` (FAISS flat), ``ivf`` (IVF-Flat, or IVF-SQ8 when the flat codes would not fit
+    ``memory_budget``) or ``auto`` (exact while the searched side has at most ``exact_max`` rows).
+    ``nprobe`` (IVF lists visited per query) defaults to a value chosen from the number of lists.
     """
-    _check_options(k, margin, retrieval, threshold)
-    _check_chunk(chunk)
-    x, y = _check_pair(src_emb, tgt_emb, "src_emb", "tgt_emb")
-    if len(x) == 0 or len(y) == 0:
-        raise ValueError(f"nothing to mine: {len(x)} source and {len(y)} target embeddings")
-    n, m = len(x), len(y)
-    cand = _candidates(x, y, int(k), int(chunk))
+
+    k: int = 4
+    margin: str = "ratio"
+    retrieval: str = "max"
+    threshold: float | None = None
+    one_to_one: bool = False
+    dedup: bool = False
+    centering: str = "off"
+    batch_size: int = 32
+    search: str = "auto"
+    exact_max: int = 50_000
+    nprobe: int | None = None
+    memory_budget: int = 8 << 30
+    chunk: int = 65_536  # query rows per search chunk (and per resumable work file)
+
+    def __post_init__(self) -> None:
+        _check_options(self.k, self.margin, self.retrieval, self.threshold)
+        check_mode(self.centering)
+        for name in ("batch_size", "exact_max", "chunk", "memory_budget"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.search not in SEARCHES:
+            raise ValueError(f"unknown search {self.search!r}; choose from {', '.join(SEARCHES)}")
+        if self.nprobe is not None and (
+            isinstance(self.nprobe, bool) or not isinstance(self.nprobe, int | np.integer) or self.nprobe < 1
+        ):
+            raise ValueError(f"nprobe must be an integer >= 1, got {self.nprobe!r}")
+
+
+@dataclass
+class MinedArrays:
+    """Mined pairs as parallel arrays, sorted by score desc, ties by (src, tgt) asc."""
+
+    score: np.ndarray  # float64
+    src: np.ndarray  # int64 rows
+    tgt: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+    def pairs(self) -> list[MinedPair]:
+        return [
+            MinedPair(score=sc, src=s, tgt=t)
+            for sc, s, t in zip(self.score.tolist(), self.src.tolist(), self.tgt.tolist(), strict=True)
+        ]
+
+
+def _select(
+    cand: _Candidates, n: int, m: int, *, margin: str, retrieval: str, threshold: float | None, one_to_one: bool
+) -> MinedArrays:
+    """Score the candidates with the margin and pick the pairs of the retrieval strategy."""
     u_score = apply_margin(cand.cos, cand.fwd_avg[cand.src], cand.bwd_avg[cand.tgt], margin)
     fwd_ids, bwd_ids = cand.fwd_ids, cand.bwd_ids
-    fwd_scores = u_score[cand.fwd_pos]
-    bwd_scores = u_score[cand.bwd_pos]
-
-    fwd_best, fwd_best_score = _best(fwd_scores, fwd_ids)  # target per source
-    bwd_best, bwd_best_score = _best(bwd_scores, bwd_ids)  # source per target
+    fwd_best, fwd_best_score = _best(u_score[cand.fwd_pos], fwd_ids)  # target per source
+    bwd_best, bwd_best_score = _best(u_score[cand.bwd_pos], bwd_ids)  # source per target
     src_rows, tgt_rows = np.arange(n, dtype=np.int64), np.arange(m, dtype=np.int64)
     if retrieval == "fwd":
         src, tgt, score = src_rows, fwd_best, fwd_best_score
@@ -329,235 +352,61 @@ def mine(
         # below the threshold comes after every pair above it.
         keep = _greedy_one_to_one(src, tgt)
         src, tgt, score = src[keep], tgt[keep], score[keep]
-    return [
-        MinedPair(score=sc, src=s, tgt=t)
-        for sc, s, t in zip(score.tolist(), src.tolist(), tgt.tolist(), strict=True)
-    ]
+    return MinedArrays(score=score, src=src, tgt=tgt)
 
 
-# --------------------------------------------------------------------------------------------------
-# Texts
-# --------------------------------------------------------------------------------------------------
-
-
-def _dedup(texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
-    """Distinct texts in first-seen order, and the row of each one's first occurrence."""
-    first: dict[str, int] = {}
-    for i, text in enumerate(texts):
-        first.setdefault(text, i)
-    return list(first), np.fromiter(first.values(), dtype=np.int64, count=len(first))
-
-
-def _embed(encoder: PassageEncoder, texts: Sequence[str], batch_size: int, side: str) -> np.ndarray:
-    vecs = np.asarray(encoder.encode_passages(texts, batch_size=batch_size))
-    if vecs.ndim != 2 or len(vecs) != len(texts):
-        raise ValueError(f"encoder returned shape {vecs.shape} for {len(texts)} {side} sentences")
-    return vecs
-
-
-def _mine_texts_timed(
-    encoder: PassageEncoder,
-    src_texts: Sequence[str],
-    tgt_texts: Sequence[str],
-    *,
-    dedup: bool,
-    batch_size: int,
-    k: int,
-    margin: str,
-    retrieval: str,
-    threshold: float | None,
-    one_to_one: bool,
-    centering: str = "off",
-) -> tuple[list[MinedPair], int, int, float, float]:
-    """mine_texts() plus (distinct src, distinct tgt, embed seconds, mine seconds)."""
-    _check_options(k, margin, retrieval, threshold)
-    check_mode(centering)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if not src_texts or not tgt_texts:
-        raise ValueError(f"nothing to mine: {len(src_texts)} source and {len(tgt_texts)} target sentences")
-    if dedup:
-        src_u, src_map = _dedup(src_texts)
-        tgt_u, tgt_map = _dedup(tgt_texts)
-    else:
-        src_u, src_map = list(src_texts), np.arange(len(src_texts), dtype=np.int64)
-        tgt_u, tgt_map = list(tgt_texts), np.arange(len(tgt_texts), dtype=np.int64)
-    t0 = time.perf_counter()
-    x = _embed(encoder, src_u, batch_size, "source")
-    y = _embed(encoder, tgt_u, batch_size, "target")
-    x, y = center_sides(x, y, centering)
-    t1 = time.perf_counter()
-    pairs = mine(x, y, k=k, margin=margin, retrieval=retrieval, threshold=threshold, one_to_one=one_to_one)
-    if dedup:  # back to rows of the caller's lists (first occurrence); order is unchanged
-        pairs = [MinedPair(p.score, int(src_map[p.src]), int(tgt_map[p.tgt])) for p in pairs]
-    t2 = time.perf_counter()
-    return pairs, len(src_u), len(tgt_u), t1 - t0, t2 - t1
-
-
-def mine_texts(
-    encoder: PassageEncoder,
-    src_texts: Sequence[str],
-    tgt_texts: Sequence[str],
+def mine(
+    src_emb: np.ndarray,
+    tgt_emb: np.ndarray,
     *,
     k: int = 4,
     margin: str = "ratio",
     retrieval: str = "max",
     threshold: float | None = None,
     one_to_one: bool = False,
-    dedup: bool = False,
-    batch_size: int = 32,
-    centering: str = "off",
+    chunk: int = DEFAULT_CHUNK,
 ) -> list[MinedPair]:
-    """Embed both sides with ``encoder.encode_passages`` and :func:`mine` them.
+    """Mine parallel pairs between the rows of ``src_emb`` and ``tgt_emb`` (see the module docstring).
 
-    ``src``/``tgt`` of the result are indices into ``src_texts``/``tgt_texts``. With ``dedup=True``
-    identical sentences on a side are embedded and mined once, and reported at their first index.
+    Exact: FAISS flat search, cosines recomputed in float64. Raises ``ValueError`` for an unknown margin or
+    retrieval, ``k < 1``, empty inputs or mismatched dimensions.
     """
-    pairs, *_ = _mine_texts_timed(
-        encoder, src_texts, tgt_texts, dedup=dedup, batch_size=batch_size, k=k, margin=margin,
-        retrieval=retrieval, threshold=threshold, one_to_one=one_to_one, centering=centering,
-    )
-    return pairs
+    _check_options(k, margin, retrieval, threshold)
+    _check_chunk(chunk)
+    x, y = _check_pair(src_emb, tgt_emb, "src_emb", "tgt_emb")
+    if len(x) == 0 or len(y) == 0:
+        raise ValueError(f"nothing to mine: {len(x)} source and {len(y)} target embeddings")
+    cand = _candidates(x, y, int(k), int(chunk))
+    return _select(cand, len(x), len(y), margin=margin, retrieval=retrieval, threshold=threshold,
+                   one_to_one=one_to_one).pairs()
 
 
-# --------------------------------------------------------------------------------------------------
-# Files
-# --------------------------------------------------------------------------------------------------
-
-
-def read_sentences(path: str | os.PathLike[str]) -> tuple[list[str], list[int], dict[str, int]]:
-    """Sentences of a file, their 1-based line numbers, and how many lines were skipped per kind.
-
-    Plain text: one sentence per line. ``.jsonl``: one ``{"text": ...}`` object per line. Leading and
-    trailing whitespace is stripped (and a UTF-8 BOM). Blank lines (or empty ``text``) count as
-    ``blank``; lines that are not valid UTF-8 count as ``invalid_utf8`` -- both are skipped. A missing
-    or unreadable file, a malformed JSONL record, or a file without any sentence raises ``CorpusError``.
-    """
-    p = Path(path)
-    jsonl = p.suffix.lower() == ".jsonl"
-    sentences: list[str] = []
-    line_numbers: list[int] = []
-    skipped = dict.fromkeys(SKIP_KINDS, 0)
-    if not p.is_file():
-        raise CorpusError(f"{p}: no such file" if not p.exists() else f"{p}: not a regular file")
-    try:
-        with p.open("rb") as fh:
-            for lineno, raw in enumerate(fh, start=1):
-                try:
-                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-                except UnicodeDecodeError:
-                    skipped["invalid_utf8"] += 1
-                    continue
-                if jsonl:
-                    if not line.strip():
-                        skipped["blank"] += 1
-                        continue
-                    text = _jsonl_text(p, lineno, line)
-                    try:
-                        text.encode("utf-8")  # a JSON escape can produce a lone surrogate
-                    except UnicodeEncodeError:
-                        skipped["invalid_utf8"] += 1
-                        continue
-                else:
-                    text = line
-                text = text.strip()
-                if not text:
-                    skipped["blank"] += 1
-                    continue
-                sentences.append(text)
-                line_numbers.append(lineno)
-    except OSError as exc:
-        raise CorpusError(f"{p}: cannot read ({exc})") from exc
-    if not sentences:
-        detail = ", ".join(f"{v} {k_}" for k_, v in skipped.items() if v) or "empty file"
-        raise CorpusError(f"{p}: no sentences to mine ({detail})")
-    return sentences, line_numbers, skipped
-
-
-def _jsonl_text(path: Path, lineno: int, line: str) -> str:
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise CorpusError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from exc
-    if not isinstance(rec, dict) or "text" not in rec:
-        raise CorpusError(f'{path}:{lineno}: expected an object with a "text" field')
-    text = rec["text"]
-    if not isinstance(text, str):
-        raise CorpusError(f'{path}:{lineno}: "text" must be a string, got {type(text).__name__}')
-    return text
-
-
-_TSV_CLEAN = str.maketrans({"\t": " ", "\n": " ", "\r": " "})
-
-
-def _tsv_row(score: float, src: str, tgt: str, src_line: int, tgt_line: int) -> str:
-    return f"{score:.6f}\t{src.translate(_TSV_CLEAN)}\t{tgt.translate(_TSV_CLEAN)}\t{src_line}\t{tgt_line}\n"
-
-
-def _write_atomic(out_path: Path, rows: Sequence[tuple[float, str, str, int, int]]) -> None:
-    """Write the TSV to ``<out>.tmp``, fsync, then rename over ``out``; on error remove the tmp file."""
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    try:
-        with tmp.open("w", encoding="utf-8", newline="\n") as fh:
-            fh.write("\t".join(TSV_HEADER) + "\n")
-            for row in rows:
-                fh.write(_tsv_row(*row))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not every platform/filesystem allows fsync on a directory
-        dir_fd = os.open(out_path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
-def mine_files(
-    encoder: PassageEncoder,
-    src_path: str | os.PathLike[str],
-    tgt_path: str | os.PathLike[str],
-    out_path: str | os.PathLike[str],
+def mine_neighbours(
+    fwd_sims: np.ndarray,
+    fwd_ids: np.ndarray,
+    bwd_sims: np.ndarray,
+    bwd_ids: np.ndarray,
     *,
-    k: int = 4,
     margin: str = "ratio",
     retrieval: str = "max",
     threshold: float | None = None,
     one_to_one: bool = False,
-    dedup: bool = False,
-    batch_size: int = 32,
-    centering: str = "off",
-) -> MineReport:
-    """Mine two sentence files and write ``out_path`` as TSV, atomically.
+) -> MinedArrays:
+    """Mine from neighbour lists found elsewhere (chunked, approximate or resumed searches).
 
-    Columns (after a header row): ``score`` (6 decimals), ``src`` and ``tgt`` sentences (tabs and line
-    breaks inside a sentence become spaces), ``src_line`` and ``tgt_line`` (1-based line numbers in the
-    input files; with ``dedup`` the first line of the sentence). Rows are sorted by score desc.
+    ``fwd_*``: for each of the n sources, its kf nearest targets and their cosines; ``bwd_*``: for each of
+    the m targets, its kb nearest sources. The margin uses these similarities as they are (LASER does the
+    same); no embedding is read again, so memory stays at the size of the lists.
     """
-    src_p, tgt_p, out_p = Path(src_path), Path(tgt_path), Path(out_path)
-    _check_options(k, margin, retrieval, threshold)  # fail before the expensive part
-    check_mode(centering)
-    if not out_p.parent.is_dir():
-        raise FileNotFoundError(f"{out_p}: output directory {out_p.parent} does not exist")
-    src_texts, src_lines, src_skipped = read_sentences(src_p)
-    tgt_texts, tgt_lines, tgt_skipped = read_sentences(tgt_p)
-    pairs, src_unique, tgt_unique, embed_s, mine_s = _mine_texts_timed(
-        encoder, src_texts, tgt_texts, dedup=dedup, batch_size=batch_size, k=k, margin=margin,
-        retrieval=retrieval, threshold=threshold, one_to_one=one_to_one, centering=centering,
-    )
-    t0 = time.perf_counter()
-    rows = [(p.score, src_texts[p.src], tgt_texts[p.tgt], src_lines[p.src], tgt_lines[p.tgt]) for p in pairs]
-    _write_atomic(out_p, rows)
-    return MineReport(
-        src_path=src_p, tgt_path=tgt_p, out_path=out_p, src=len(src_texts), tgt=len(tgt_texts),
-        pairs=len(pairs), src_unique=src_unique, tgt_unique=tgt_unique, src_skipped=src_skipped,
-        tgt_skipped=tgt_skipped, embed_seconds=embed_s, mine_seconds=mine_s,
-        write_seconds=time.perf_counter() - t0,
-    )
+    _check_options(1, margin, retrieval, threshold)
+    fwd_sims, bwd_sims = np.asarray(fwd_sims), np.asarray(bwd_sims)
+    fwd_ids, bwd_ids = np.asarray(fwd_ids, dtype=np.int64), np.asarray(bwd_ids, dtype=np.int64)
+    if fwd_ids.ndim != 2 or bwd_ids.ndim != 2 or fwd_sims.shape != fwd_ids.shape or bwd_sims.shape != bwd_ids.shape:
+        raise ValueError("neighbour lists must be 2-D with matching sims and ids")
+    n, m = len(fwd_ids), len(bwd_ids)
+    if n == 0 or m == 0 or fwd_ids.shape[1] == 0 or bwd_ids.shape[1] == 0:
+        raise ValueError(f"nothing to mine: {n} source and {m} target neighbour lists")
+    if fwd_ids.min() < 0 or fwd_ids.max() >= m or bwd_ids.min() < 0 or bwd_ids.max() >= n:
+        raise ValueError("neighbour id out of range (a search returned fewer than k results?)")
+    cand = _candidates_from(fwd_sims, fwd_ids, bwd_sims, bwd_ids, m)
+    return _select(cand, n, m, margin=margin, retrieval=retrieval, threshold=threshold, one_to_one=one_to_one)

@@ -66,9 +66,19 @@ def test_mine_two_files(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     rows = [line.split("\t") for line in out.read_text().splitlines()[1:]]
     assert {(r[3], r[4]) for r in rows} == {("1", "3"), ("3", "2"), ("4", "1")}
-    assert "'blank': 1" in res.stdout
+    assert "skipped source lines: 1 blank" in res.stderr
+    assert "search src->tgt: exact (flat) over 3 rows" in res.stderr
+    assert "3 pairs from 3 x 3 sentences" in res.stdout
     res = xlir("mine", str(src), str(tgt), "--out", str(out), "--margin", "cosine")
-    assert_clean_error(res, "unknown --margin 'cosine'")
+    assert_clean_error(res, "unknown margin 'cosine'")
+    assert_clean_error(xlir("mine", str(src), str(tgt), "--out", str(out), "--search", "lsh"), "unknown search 'lsh'")
+    assert_clean_error(xlir("mine", str(src), str(tgt), "--out", str(out), "--memory-budget", "lots"),
+                       "cannot read a size from 'lots'")
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"\n\xff\xfe\n")
+    assert_clean_error(xlir("mine", str(src), str(empty), "--out", str(tmp_path / "x.tsv"), "--model", "minilm-en"),
+                       "empty.txt: no sentences to mine (1 blank, 1 invalid_utf8)")
+    assert not (tmp_path / "x.tsv").exists() and not (tmp_path / "x.tsv.work").exists()
 
 
 def test_bad_inputs_get_clear_errors(tmp_path: Path, corpus: Path, index: Path) -> None:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
 import pytest
 
-from indexer import mining
+from indexer import mining, mining_job
 from indexer.mining import (
     MARGINS,
     RETRIEVALS,
@@ -20,10 +21,8 @@ from indexer.mining import (
     knn,
     margin_scores,
     mine,
-    mine_files,
-    mine_texts,
-    read_sentences,
 )
+from indexer.mining_job import mine_files, mine_texts, read_sentences
 from xlir.errors import CorpusError
 
 
@@ -471,12 +470,25 @@ def test_mine_files_dedup_reports_first_line(tmp_path: Path) -> None:
     assert (report.src, report.src_unique, report.tgt, report.tgt_unique) == (3, 2, 3, 2)
 
 
+def _on_tmp_tsv(fn: Callable[..., Any], target: str) -> Callable[..., Any]:
+    """Wrap os.fsync / os.replace so that only calls on the output's temp file raise."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        first = args[0]
+        name = os.readlink(f"/proc/self/fd/{first}") if isinstance(first, int) else str(first)
+        if name.endswith(target):
+            raise OSError("disk full")
+        return fn(*args, **kwargs)
+
+    return wrapped
+
+
 @pytest.mark.parametrize("where", ["row", "fsync", "replace"])
 def test_mine_files_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     src, tgt = write_corpus(tmp_path)
     out = tmp_path / "pairs.tsv"
     calls = {"n": 0}
-    real_row = mining._tsv_row
+    real_row = mining_job._tsv_row
 
     def boom_row(*args: object) -> str:
         calls["n"] += 1
@@ -484,31 +496,34 @@ def test_mine_files_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.M
             raise OSError("disk full")
         return real_row(*args)  # type: ignore[arg-type]
 
-    def boom(*args: object) -> None:
-        raise OSError("disk full")
-
     if where == "row":
-        monkeypatch.setattr(mining, "_tsv_row", boom_row)
+        monkeypatch.setattr(mining_job, "_tsv_row", boom_row)
     else:
-        monkeypatch.setattr(mining.os, where, boom)
+        monkeypatch.setattr(os, where, _on_tmp_tsv(getattr(os, where), "pairs.tsv.tmp"))
     with pytest.raises(OSError, match="disk full"):
         mine_files(FakeEncoder(MEANINGS), src, tgt, out)
     assert not out.exists()
     assert not out.with_name("pairs.tsv.tmp").exists()
 
 
-def test_mine_files_failure_keeps_previous_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mine_files_failure_keeps_previous_output_then_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     src, tgt = write_corpus(tmp_path)
     out = tmp_path / "pairs.tsv"
     out.write_text("previous run\n")
-
-    def boom(*args: object) -> None:
-        raise OSError("disk full")
-
-    monkeypatch.setattr(mining.os, "fsync", boom)
-    with pytest.raises(OSError):
-        mine_files(FakeEncoder(MEANINGS), src, tgt, out)
+    with monkeypatch.context() as mp:
+        mp.setattr(os, "fsync", _on_tmp_tsv(os.fsync, "pairs.tsv.tmp"))
+        with pytest.raises(OSError):
+            mine_files(FakeEncoder(MEANINGS), src, tgt, out)
     assert out.read_text() == "previous run\n"
+    # the job's state stays for the next run (embeddings of both sides, finished)
+    assert sorted(os.listdir(tmp_path)) == ["de.txt", "en.jsonl", "pairs.tsv", "pairs.tsv.work"]
+    enc = FakeEncoder(MEANINGS)
+    report = mine_files(enc, src, tgt, out)
+    assert enc.calls == []  # nothing embedded again
+    assert report.embed_cached == (5, 4)
+    assert out.read_text().startswith("score\tsrc")
     assert sorted(os.listdir(tmp_path)) == ["de.txt", "en.jsonl", "pairs.tsv"]
 
 

@@ -23,6 +23,19 @@ HomeOpt = Annotated[Path | None, typer.Option("--home", envvar="XLIR_HOME", help
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N]")]
 
 
+def parse_bytes(text: str) -> int:
+    """``8G``, ``512M``, ``1.5GiB`` or a plain number of bytes -> bytes (binary units)."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", text.lower())
+    if not m:
+        fail(f"cannot read a size from {text!r}: use e.g. 8G, 512M or a number of bytes")
+    value = float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " ")
+    if value < 1:
+        fail(f"size must be positive, got {text!r}")
+    return int(value)
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
@@ -272,34 +285,58 @@ def mine_cmd(
     centering: Annotated[str, typer.Option("--centering", help="off | offset | full: remove each side's "
                                            "language mean before scoring")] = "full",
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    search: Annotated[str, typer.Option("--search", help="auto | exact | ivf (auto: exact up to --exact-max "
+                                        "sentences on the searched side, IVF beyond)")] = "auto",
+    exact_max: Annotated[int, typer.Option("--exact-max", help="largest side searched exactly")] = 50_000,
+    nprobe: Annotated[int | None, typer.Option("--nprobe", help="IVF lists visited per query (default: "
+                                               "max(16, lists/32))")] = None,
+    memory_budget: Annotated[str, typer.Option("--memory-budget", help="memory for the search index, e.g. "
+                                               "8G; beyond 60% of it IVF stores 8-bit codes")] = "8G",
+    chunk: Annotated[int, typer.Option("--chunk", help="query rows per search chunk (the unit of "
+                                       "resumption)")] = 65_536,
+    work_dir: Annotated[Path | None, typer.Option("--work-dir", help="resumable state of the job "
+                                                  "(default: OUT.work, removed when done)")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bars on stderr")] = True,
     home: HomeOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Mine parallel sentences from two monolingual files (margin-based, Artetxe & Schwenk 2019)."""
-    from indexer.mining import MARGINS, RETRIEVALS, mine_files
+    """Mine parallel sentences from two monolingual files (margin-based, Artetxe & Schwenk 2019).
+
+    Embeddings are cached under XLIR_HOME/cache/mining by encoder and file checksum; a killed job run again
+    with the same arguments continues from its last finished chunk; OUT is written atomically at the end.
+    """
+    from indexer.mining import MineOptions
+    from indexer.mining_job import mine_files
     from models.encoders import load_encoder
 
-    if margin not in MARGINS:
-        fail(f"unknown --margin {margin!r}; choose from {', '.join(MARGINS)}")
-    if retrieval not in RETRIEVALS:
-        fail(f"unknown --retrieval {retrieval!r}; choose from {', '.join(RETRIEVALS)}")
-    if k < 1:
-        fail("--k must be >= 1")
-    if centering not in ("off", "offset", "full"):
-        fail(f"unknown --centering {centering!r}; choose from off, offset, full")
+    try:
+        opts = MineOptions(k=k, margin=margin, retrieval=retrieval, threshold=threshold, one_to_one=one_to_one,
+                           dedup=dedup, centering=centering, batch_size=batch_size, search=search,
+                           exact_max=exact_max, nprobe=nprobe, memory_budget=parse_bytes(memory_budget),
+                           chunk=chunk)
+    except ValueError as exc:
+        fail(str(exc))
     for p in (src, tgt):
         if not p.is_file():
             fail(f"{p}: no such file")
     enc = load_encoder(model, device=device, home=home)
     try:
-        rep = mine_files(enc, src, tgt, out, k=k, margin=margin, retrieval=retrieval, threshold=threshold,
-                         one_to_one=one_to_one, dedup=dedup, batch_size=batch_size, centering=centering)
-    except ValueError as exc:
+        rep = mine_files(enc, src, tgt, out, opts, progress=progress, work_dir=work_dir,
+                         cache_dir=(home / "cache" / "mining") if home else None)
+    except (ValueError, OSError) as exc:
         fail(str(exc))
-    skipped = {side: {k_: v for k_, v in d.items() if v} for side, d in
-               (("src", rep.src_skipped), ("tgt", rep.tgt_skipped))}
-    typer.echo(f"{rep.pairs} pairs from {rep.src} x {rep.tgt} sentences -> {out} "
-               f"(embed {rep.embed_seconds:.1f}s, mine {rep.mine_seconds:.1f}s; skipped {skipped})")
+    for side, plan in (("src->tgt", rep.fwd_plan), ("tgt->src", rep.bwd_plan)):
+        typer.echo(f"search {side}: {plan.describe() if plan else '-'}", err=True)
+    if rep.resumed_chunks or any(rep.embed_cached):
+        typer.echo(f"reused: {rep.embed_cached[0]:,} + {rep.embed_cached[1]:,} cached embeddings, "
+                   f"{rep.resumed_chunks} finished search chunks", err=True)
+    for side, skipped in (("source", rep.src_skipped), ("target", rep.tgt_skipped)):
+        if any(skipped.values()):
+            typer.echo(f"skipped {side} lines: " + ", ".join(f"{v} {k_}" for k_, v in skipped.items() if v),
+                       err=True)
+    typer.echo(f"{rep.pairs:,} pairs from {rep.src:,} x {rep.tgt:,} sentences -> {out} (embed "
+               f"{rep.embed_seconds:.1f}s, index {rep.index_seconds:.1f}s, search {rep.search_seconds:.1f}s, "
+               f"score {rep.score_seconds:.1f}s, write {rep.write_seconds:.1f}s)")
 
 
 @bench_app.command("demo")
