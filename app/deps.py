@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.mining import MiningService
 from app.service import SearchService
 from app.state import AppState
 from xlir.errors import IndexNotReady
@@ -26,3 +27,12 @@ def get_service(state: StateDep) -> SearchService:
 
 
 ServiceDep = Annotated[SearchService, Depends(get_service)]
+
+
+def get_mining(state: StateDep) -> MiningService:
+    if state.mining is None:
+        raise IndexNotReady(state.error or "the index is not loaded yet")
+    return state.mining
+
+
+MiningDep = Annotated[MiningService, Depends(get_mining)]

@@ -5,8 +5,18 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from app.deps import ServiceDep, StateDep
-from app.schemas import EmbedRequest, EmbedResponse, ErrorBody, Health, Ready, SearchRequest, SearchResponse
+from app.deps import MiningDep, ServiceDep, StateDep
+from app.schemas import (
+    EmbedRequest,
+    EmbedResponse,
+    ErrorBody,
+    Health,
+    MineRequest,
+    MineResponse,
+    Ready,
+    SearchRequest,
+    SearchResponse,
+)
 from app.security import authorize
 
 router = APIRouter(dependencies=[Depends(authorize)])  # a read key for every route but /health and /ready
@@ -17,9 +27,9 @@ ERRORS: dict[int | str, dict[str, object]] = {
         400: "rerank requested but no cross-encoder configured",
         401: "API keys are configured and the request has none, or an unknown one",
         403: "the API key lacks the scope this endpoint needs",
-        413: "request body over XLIR_MAX_BODY_BYTES",
+        413: "request body over XLIR_MAX_BODY_BYTES, or more sentences than XLIR_MINE_MAX_SENTENCES",
         422: "invalid request: empty or too long query, k out of range, unknown mode/fusion/language",
-        429: "overloaded: the query queue is full",
+        429: "overloaded: the query queue is full, or a mining job is running",
         503: "index or model not ready (missing, half-written, or built with another encoder)",
     }.items()
 }
@@ -33,6 +43,12 @@ async def search(req: SearchRequest, service: ServiceDep) -> SearchResponse:
 @router.post("/embed", response_model=EmbedResponse, responses=ERRORS, summary="Embed texts with the encoder")
 async def embed(req: EmbedRequest, service: ServiceDep) -> EmbedResponse:
     return await service.embed(req)
+
+
+@router.post("/mine", response_model=MineResponse, responses=ERRORS,
+             summary="Mine parallel sentences between two lists (margin-based)")
+async def mine(req: MineRequest, mining: MiningDep) -> MineResponse:
+    return await mining.mine(req)
 
 
 @router.get("/health", response_model=Health, summary="Liveness: the process answers")

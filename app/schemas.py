@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -160,3 +161,42 @@ class Ready(BaseModel):
 class ErrorBody(BaseModel):
     error: str = Field(description="machine-readable code, e.g. query_too_long")
     detail: str = Field(description="what went wrong and how to fix it")
+
+
+class MineRequest(BaseModel):
+    """Bitext mining of two small lists (the batch job is ``xlir mine``)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{
+            "src": ["Der Zug fährt um zwölf.", "Ich mag grüne Äpfel.", "Das Wetter ist heute schön."],
+            "tgt": ["Green apples are what I like.", "Today the weather is lovely.", "The train leaves at noon."],
+            "k": 2, "threshold": 1.0}]},
+    )
+    src: list[str] = Field(min_length=1, description="source sentences (at most XLIR_MINE_MAX_SENTENCES)")
+    tgt: list[str] = Field(min_length=1, description="target sentences (at most XLIR_MINE_MAX_SENTENCES)")
+    k: int = Field(4, ge=1, le=64, description="neighbourhood size of the margin")
+    margin: Literal["ratio", "distance", "absolute"] = Field("ratio", description="absolute = plain cosine")
+    retrieval: Literal["fwd", "bwd", "max", "intersect"] = "max"
+    threshold: float | None = Field(None, allow_inf_nan=False, description="keep pairs scoring at least this")
+    one_to_one: bool = Field(False, description="each sentence in at most one pair (max/intersect always are)")
+    dedup: bool = Field(False, description="mine repeated sentences once, reported at their first index")
+    centering: Centering = Field(Centering.full, description="remove each side's mean vector first")
+    texts: bool = Field(True, description="echo the sentences of each pair in the response")
+
+
+class MinedPairOut(BaseModel):
+    score: float
+    src: int = Field(description="index in the request's src list")
+    tgt: int = Field(description="index in the request's tgt list")
+    src_text: str | None = None
+    tgt_text: str | None = None
+
+
+class MineResponse(BaseModel):
+    pairs: list[MinedPairOut] = Field(description="by score desc")
+    src_count: int
+    tgt_count: int
+    search: str = Field(description="how the neighbours were found")
+    embed_ms: float
+    mine_ms: float

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     fusion_depth: int = Field(100, ge=1, le=1000, description="candidates taken from each retriever for fusion")
     snippet_chars: int = Field(300, ge=20)
     embed_max_texts: int = Field(64, ge=1)
+    mine_max_sentences: int = Field(5000, ge=1, description="POST /mine: sentences per side (larger: 413)")
+    mine_max_jobs: int = Field(1, ge=1, description="POST /mine jobs at once (more: 429)")
     batch_max_size: int = Field(32, ge=1)
     batch_max_wait_ms: float = Field(2.0, ge=0)
     queue_max: int = Field(1024, ge=1)

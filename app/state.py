@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 
 from app.batching import QueryBatcher
+from app.mining import MiningService
 from app.service import Limits, SearchService
 from app.settings import Settings
 from indexer.centering import Centroids
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 class AppState:
     settings: Settings
     service: SearchService | None = None
+    mining: MiningService | None = None
     error: str | None = field(default=None, metadata={"doc": "why the server is not ready"})
 
     @property
@@ -81,4 +83,6 @@ def load_state(
                     fusion_depth=settings.fusion_depth, snippet_chars=settings.snippet_chars,
                     embed_max_texts=settings.embed_max_texts)
     state.service = SearchService(index, encoder, batcher, tokenize, reranker, limits, centroid_table=table)
+    state.mining = MiningService(encoder, max_sentences=settings.mine_max_sentences,
+                                 max_chars=settings.max_query_chars, max_jobs=settings.mine_max_jobs)
     return state

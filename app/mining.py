@@ -1,0 +1,63 @@
+"""``POST /mine``: bitext mining of two small lists with the server's encoder, one job at a time.
+
+The same code as ``xlir mine`` (:func:`indexer.mining_job.mine_texts_result`); large jobs belong to the CLI,
+so the lists are capped (``XLIR_MINE_MAX_SENTENCES`` per side) and a second job while one runs answers 429.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from app.schemas import MinedPairOut, MineRequest, MineResponse
+from indexer.mining import MineOptions
+from indexer.mining_job import mine_texts_result
+from models.encoders import Encoder
+from xlir.errors import BadQuery, Overloaded, PayloadTooLarge, QueryTooLong
+
+
+class MiningService:
+    def __init__(self, encoder: Encoder, *, max_sentences: int = 5000, max_chars: int = 2048,
+                 max_jobs: int = 1) -> None:
+        self.encoder = encoder
+        self.max_sentences = max_sentences
+        self.max_chars = max_chars
+        self._slots = threading.BoundedSemaphore(max_jobs)
+
+    def check(self, req: MineRequest) -> None:
+        for side, texts in (("src", req.src), ("tgt", req.tgt)):
+            if len(texts) > self.max_sentences:
+                raise PayloadTooLarge(f"{side} has {len(texts)} sentences; POST /mine takes at most "
+                                      f"{self.max_sentences} per side (XLIR_MINE_MAX_SENTENCES): use `xlir mine` "
+                                      "for larger jobs")
+            for i, text in enumerate(texts):
+                if not text.strip():
+                    raise BadQuery(f"{side}[{i}] is empty")
+                if len(text) > self.max_chars:
+                    raise QueryTooLong(f"{side}[{i}] has {len(text)} characters; the limit is {self.max_chars}")
+
+    def run(self, req: MineRequest) -> MineResponse:
+        """Synchronous: validate, mine, shape the response."""
+        self.check(req)
+        opts = MineOptions(k=req.k, margin=req.margin, retrieval=req.retrieval, threshold=req.threshold,
+                           one_to_one=req.one_to_one, dedup=req.dedup, centering=req.centering.value)
+        res = mine_texts_result(self.encoder, req.src, req.tgt, opts)
+        m = res.mined
+        pairs = [
+            MinedPairOut(score=sc, src=s, tgt=t, src_text=req.src[s] if req.texts else None,
+                         tgt_text=req.tgt[t] if req.texts else None)
+            for sc, s, t in zip(m.score.tolist(), m.src.tolist(), m.tgt.tolist(), strict=True)
+        ]
+        search = f"src->tgt: {res.fwd_plan.describe()}; tgt->src: {res.bwd_plan.describe()}"
+        return MineResponse(pairs=pairs, src_count=len(req.src), tgt_count=len(req.tgt), search=search,
+                            embed_ms=round(res.embed_seconds * 1000, 1), mine_ms=round(res.mine_seconds * 1000, 1))
+
+    async def mine(self, req: MineRequest) -> MineResponse:
+        """:meth:`run` in a worker thread; ``Overloaded`` (429) at once when every job slot is taken."""
+        self.check(req)
+        if not self._slots.acquire(blocking=False):
+            raise Overloaded("a mining job is already running; retry later")
+        try:
+            return await asyncio.to_thread(self.run, req)
+        finally:
+            self._slots.release()
