@@ -11,16 +11,26 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from models.registry import MODEL_META, ResolvedModel, resolve_model, weights_checksum
 from xlir.errors import ModelInvalid
 
+if TYPE_CHECKING:
+    from models.onnx_backend import OnnxEncoder
+
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int], None]
+
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+# What ``backend="auto"`` runs on a CPU: measured by ``python -m benchmarks.encoder_speed`` (README, "Encoder
+# backends"). On a GPU ``auto`` is always torch in fp16.
+CPU_AUTO_BACKEND = "torch"
+# Token budget of one encoder call: rows x padded length (the longest text of the batch) stays under it.
+DEFAULT_TOKEN_BUDGET = 8192
 
 
 @runtime_checkable
@@ -60,10 +70,48 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.nd
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_batch_size: int) -> list[np.ndarray]:
+    """Indices grouped longest first (ties in input order) into batches whose padded size, rows x the batch's
+    longest length, stays within ``max_tokens``, with at most ``max_batch_size`` rows. A text longer than the
+    budget is a batch of its own. Every index appears exactly once; callers write results back by index, which
+    restores the input order."""
+    if max_tokens < 1 or max_batch_size < 1:
+        raise ValueError("max_tokens and max_batch_size must be >= 1")
+    lens = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lens, kind="stable")
+    batches: list[np.ndarray] = []
+    start = 0
+    while start < len(order):
+        longest = max(int(lens[order[start]]), 1)  # sorted: the first row is the longest of its batch
+        rows = min(max_batch_size, max(1, max_tokens // longest), len(order) - start)
+        batches.append(order[start : start + rows])
+        start += rows
+    return batches
+
+
+def token_lengths(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[int]:
+    """Tokens per text as the encoder sees it (special tokens included, truncated at ``max_length``)."""
+    if not texts:
+        return []
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
+    return [len(x) for x in ids]
+
+
+def folder_checksum(folder: Path) -> str:
+    """The weights checksum of a model folder: the one recorded by ``xlir models fetch``, else hashed."""
+    meta = folder / MODEL_META
+    if meta.is_file():
+        return str(json.loads(meta.read_text())["sha256"])
+    return weights_checksum(folder)
+
+
 class SentenceTransformerEncoder:
     """A local sentence-transformers folder with the registry's prefixes applied."""
 
-    def __init__(self, resolved: ResolvedModel, device: str = "auto") -> None:
+    backend = "torch"
+
+    def __init__(self, resolved: ResolvedModel, device: str = "auto", *,
+                 token_budget: int = DEFAULT_TOKEN_BUDGET) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import transformers
@@ -89,6 +137,7 @@ class SentenceTransformerEncoder:
             raise ModelInvalid(f"{resolved.path} does not declare an embedding dimension")
         self._dim = int(dim)
         self._checksum: str | None = None
+        self.token_budget = token_budget
 
     @property
     def name(self) -> str:
@@ -105,12 +154,28 @@ class SentenceTransformerEncoder:
     @property
     def checksum(self) -> str:
         if self._checksum is None:
-            meta = self._resolved.path / MODEL_META
-            if meta.is_file():
-                self._checksum = str(json.loads(meta.read_text())["sha256"])
-            else:
-                self._checksum = weights_checksum(self._resolved.path)
+            self._checksum = folder_checksum(self._resolved.path)
         return self._checksum
+
+    @property
+    def max_seq_length(self) -> int:
+        return int(self._model.max_seq_length)
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        return token_lengths(self._model.tokenizer, texts, self.max_seq_length)
+
+    def _encode_batched(self, texts: Sequence[str], max_rows: int, progress: ProgressFn | None) -> np.ndarray:
+        if len(texts) == 1:  # a single query: nothing to batch, no need to measure it
+            out1 = self._encode(texts)
+            if progress is not None:
+                progress(1)
+            return out1
+        out = np.zeros((len(texts), self._dim), dtype=np.float32)
+        for batch in token_budget_batches(self.token_lengths(texts), self.token_budget, max_rows):
+            out[batch] = self._encode([texts[i] for i in batch])
+            if progress is not None:
+                progress(len(batch))
+        return out
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
         out = self._model.encode(
@@ -120,23 +185,50 @@ class SentenceTransformerEncoder:
         return np.ascontiguousarray(out, dtype=np.float32)
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """One call for the usual few queries; many are split by the token budget like passages."""
         prefix = self._spec.query_prefix
         if not texts:
             return np.zeros((0, self._dim), dtype=np.float32)
-        return self._encode([prefix + t for t in texts])
+        return self._encode_batched([prefix + t for t in texts], max(1, len(texts)), None)
 
     def encode_passages(
         self, texts: Sequence[str], *, batch_size: int = 32, progress: ProgressFn | None = None
     ) -> np.ndarray:
+        """Length-sorted batches of at most ``batch_size`` rows and ``token_budget`` padded tokens."""
         prefix = self._spec.passage_prefix
-        out = np.zeros((len(texts), self._dim), dtype=np.float32)
-        for batch in length_sorted_batches([len(t) for t in texts], batch_size):
-            out[batch] = self._encode([prefix + texts[i] for i in batch])
-            if progress is not None:
-                progress(len(batch))
-        return out
+        return self._encode_batched([prefix + t for t in texts], batch_size, progress)
 
 
-def load_encoder(name_or_path: str, *, device: str = "auto", home: Path | None = None) -> SentenceTransformerEncoder:
-    """Registry name or local folder -> ready encoder. Raises ``ModelNotFound`` with the fix to apply."""
-    return SentenceTransformerEncoder(resolve_model(name_or_path, home), device=device)
+def choose_backend(backend: str, device: str) -> str:
+    """``auto | torch | onnx | onnx-int8`` and the resolved device -> the backend to load.
+
+    ``auto`` is torch on a GPU (fp16) and :data:`CPU_AUTO_BACKEND` on a CPU, as measured.
+    """
+    if backend not in BACKENDS:
+        raise ModelInvalid(f"unknown encoder backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    return "torch" if device.startswith("cuda") else CPU_AUTO_BACKEND
+
+
+def load_encoder(
+    name_or_path: str, *, device: str = "auto", home: Path | None = None, backend: str = "auto",
+) -> SentenceTransformerEncoder | OnnxEncoder:
+    """Registry name or local folder -> ready encoder on the chosen backend (see :func:`choose_backend`).
+
+    Raises ``ModelNotFound`` with the fix to apply, ``ModelInvalid`` for an unknown backend or an ONNX backend
+    without onnxruntime installed.
+    """
+    if backend not in BACKENDS:  # before anything is loaded
+        choose_backend(backend, "cpu")
+    resolved = resolve_model(name_or_path, home)
+    dev = resolve_device(device)
+    chosen = choose_backend(backend, dev)
+    if chosen == "torch":
+        return SentenceTransformerEncoder(resolved, device=dev)
+    from models.onnx_backend import OnnxEncoder, onnx_available
+
+    if backend == "auto" and not onnx_available():
+        log.warning("onnxruntime is not installed: encoding with torch (pip install 'xlir[onnx]' for %s)", chosen)
+        return SentenceTransformerEncoder(resolved, device=dev)
+    return OnnxEncoder(resolved, quantized=chosen == "onnx-int8", device=dev, home=home)
