@@ -328,6 +328,18 @@ def default_cache_dir() -> Path:
     return xlir_home() / "cache" / "mining"
 
 
+def embedding_root(checksum: str, cache_dir: Path | None = None) -> Path:
+    """Where the embeddings of an encoder's mining inputs are cached."""
+    return (cache_dir or default_cache_dir()) / str(checksum)[:16]
+
+
+def embedding_name(path: Path, dedup: bool) -> str:
+    """Cache file name of a mining input's embeddings: the file's sha256 and what changes the rows."""
+    key = json.dumps({"file": file_sha256(path), "dedup": dedup, "kind": "passage", "reader": CACHE_VERSION},
+                     sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:32] + ".f32"
+
+
 def mine_files(
     encoder: PassageEncoder,
     src_path: str | os.PathLike[str],
@@ -364,18 +376,13 @@ def mine_files(
     work.mkdir(parents=True, exist_ok=True)
     checksum = getattr(encoder, "checksum", None)
     name = getattr(encoder, "name", type(encoder).__name__)
-    emb_root = (cache_dir or default_cache_dir()) / str(checksum)[:16] if checksum else work / "embeddings"
-
-    def emb_path(path: Path) -> Path:
-        key = json.dumps({"file": file_sha256(path), "dedup": opts.dedup, "kind": "passage",
-                          "reader": CACHE_VERSION}, sort_keys=True)
-        return emb_root / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".f32")
+    emb_root = embedding_root(checksum, cache_dir) if checksum else work / "embeddings"
 
     t0 = time.perf_counter()
-    src_emb, src_cached = embed_to_file(encoder, src_u, emb_path(src_p), batch_size=opts.batch_size,
-                                        progress=progress, desc="embed src")
-    tgt_emb, tgt_cached = embed_to_file(encoder, tgt_u, emb_path(tgt_p), batch_size=opts.batch_size,
-                                        progress=progress, desc="embed tgt")
+    src_emb, src_cached = embed_to_file(encoder, src_u, emb_root / embedding_name(src_p, opts.dedup),
+                                        batch_size=opts.batch_size, progress=progress, desc="embed src")
+    tgt_emb, tgt_cached = embed_to_file(encoder, tgt_u, emb_root / embedding_name(tgt_p, opts.dedup),
+                                        batch_size=opts.batch_size, progress=progress, desc="embed tgt")
     embed_s = time.perf_counter() - t0
     job_key = {"encoder": str(checksum or name), "src": str(src_emb.path.name), "tgt": str(tgt_emb.path.name)}
     mined, rep = mine_rows(src_emb, tgt_emb, opts, work=work / "search", job_key=job_key, progress=progress)
