@@ -18,8 +18,8 @@ reported, as in BUCC. Noise, chosen so that it contains no translation of anythi
 The threshold tuned on one pair is not known for a new corpus: ``f1_loo`` is each pair's F1 at the mean of the
 other pairs' optimal thresholds (leave one out), the figure a user with a fixed threshold would see.
 
-**Speed.** Two files of ``--n`` real sentences each (source: sentences of the non-English QA contexts; target:
-clauses of the same contexts, split at commas, so the sides overlap in topic but not in text) are mined by
+**Speed.** Two files of ``--n`` real clauses each (the QA contexts of all 8 languages split into sentences and
+then at commas, shuffled and dealt to the two sides: they share topics, not text) are mined by
 ``mine_files`` as ``xlir mine`` runs it (embedding, then IVF search), and the same cached embeddings are then
 searched again by the product's exact path (FAISS flat) and by a brute-force numpy baseline (blocked matrix
 products + argpartition, both directions), all scored by the same margin code. Reported: sentences/s of each
@@ -272,30 +272,26 @@ def run_tatoeba(data: Path, model: str) -> dict[str, Any]:
 
 
 def speed_corpus(data: Path, n: int, folder: Path) -> tuple[Path, Path]:
-    """``src.txt``: n sentences of the non-English QA contexts; ``tgt.txt``: n comma-split clauses of them."""
+    """Two files of n distinct clauses each (QA contexts of all 8 languages, split into sentences, then at
+    commas), shuffled and dealt to the sides, so they share topics but no text; clauses are about as long as
+    the sentences bitext mining usually sees."""
     folder.mkdir(parents=True, exist_ok=True)
     src_p, tgt_p = folder / f"src-{n}.txt", folder / f"tgt-{n}.txt"
     if src_p.is_file() and tgt_p.is_file():
         return src_p, tgt_p
-    sents: list[str] = []
-    for lang in sorted(QA_FILES):
-        if lang != "en":
-            sents += qa_sentences(data, lang)
-    sents = list(dict.fromkeys(sents))
-    random.Random(0).shuffle(sents)
     clauses: dict[str, None] = {}
-    for s in sents:
-        for part in s.replace("，", ",").replace("、", ",").replace("،", ",").split(","):
-            part = part.strip()
-            if len(part) >= MIN_CHARS and part not in clauses:
-                clauses[part] = None
-    if len(sents) < n or len(clauses) < n:
-        raise SystemExit(f"only {len(sents)} sentences and {len(clauses)} clauses available; use --n "
-                         f"{min(len(sents), len(clauses))} or less")
-    src_p.write_text("\n".join(sents[:n]) + "\n", encoding="utf-8")
-    tgt_list = list(clauses)
-    random.Random(1).shuffle(tgt_list)
-    tgt_p.write_text("\n".join(tgt_list[:n]) + "\n", encoding="utf-8")
+    for lang in sorted(QA_FILES):
+        for s in qa_sentences(data, lang):
+            for part in s.replace("，", ",").replace("、", ",").replace("،", ",").split(","):
+                part = part.strip()
+                if len(part) >= MIN_CHARS:
+                    clauses.setdefault(part, None)
+    units = list(clauses)
+    if len(units) < 2 * n:
+        raise SystemExit(f"only {len(units)} clauses available; use --n {len(units) // 2} or less")
+    random.Random(0).shuffle(units)
+    src_p.write_text("\n".join(units[:n]) + "\n", encoding="utf-8")
+    tgt_p.write_text("\n".join(units[n : 2 * n]) + "\n", encoding="utf-8")
     return src_p, tgt_p
 
 
