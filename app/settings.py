@@ -21,6 +21,9 @@ class Settings(BaseSettings):
         None, description="encoder name or folder; default: the encoder recorded in the index manifest")
     home: Path = Field(default_factory=xlir_home, description="cache of built models (XLIR_HOME)")
     device: str = Field("auto", description="auto = CUDA when torch sees a GPU, else CPU")
+    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
+        "auto", description="encoder runtime of the serving model: auto = torch (fp16) on a GPU, on a CPU the "
+        "backend measured fastest at equal quality (README, Encoder backends); onnx-int8 trades some quality for speed")
     reranker: Path | None = Field(None, description="local sentence-transformers CrossEncoder folder")
     centroid_table: Path | None = Field(
         None, description="centroids for query languages missing from the index; default: the table that "

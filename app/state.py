@@ -62,7 +62,7 @@ def load_state(
                                f"this xlir has {ANALYZER_NAME!r}: rebuild the index")
         if encoder is None:
             encoder = load_encoder(settings.model or index.vector_set.encoder, device=settings.device,
-                                   home=settings.home)
+                                   home=settings.home, backend=settings.backend)
         check_encoder(index, encoder)
         if reranker is None and settings.reranker is not None:
             reranker = CrossEncoderReranker(settings.reranker, device=settings.device)
