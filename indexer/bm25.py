@@ -3,12 +3,19 @@
 The builder maps tokens to integer ids as documents stream in, so only the id lists are kept in
 memory, never the texts. Search returns documents with a positive score only (a document sharing no
 term with the query is not a BM25 hit), optionally restricted by a boolean row mask.
+
+bm25s stores scores with the collection statistics (N, avgdl, df) baked in. For an index that changes (live
+updates: deleted documents, a delta segment) the builder also saves the raw term frequencies (``tf.*.npy``, a
+term x document CSC matrix, and ``doc_len.npy``), and :func:`lucene_scores` scores any set of segments at query
+time with statistics over the documents alive in all of them, so scores equal those of a fresh build.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +58,151 @@ class BM25Builder:
         retriever = bm25s.BM25(k1=self.k1, b=self.b, method=self.method, backend="numba")
         retriever.index(Tokenized(ids=ids, vocab=vocab), show_progress=False, create_empty_token=False)
         retriever.save(str(directory), show_progress=False)
+        save_postings(directory, ids, len(vocab))
+
+
+TF_FILES = ("tf.indptr.npy", "tf.indices.npy", "tf.data.npy", "doc_len.npy")
+
+
+def save_postings(directory: Path, doc_ids: Sequence[Sequence[int]], vocab_size: int, chunk: int = 65_536) -> None:
+    """Term x document frequencies (CSC: per term, the documents holding it and how often) and document lengths,
+    counted exactly as bm25s counts them (duplicates included; an empty document holds the reserved token)."""
+    import scipy.sparse as sp
+
+    blocks = []
+    for start in range(0, len(doc_ids), chunk):
+        part = doc_ids[start : start + chunk]
+        lens = np.fromiter((len(d) for d in part), dtype=np.int64, count=len(part))
+        cols = np.fromiter((t for d in part for t in d), dtype=np.int64, count=int(lens.sum()))
+        rows = np.repeat(np.arange(len(part), dtype=np.int64), lens)
+        blocks.append(sp.csr_matrix((np.ones(len(cols), dtype=np.int32), (rows, cols)),
+                                    shape=(len(part), vocab_size)))
+    mat = (sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, vocab_size), dtype=np.int32)).tocsc()
+    mat.sum_duplicates()
+    mat.sort_indices()
+    directory.mkdir(parents=True, exist_ok=True)
+    np.save(directory / TF_FILES[0], mat.indptr.astype(np.int64))
+    np.save(directory / TF_FILES[1], mat.indices.astype(np.int32))
+    np.save(directory / TF_FILES[2], mat.data.astype(np.int32))
+    np.save(directory / TF_FILES[3], np.asarray([len(d) for d in doc_ids], dtype=np.int32))
+
+
+@dataclass
+class Postings:
+    """One segment's term frequencies: ``vocab`` term -> column, CSC ``indptr/indices/data``, ``doc_len``."""
+
+    vocab: dict[str, int]
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+    doc_len: np.ndarray
+
+    @property
+    def num_docs(self) -> int:
+        return len(self.doc_len)
+
+    def term(self, token: str) -> tuple[np.ndarray, np.ndarray] | None:
+        tid = self.vocab.get(token)
+        if tid is None or tid + 1 >= len(self.indptr):
+            return None
+        start, end = int(self.indptr[tid]), int(self.indptr[tid + 1])
+        return self.indices[start:end], self.data[start:end]
+
+    @classmethod
+    def load(cls, directory: Path, vocab: dict[str, int], mmap: bool = True) -> Postings | None:
+        """The saved frequencies of a BM25 directory (None if it predates them)."""
+        if not all((directory / name).is_file() for name in TF_FILES):
+            return None
+        indptr, indices, data, doc_len = (np.load(directory / name, mmap_mode="r" if mmap else None)
+                                          for name in TF_FILES)
+        return cls(vocab, indptr, indices, data, doc_len)
+
+    @classmethod
+    def from_tokens(cls, docs: Sequence[Sequence[str]]) -> Postings:
+        """Frequencies of a small in-memory segment (the live delta), counted as the builder does."""
+        vocab: dict[str, int] = {}
+        ids = [[vocab.setdefault(t, len(vocab)) for t in d] for d in docs]
+        empty = vocab.setdefault("", len(vocab))
+        ids = [d if d else [empty] for d in ids]
+        cols: list[int] = []
+        rows: list[int] = []
+        vals: list[int] = []
+        for row, d in enumerate(ids):
+            for tid, n in Counter(d).items():
+                cols.append(tid)
+                rows.append(row)
+                vals.append(n)
+        order = np.lexsort((np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)))
+        col_arr = np.asarray(cols, dtype=np.int64)[order]
+        indptr = np.zeros(len(vocab) + 1, dtype=np.int64)
+        np.add.at(indptr, col_arr + 1, 1)
+        return cls(vocab, np.cumsum(indptr), np.asarray(rows, dtype=np.int32)[order],
+                   np.asarray(vals, dtype=np.int32)[order], np.asarray([len(d) for d in ids], dtype=np.int32))
+
+
+@dataclass
+class Segment:
+    """Postings whose rows start at global row ``offset``; ``live`` (None = all) masks deleted documents."""
+
+    postings: Postings
+    offset: int
+    live: np.ndarray | None = None
+
+
+def lucene_scores(segments: Sequence[Segment], tokens: Sequence[str], total_rows: int,
+                  k1: float = K1, b: float = B) -> np.ndarray:
+    """BM25 (Lucene idf, as bm25s ``method="lucene"``) of every row, with N, avgdl and df counted over the live
+    documents of all segments: ``idf = ln(1 + (N - df + 0.5) / (df + 0.5))``, ``tf / (tf + k1 (1 - b + b dl /
+    avgdl))``. A query token counts once per occurrence, like bm25s. Deleted rows score 0."""
+    scores = np.zeros(total_rows, dtype=np.float64)
+    n_docs = 0
+    total_len = 0.0
+    for seg in segments:
+        if seg.live is None:
+            n_docs += seg.postings.num_docs
+            total_len += float(np.sum(seg.postings.doc_len, dtype=np.float64))
+        else:
+            n_docs += int(np.count_nonzero(seg.live))
+            total_len += float(np.sum(seg.postings.doc_len[seg.live], dtype=np.float64))
+    if n_docs == 0:
+        return scores.astype(np.float32)
+    avgdl = total_len / n_docs
+    for token, mult in Counter(t for t in tokens if t).items():
+        parts = []
+        df = 0
+        for seg in segments:
+            hit = seg.postings.term(token)
+            if hit is None or not len(hit[0]):
+                continue
+            docs, tf = hit
+            if seg.live is not None:
+                keep = seg.live[docs]
+                docs, tf = docs[keep], tf[keep]
+            if len(docs):
+                parts.append((seg, docs, tf))
+                df += len(docs)
+        if df == 0:
+            continue
+        idf = np.log(1.0 + (n_docs - df + 0.5) / (df + 0.5))
+        for seg, docs, tf in parts:
+            dl = seg.postings.doc_len[docs].astype(np.float64)
+            tff = tf.astype(np.float64)
+            scores[seg.offset + docs.astype(np.int64)] += mult * idf * tff / (tff + k1 * (1 - b + b * dl / avgdl))
+    return scores.astype(np.float32)
+
+
+def top_k(scores: np.ndarray, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, rows) of the top ``k`` rows with a positive score, best first, ties by row."""
+    if mask is not None:
+        scores = np.where(mask, scores, 0.0).astype(np.float32)
+    hits = np.flatnonzero(scores > 0)
+    if len(hits) > k:
+        part = np.argpartition(-scores[hits], k - 1)[:k]
+        cutoff = scores[hits[part]].min()
+        hits = hits[scores[hits] >= cutoff]  # keep every tie at the cut-off, order below decides
+    order = np.lexsort((hits, -scores[hits]))[:k]
+    rows = hits[order].astype(np.int64)
+    return scores[rows], rows
 
 
 class BM25Searcher:
@@ -61,6 +213,15 @@ class BM25Searcher:
         self._r.backend = "numba"
         self.vocab: dict[str, int] = self._r.vocab_dict
         self.num_docs = int(self._r.scores["num_docs"])
+        self.k1, self.b = float(self._r.k1), float(self._r.b)
+        self._dir, self._mmap = directory, mmap
+        self._postings: Postings | None = None
+
+    def postings(self) -> Postings | None:
+        """The term frequencies saved beside the scores (None for an index built before they were)."""
+        if self._postings is None:
+            self._postings = Postings.load(self._dir, self.vocab, self._mmap)
+        return self._postings
 
     def scores(self, tokens: Sequence[str]) -> np.ndarray:
         """Dense BM25 score of every document (0 where no query term occurs)."""
@@ -71,14 +232,4 @@ class BM25Searcher:
 
     def search(self, tokens: Sequence[str], k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, rows) of the top ``k`` documents with a positive score, best first, ties by row."""
-        scores = self.scores(tokens)
-        if mask is not None:
-            scores = np.where(mask, scores, 0.0).astype(np.float32)
-        hits = np.flatnonzero(scores > 0)
-        if len(hits) > k:
-            part = np.argpartition(-scores[hits], k - 1)[:k]
-            cutoff = scores[hits[part]].min()
-            hits = hits[scores[hits] >= cutoff]  # keep every tie at the cut-off, order below decides
-        order = np.lexsort((hits, -scores[hits]))[:k]
-        rows = hits[order].astype(np.int64)
-        return scores[rows], rows
+        return top_k(self.scores(tokens), k, mask)

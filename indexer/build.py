@@ -141,6 +141,16 @@ def index_shard(root: Path, info: ShardInfo, dim: int, index_type: str, mode: st
     del raw
 
 
+def _pid_alive(text: str) -> bool:
+    try:
+        os.kill(int(text), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def build_index(
     paths: Sequence[Path],
     out: Path,
@@ -148,8 +158,11 @@ def build_index(
     options: BuildOptions | None = None,
     *,
     detector: LanguageDetector | None = None,
+    documents: Iterable[Document] | None = None,
 ) -> Manifest:
-    """Index the corpus files at ``paths`` into ``out``; returns the written manifest."""
+    """Index the corpus files at ``paths`` (or the ``documents`` given instead) into ``out``; returns the written
+    manifest. Temporary directories left by killed builds of the same ``out`` are removed first (a build does
+    not resume: it starts again)."""
     from indexer.text import ANALYZER_NAME, tokenize
 
     opts = options or BuildOptions()
@@ -158,8 +171,9 @@ def build_index(
         raise XlirError(f"{out} already exists and is not empty: choose another --out or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.building-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    for stale in out.parent.glob(f".{out.name}.building-*"):
+        if stale == tmp or not _pid_alive(stale.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir()
     detector = detector or LanguageDetector()
     timer = _Timer()
@@ -177,7 +191,8 @@ def build_index(
         total = 0
         bar = tqdm(desc="indexing", unit="doc", disable=not opts.progress, dynamic_ncols=True)
         t0 = time.perf_counter()
-        for chunk in _chunks(read_corpus(paths, opts.default_lang), opts.chunk_docs):
+        source = read_corpus(paths, opts.default_lang) if documents is None else documents
+        for chunk in _chunks(source, opts.chunk_docs):
             docs: list[Document] = []
             for doc in chunk:
                 if doc.id in seen:

@@ -19,6 +19,23 @@ from indexer.manifest import MANIFEST, Manifest
 from models.registry import file_sha256
 from xlir.errors import CenteringUnavailable, IndexInvalid
 
+CURRENT = "CURRENT"  # in an index root: names the live generation (see indexer/live.py)
+
+
+def resolve_generation(path: Path) -> Path:
+    """The directory holding the index at ``path``: the generation named by ``path/CURRENT`` when the root has
+    one (an index updated live or compacted), else ``path`` itself (a plain ``xlir index`` directory)."""
+    path = Path(path)
+    pointer = path / CURRENT
+    try:
+        name = pointer.read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return path
+    target = (path / name).resolve()
+    if not name or not target.is_relative_to(path.resolve()):
+        raise IndexInvalid(f"{pointer} names {name!r}, which is not a generation inside {path}")
+    return path / name
+
 
 @dataclass
 class Hits:
@@ -78,6 +95,11 @@ class Index:
     @property
     def size(self) -> int:
         return self.manifest.doc_count
+
+    @property
+    def languages(self) -> dict[str, int]:
+        """Documents per language code."""
+        return dict(self.manifest.languages)
 
     def lang_mask(self, langs: Collection[str] | None) -> np.ndarray | None:
         """Boolean mask over all rows for a language filter (None = no filter)."""
@@ -189,7 +211,7 @@ def verify_index(path: Path, expected_encoder_checksum: str | None = None, level
     """
     if level not in VERIFY_LEVELS:
         raise ValueError(f"verify level must be one of {', '.join(VERIFY_LEVELS)}, not {level!r}")
-    directory = Path(path)
+    directory = resolve_generation(Path(path))
     manifest = Manifest.read(directory)
     if level != "off":
         manifest.check_files(directory, checksums=level == "full")
@@ -202,7 +224,7 @@ def verify_index(path: Path, expected_encoder_checksum: str | None = None, level
 
 def open_index(directory: Path, mmap: bool = True, verify: str = "size") -> Index:
     """Open an index for search after ``verify_index`` at ``verify`` (default: sizes only, cheap)."""
-    directory = Path(directory)
+    directory = resolve_generation(Path(directory))
     return Index(directory, verify_index(directory, level=verify), mmap=mmap)
 
 

@@ -79,3 +79,15 @@ class PathNotAllowed(XlirError):
     """A path given by a client or the command line that leaves the configured data directory."""
 
     code = "path_not_allowed"
+
+
+class DocumentNotFound(XlirError):
+    """No live document has the given id (HTTP 404)."""
+
+    code = "document_not_found"
+
+
+class Conflict(XlirError):
+    """The operation cannot run now, e.g. a compaction is already running (HTTP 409)."""
+
+    code = "conflict"

@@ -1,0 +1,704 @@
+"""Live index: document upserts and deletes on top of a built index, durable before they are acknowledged.
+
+Layout of an index root (a plain ``xlir index`` directory is one, with no ``CURRENT`` yet):
+
+- ``manifest.json, shards/, bm25/, ...``: generation 0, the index as ``xlir index`` built it;
+- ``CURRENT``: names the live generation (``generations/g000003``); replaced atomically (write a temp file,
+  fsync, rename, fsync the directory), so a reader sees the old or the new generation, never a mix;
+- ``generations/gNNNNNN/``: complete indexes written by compactions (and by rebuilds of a live root);
+- ``wal/gNNNNNN.log``: the write-ahead log of updates on top of that generation (``indexer/wal.py``);
+- ``LOCK``: an advisory lock every writer holds while appending to the log or publishing a generation.
+
+In memory (:class:`LiveStore`), the log is replayed into a :class:`Delta`: an exact vector set of the upserted
+documents (raw vectors; centred at query time with the generation's *frozen* centroids), their texts and BM25
+term frequencies, and tombstones over the generation's rows for documents deleted or replaced. Each write
+publishes an immutable :class:`LiveIndex` snapshot (the ``Index`` interface the search service uses): a query
+runs entirely on the snapshot it started with, so writes and generation swaps never disturb it.
+
+Rows: the generation's documents keep their rows ``0 .. n-1``, delta documents follow in the order they were
+written. A replaced document is a tombstone plus a new row at the end, so the live rows, in order, are exactly
+the documents a fresh build over the final collection would hold, in the same order (ties break the same way).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from collections import Counter
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexer import wal
+from indexer.bm25 import Postings, Segment, lucene_scores, top_k
+from indexer.build import VECTOR_SET, passage_text
+from indexer.centering import Centroids, center, resolve_auto
+from indexer.dense import merge_topk
+from indexer.store import CURRENT, Hits, Index, open_index, verify_index
+from xlir.errors import BadQuery, DocumentNotFound, IndexInvalid
+
+log = logging.getLogger(__name__)
+
+GENERATIONS = "generations"
+WAL_DIR = "wal"
+ROOT_GENERATION = "."
+_GEN_RE = re.compile(r"^generations/g(\d{6})$")
+
+
+# ---------------------------------------------------------------------------------------------------- layout
+
+
+def current_name(root: Path) -> str:
+    """The live generation of ``root``: ``"."`` (the root itself) or ``generations/gNNNNNN``."""
+    path = Path(root) / CURRENT
+    try:
+        name = path.read_text().strip()
+    except FileNotFoundError:
+        return ROOT_GENERATION
+    if name != ROOT_GENERATION and not _GEN_RE.match(name):
+        raise IndexInvalid(f"{path} names {name!r}, which is not a generation of this index")
+    return name
+
+
+def generation_dir(root: Path) -> Path:
+    """The directory of the live generation (the root itself for a plain index)."""
+    name = current_name(root)
+    return Path(root) if name == ROOT_GENERATION else Path(root) / name
+
+
+def generation_number(name: str) -> int:
+    m = _GEN_RE.match(name)
+    return int(m.group(1)) if m else 0
+
+
+def generation_label(name: str) -> str:
+    return f"g{generation_number(name):06d}"
+
+
+def wal_path(root: Path, name: str) -> Path:
+    return Path(root) / WAL_DIR / f"{generation_label(name)}.log"
+
+
+def is_live_root(root: Path) -> bool:
+    """The root has been published to or written to: rebuilds must go through a new generation."""
+    return (Path(root) / CURRENT).exists() or (Path(root) / WAL_DIR).exists()
+
+
+def set_current(root: Path, name: str) -> None:
+    """Point ``root/CURRENT`` at ``name`` atomically and durably."""
+    root = Path(root)
+    tmp = root / (CURRENT + ".tmp")
+    with open(tmp, "w") as fh:
+        fh.write(name + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(root / CURRENT)
+    wal.fsync_dir(root)
+
+
+# ---------------------------------------------------------------------------------------------------- the delta
+
+
+def _grow(arr: np.ndarray, need: int) -> np.ndarray:
+    """``arr`` itself if it holds ``need`` rows, else a copy with room for twice as many (readers keep the old)."""
+    if len(arr) >= need:
+        return arr
+    out = np.zeros((max(need, 2 * len(arr), 16), *arr.shape[1:]), dtype=arr.dtype)
+    out[: len(arr)] = arr
+    return out
+
+
+class DeltaPostings:
+    """BM25 term frequencies of the delta, appended in row order; read through :meth:`view` (first ``n`` rows)."""
+
+    def __init__(self) -> None:
+        self.terms: dict[str, tuple[list[int], list[int]]] = {}
+        self.doc_len = np.zeros(0, dtype=np.int32)
+        self.n = 0
+
+    def add(self, tokens: Sequence[str]) -> None:
+        row = self.n
+        counts = Counter(tokens) if tokens else Counter({"": 1})
+        for tok, tf in counts.items():
+            rows, tfs = self.terms.setdefault(tok, ([], []))
+            rows.append(row)
+            tfs.append(tf)
+        self.doc_len = _grow(self.doc_len, row + 1)
+        self.doc_len[row] = max(len(tokens), 1)
+        self.n = row + 1
+
+    def view(self, n: int) -> _PostingsView:
+        return _PostingsView(self, n, self.doc_len[:n])
+
+
+@dataclass
+class _PostingsView:
+    src: DeltaPostings
+    n: int
+    doc_len: np.ndarray
+
+    @property
+    def num_docs(self) -> int:
+        return self.n
+
+    def term(self, token: str) -> tuple[np.ndarray, np.ndarray] | None:
+        hit = self.src.terms.get(token)
+        if hit is None:
+            return None
+        rows = np.asarray(hit[0], dtype=np.int64)
+        tfs = np.asarray(hit[1], dtype=np.int32)
+        m = min(len(rows), len(tfs))  # a writer may be appending to the lists right now
+        rows, tfs = rows[:m], tfs[:m]
+        keep = rows < self.n
+        return rows[keep], tfs[keep]
+
+
+class Delta:
+    """The updates on top of one generation. Mutated only by :class:`LiveStore` under its lock; readers use
+    :meth:`view` snapshots (arrays that are changed in place are replaced by copies, never edited under them)."""
+
+    def __init__(self, main: Index, main_ids: dict[str, int]) -> None:
+        self.main_n = main.size
+        self.dim = main.vector_set.dim
+        self.main_ids = main_ids
+        self.main_langs = Counter(main.manifest.languages)
+        self.main_tomb = np.zeros(self.main_n, dtype=bool)
+        self.tomb_count = 0
+        self.docs: list[dict[str, str]] = []
+        self.vecs = np.zeros((0, self.dim), dtype=np.float32)
+        self.dead = np.zeros(0, dtype=bool)
+        self.ids: dict[str, int] = {}  # live delta id -> delta row
+        self.langs: list[str] = []
+        self.live_langs: Counter[str] = Counter()
+        self.postings = DeltaPostings()
+        self.lsn = 0
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    @property
+    def live_delta(self) -> int:
+        return len(self.ids)
+
+    def exists(self, doc_id: str) -> bool:
+        if doc_id in self.ids:
+            return True
+        row = self.main_ids.get(doc_id)
+        return row is not None and not self.main_tomb[row]
+
+    def _remove(self, doc_id: str) -> bool:
+        row = self.ids.pop(doc_id, None)
+        if row is not None:
+            dead = self.dead.copy()
+            dead[row] = True
+            self.dead = dead
+            self.live_langs[self.langs[row]] -= 1
+            return True
+        mrow = self.main_ids.get(doc_id)
+        if mrow is not None and not self.main_tomb[mrow]:
+            tomb = self.main_tomb.copy()
+            tomb[mrow] = True
+            self.main_tomb = tomb
+            self.tomb_count += 1
+            return True
+        return False
+
+    def apply(self, rec: wal.Record) -> bool:
+        """Apply one log record; returns whether a document was replaced or deleted."""
+        from indexer.text import tokenize
+
+        self.lsn = max(self.lsn, rec.lsn)
+        existed = self._remove(rec.doc_id)
+        if rec.op == wal.DELETE:
+            return existed
+        assert rec.doc is not None and rec.vector is not None
+        if rec.vector.shape != (self.dim,):
+            raise IndexInvalid(f"log record {rec.lsn} holds a {rec.vector.shape} vector, the index {self.dim}-dim")
+        row = len(self.docs)
+        self.vecs = _grow(self.vecs, row + 1)
+        self.vecs[row] = rec.vector
+        self.dead = _grow(self.dead, row + 1)
+        self.docs.append(rec.doc)
+        self.langs.append(rec.doc["lang"])
+        self.live_langs[rec.doc["lang"]] += 1
+        self.postings.add(tokenize(passage_text(rec.doc.get("title", ""), rec.doc["text"])))
+        self.ids[rec.doc_id] = row
+        return existed
+
+    def view(self) -> DeltaView:
+        n = len(self.docs)
+        return DeltaView(main_n=self.main_n, n=n, docs=self.docs, vecs=self.vecs[:n], dead=self.dead[:n],
+                         langs=self.langs, main_tomb=self.main_tomb, tomb_count=self.tomb_count,
+                         postings=self.postings.view(n), live_langs=dict(self.live_langs), lsn=self.lsn,
+                         live_delta=self.live_delta)
+
+
+@dataclass
+class DeltaView:
+    """An immutable snapshot of a :class:`Delta` (the first ``n`` delta rows)."""
+
+    main_n: int
+    n: int
+    docs: list[dict[str, str]]
+    vecs: np.ndarray
+    dead: np.ndarray
+    langs: list[str]
+    main_tomb: np.ndarray
+    tomb_count: int
+    postings: _PostingsView
+    live_langs: dict[str, int]
+    lsn: int
+    live_delta: int
+    _cache: dict[str, Any] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def changed(self) -> bool:
+        return self.n > 0 or self.tomb_count > 0
+
+    def lang_codes(self) -> list[str]:
+        return self.langs[: self.n]
+
+
+def delta_shifts(centroids: Centroids | None, mode: str, langs: Sequence[str], dim: int) -> np.ndarray:
+    """n x d: what is subtracted from each delta vector under ``mode``, with the generation's frozen centroids.
+    A language the centroids do not hold is treated like one with too few documents (the global mean under
+    ``full``, nothing under ``offset``), as a fresh build treats a rare language."""
+    if mode == "off" or centroids is None or not len(langs):
+        return np.zeros((len(langs), dim), dtype=np.float32)
+    table = centroids.shifts(mode)
+    fallback = centroids.global_mean if mode == "full" else np.zeros(dim, dtype=np.float32)
+    ext = np.vstack([table, fallback[None, :]]).astype(np.float32)
+    rows = np.asarray([centroids.langs.index(lang) if lang in centroids else len(table) for lang in langs],
+                      dtype=np.int64)
+    return ext[rows]
+
+
+# ---------------------------------------------------------------------------------------------------- snapshot
+
+
+class LiveIndex(Index):
+    """A generation plus a delta snapshot, behind the ``Index`` interface the search service uses.
+
+    It does not load anything itself (``Index.__init__`` is not called): the generation's ``Index`` does the
+    work for its rows; the delta rows are scored exactly (flat) and merged by score, ties by row.
+    """
+
+    def __init__(self, main: Index, view: DeltaView, generation: str = ROOT_GENERATION,
+                 main_postings: Callable[[], Postings] | None = None) -> None:
+        self.main = main
+        self.view = view
+        self.generation = generation
+        self.dir = main.dir
+        self.manifest = main.manifest
+        self.centering = main.centering
+        self.centroids = main.centroids
+        self._main_postings = main_postings
+
+    # -- sizes and languages
+    @property
+    def size(self) -> int:
+        return self.view.main_n - self.view.tomb_count + self.view.live_delta
+
+    @property
+    def languages(self) -> dict[str, int]:
+        v = self.view
+        if not v.changed:
+            return dict(self.manifest.languages)
+        key = "languages"
+        if key not in v._cache:
+            out: Counter[str] = Counter(self.manifest.languages)
+            if v.tomb_count:
+                codes = self.manifest.lang_codes
+                gone = np.bincount(self.main.langs[v.main_tomb].astype(np.int64), minlength=len(codes))
+                for i, n in enumerate(gone):
+                    out[codes[i]] -= int(n)
+            out.update(v.live_langs)
+            v._cache[key] = {k: n for k, n in sorted(out.items()) if n > 0}
+        langs: dict[str, int] = v._cache[key]
+        return langs
+
+    @property
+    def multilingual(self) -> bool:
+        return resolve_auto(self.languages) == "full"
+
+    def lang_mask(self, langs: Collection[str] | None) -> np.ndarray | None:
+        if not langs:
+            return None
+        main = self.main.lang_mask(langs)
+        assert main is not None
+        wanted = set(langs)
+        delta = np.fromiter((lang in wanted for lang in self.view.lang_codes()), dtype=bool, count=self.view.n)
+        return np.concatenate([main, delta])
+
+    # -- dense
+    def _delta_matrix(self, mode: str) -> np.ndarray:
+        """The delta's document vectors as the generation would index them under ``mode`` (n x d)."""
+        v = self.view
+        key = f"dense:{mode}"
+        with v._lock:
+            if key not in v._cache:
+                if mode == "off":
+                    norms = np.linalg.norm(v.vecs, axis=1, keepdims=True)
+                    v._cache[key] = (v.vecs / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+                else:
+                    cents = self.require_centroids(mode)
+                    shifts = delta_shifts(cents, mode, v.lang_codes(), v.vecs.shape[1])
+                    v._cache[key] = center(v.vecs, shifts)
+            mat: np.ndarray = v._cache[key]
+        return mat
+
+    def dense(self, queries: np.ndarray, k: int, mask: np.ndarray | None = None,
+              mode: str | None = None) -> list[Hits]:
+        v = self.view
+        main_mask = None if mask is None else mask[: v.main_n]
+        if v.tomb_count:
+            main_mask = ~v.main_tomb if main_mask is None else main_mask & ~v.main_tomb
+        main_hits = self.main.dense(queries, k, main_mask, mode)
+        if v.n == 0:
+            return main_hits
+        mat = self._delta_matrix(mode or self.centering)
+        valid = ~v.dead
+        if mask is not None:
+            valid = valid & mask[v.main_n : v.main_n + v.n]
+        out = []
+        q = np.asarray(queries, dtype=np.float32)
+        all_scores = mat @ q.T if len(mat) else np.zeros((0, len(q)), dtype=np.float32)
+        for i, hits in enumerate(main_hits):
+            scores = np.where(valid, all_scores[:, i], -np.inf)
+            kk = min(k, len(scores))
+            top = np.argpartition(-scores, kk - 1)[:kk] if kk else np.zeros(0, dtype=np.int64)
+            top = top[np.isfinite(scores[top])]
+            s, r = merge_topk(np.concatenate([hits.scores.astype(np.float32), scores[top].astype(np.float32)]),
+                              np.concatenate([hits.rows.astype(np.int64), top.astype(np.int64) + v.main_n]), k)
+            out.append(Hits(r, s))
+        return out
+
+    # -- BM25
+    def bm25_search(self, tokens: list[str], k: int, mask: np.ndarray | None = None) -> Hits:
+        v = self.view
+        if not v.changed:
+            return self.main.bm25_search(tokens, k, mask)
+        postings = self.main.bm25.postings()
+        if postings is None:
+            if self._main_postings is None:
+                raise IndexInvalid(f"index {self.dir} has no BM25 term frequencies: rebuild it with this xlir")
+            postings = self._main_postings()
+        segments = [Segment(postings, 0, ~v.main_tomb if v.tomb_count else None),
+                    Segment(v.postings, v.main_n, ~v.dead)]  # type: ignore[arg-type]
+        bm = self.manifest.bm25
+        scores = lucene_scores(segments, tokens, v.main_n + v.n, bm.k1, bm.b)
+        s, rows = top_k(scores, k, mask)
+        return Hits(rows, s)
+
+    # -- documents
+    def doc(self, row: int) -> dict[str, Any]:
+        if row < self.view.main_n:
+            return self.main.doc(row)
+        return dict(self.view.docs[row - self.view.main_n])
+
+    def close(self) -> None:
+        self.main.close()
+
+
+# ---------------------------------------------------------------------------------------------------- the store
+
+
+def main_id_map(index: Index) -> dict[str, int]:
+    """Document id -> row of a generation (read from its docstores once)."""
+    ids: dict[str, int] = {}
+    for info, store in zip(index.manifest.shards, index.docstores, strict=True):
+        for i in range(len(store)):
+            ids[store.get(i)["id"]] = info.offset + i
+    return ids
+
+
+def main_postings_from_docs(index: Index) -> Postings:
+    """BM25 term frequencies of an index built before they were saved, recomputed from its documents."""
+    from indexer.text import tokenize
+
+    docs = []
+    for store in index.docstores:
+        for i in range(len(store)):
+            d = store.get(i)
+            docs.append(tokenize(passage_text(d["title"], d["text"])))
+    return Postings.from_tokens(docs)  # terms are looked up by string, so its own vocabulary serves
+
+
+@dataclass
+class _Ticket:
+    op: str
+    payload: Any
+    done: bool = False
+    result: Any = None
+    error: BaseException | None = None
+
+
+@dataclass
+class WriteResult:
+    count: int
+    generation: str
+    delta_docs: int
+    existed: list[bool]
+
+
+class LiveStore:
+    """The serving side of a live root: the current generation, its replayed log, and the write path.
+
+    Writes (:meth:`upsert`, :meth:`delete`) from concurrent threads are committed in groups: the thread that
+    gets the lock writes every pending write with one fsync (group commit), under the root's ``LOCK`` so writes
+    of other processes interleave only at record boundaries. A write returns after its fsync; only then is the
+    new snapshot published to readers.
+    """
+
+    def __init__(self, root: Path, *, encoder_checksum: str | None = None, verify: str = "size",
+                 on_publish: Callable[[LiveIndex], None] | None = None) -> None:
+        self.root = Path(root)
+        self.encoder_checksum = encoder_checksum
+        self.verify = verify
+        self.on_publish = on_publish
+        self._lock = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._pending: list[_Ticket] = []
+        self._writer: wal.WalWriter | None = None
+        self._postings_cache: Postings | None = None
+        self._read_end = 0
+        self.generation = ROOT_GENERATION
+        self.reload_error: str | None = None
+        self.reloads = 0
+        self.main: Index
+        self.delta: Delta
+        self.snapshot: LiveIndex
+        self._load(self._open_main(current_name(self.root)), current_name(self.root))
+
+    # -- loading
+    def _open_main(self, name: str) -> Index:
+        gdir = self.root if name == ROOT_GENERATION else self.root / name
+        verify_index(gdir, self.encoder_checksum, level=self.verify)
+        return open_index(gdir, verify="off")
+
+    def _load(self, main: Index, name: str) -> None:
+        """Replay ``name``'s log over ``main`` and make it the store's state (caller holds the locks if any)."""
+        delta = Delta(main, main_id_map(main))
+        path = wal_path(self.root, name)
+        end = 0
+        if path.exists():
+            res = wal.read(path)
+            for rec in res.records:
+                delta.apply(rec)
+            end = res.end
+        if self._writer is not None:
+            self._writer.close()
+        self._writer = None
+        self._read_end = end
+        self.main, self.delta, self.generation = main, delta, name
+        self._postings_cache = None
+        self._publish()
+
+    def _publish(self) -> None:
+        self.snapshot = LiveIndex(self.main, self.delta.view(), self.generation, self._fallback_postings)
+        if self.on_publish is not None:
+            self.on_publish(self.snapshot)
+
+    def _fallback_postings(self) -> Postings:
+        if self._postings_cache is None:
+            self._postings_cache = main_postings_from_docs(self.main)
+        return self._postings_cache
+
+    def _wal(self) -> wal.WalWriter:
+        if self._writer is None:
+            path = wal_path(self.root, self.generation)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = wal.WalWriter(path)
+            self._catch_up()
+        return self._writer
+
+    def _catch_up(self) -> bool:
+        """Apply records other processes appended since we last read (caller holds both locks)."""
+        path = wal_path(self.root, self.generation)
+        if not path.exists():
+            return False
+        res = wal.read(path, self._read_end)
+        new = [r for r in res.records if r.lsn > self.delta.lsn]
+        for rec in new:
+            self.delta.apply(rec)
+        self._read_end = res.end
+        if self._writer is not None:
+            self._writer.end = res.end
+            if res.records:
+                self._writer.last_lsn = max(self._writer.last_lsn, res.records[-1].lsn)
+        return bool(new)
+
+    def refresh(self) -> bool:
+        """Follow the root: load a newly published generation, or apply records appended by other processes.
+        Returns whether anything changed. A failure to load a new generation keeps the current one serving."""
+        name = current_name(self.root)
+        if name != self.generation:
+            try:
+                main = self._open_main(name)
+            except Exception as exc:
+                detail = exc.detail if isinstance(exc, IndexInvalid) else f"{type(exc).__name__}: {exc}"
+                self.reload_error = f"cannot load generation {name}: {detail}"
+                log.error("reload failed, still serving %s: %s", self.generation, self.reload_error)
+                raise
+            with self._lock, wal.root_lock(self.root):
+                if current_name(self.root) != name:
+                    return False  # yet another generation: the next refresh takes it
+                self._load(main, name)
+                self.reload_error = None
+                self.reloads += 1
+                log.info("serving generation %s (%d docs)", name, self.snapshot.size)
+            return True
+        path = wal_path(self.root, name)
+        if not path.exists() or path.stat().st_size == self._read_end:
+            return False
+        with self._lock, wal.root_lock(self.root):
+            if self._catch_up():
+                self._publish()
+                return True
+        return False
+
+    # -- writes
+    def upsert(self, docs: Sequence[dict[str, str]], vectors: np.ndarray) -> WriteResult:
+        """Upsert documents (``id, title, text, lang`` already normalised) with their raw embeddings."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(docs), self.delta.dim):
+            raise ValueError(f"expected {len(docs)} vectors of dim {self.delta.dim}, got shape {vectors.shape}")
+        return self._submit(_Ticket("upsert", (list(docs), np.asarray(vectors, dtype=np.float32))))
+
+    def delete(self, doc_id: str) -> WriteResult:
+        """Delete a document; raises :class:`DocumentNotFound` for an unknown id (nothing is logged)."""
+        return self._submit(_Ticket("delete", doc_id))
+
+    def _submit(self, ticket: _Ticket) -> WriteResult:
+        with self._pending_lock:
+            self._pending.append(ticket)
+        with self._lock:
+            if not ticket.done:
+                with self._pending_lock:
+                    batch, self._pending = self._pending, []
+                self._commit(batch)
+        if ticket.error is not None:
+            raise ticket.error
+        result: WriteResult = ticket.result
+        return result
+
+    def _commit(self, batch: list[_Ticket]) -> None:
+        try:
+            with wal.root_lock(self.root):
+                name = current_name(self.root)
+                if name != self.generation:  # a compaction by another process published: follow it first
+                    self._load(self._open_main(name), name)
+                    self.reloads += 1
+                writer = self._wal()
+                self._catch_up()
+                start = writer.end
+                try:
+                    records = self._apply_batch(batch, max(writer.last_lsn, self.delta.lsn))
+                    writer.append(records)
+                    writer.sync()
+                except BaseException:
+                    # nothing of this batch was acknowledged: cut the log back, rebuild the delta from it
+                    writer.truncate(start)
+                    self._load(self.main, self.generation)
+                    raise
+                self._read_end = writer.end
+        except BaseException as exc:
+            log.error("write failed: %s: %s", type(exc).__name__, exc)
+            for t in batch:
+                if t.error is None:
+                    t.error = exc
+                t.done = True
+            return
+        self._publish()
+        for t in batch:
+            if t.error is None:
+                t.result = WriteResult(count=len(t.result), generation=generation_label(self.generation),
+                                       delta_docs=self.delta.live_delta, existed=t.result)
+            t.done = True
+
+    def _apply_batch(self, batch: list[_Ticket], lsn: int) -> list[wal.Record]:
+        records: list[wal.Record] = []
+        for t in batch:
+            existed: list[bool] = []
+            if t.op == "upsert":
+                docs, vecs = t.payload
+                for doc, vec in zip(docs, vecs, strict=True):
+                    lsn += 1
+                    rec = wal.Record.upsert(lsn, doc, vec)
+                    records.append(rec)
+                    existed.append(self.delta.apply(rec))
+            elif not self.delta.exists(t.payload):
+                t.error = DocumentNotFound(f"no document with id {t.payload!r}")
+                continue
+            else:
+                lsn += 1
+                rec = wal.Record.delete(lsn, t.payload)
+                records.append(rec)
+                existed.append(self.delta.apply(rec))
+            t.result = existed
+        return records
+
+    def close(self) -> None:
+        with self._lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+
+    # -- introspection
+    def stats(self) -> dict[str, Any]:
+        v = self.snapshot.view
+        return {"generation": generation_label(self.generation), "delta_docs": v.live_delta,
+                "tombstones": v.tomb_count + int(v.dead.sum()), "wal_lsn": v.lsn, "reload_error": self.reload_error}
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def prepare_documents(raw: Sequence[dict[str, Any]], detect: Callable[[str], str]) -> list[dict[str, str]]:
+    """Validate and normalise documents for an upsert (``id``, ``text``, optional ``title``, ``lang``)."""
+    from indexer.langid import normalize_lang
+
+    out = []
+    for i, d in enumerate(raw):
+        doc_id = str(d.get("id") or "").strip()
+        if not doc_id:
+            raise BadQuery(f"documents[{i}]: id is empty")
+        title, text = str(d.get("title") or ""), str(d.get("text") or "")
+        if not text.strip() and not title.strip():
+            raise BadQuery(f"documents[{i}] ({doc_id!r}): text and title are both empty")
+        lang = d.get("lang")
+        if lang:
+            try:
+                code = normalize_lang(str(lang))
+            except ValueError as exc:
+                raise BadQuery(f"documents[{i}] ({doc_id!r}): {exc}") from exc
+        else:
+            code = detect(passage_text(title, text))
+        out.append({"id": doc_id, "title": title, "text": text, "lang": code})
+    return out
+
+
+def iter_live_documents(index: LiveIndex) -> Iterator[tuple[dict[str, str], np.ndarray]]:
+    """Every live document of a snapshot with its raw vector, in row order (what a compaction rebuilds)."""
+    v = index.view
+    main = index.main
+    dim = main.vector_set.dim
+    for info in main.manifest.shards:
+        if not info.count:
+            continue
+        raw = np.memmap(main.dir / info.name / f"{VECTOR_SET}.f32", dtype="<f4", mode="r", shape=(info.count, dim))
+        for i in range(info.count):
+            row = info.offset + i
+            if v.tomb_count and v.main_tomb[row]:
+                continue
+            yield main.doc(row), np.asarray(raw[i], dtype=np.float32)
+        del raw
+    for j in range(v.n):
+        if not v.dead[j]:
+            yield dict(v.docs[j]), v.vecs[j]
