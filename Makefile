@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= .demo
 DEMO_PORT ?= 8765
 
-.PHONY: setup install models demo test test-fast lint bench-demo bench-quality clean
+.PHONY: setup install models demo test test-fast lint bench-demo bench-quality bench-speed clean
 
 setup: install models
 
@@ -44,6 +44,10 @@ bench-demo: setup
 
 bench-quality: setup
 	$(PY) -m benchmarks.matrix --out benchmarks/results/matrix.md
+
+# speed benchmarks, one command each (about 10 min for the encoder backends on 2 cores)
+bench-speed: setup
+	$(PY) -m benchmarks.encoder_speed --out benchmarks/results/encoder_speed.json
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache
