@@ -213,11 +213,23 @@ def _writable_dir(folder: Path) -> bool:
     return True
 
 
+def _inside_installed_packages(folder: Path) -> bool:
+    """Whether the folder lies in a site-packages directory (pip owns it: nothing of ours goes there)."""
+    import site
+    import sysconfig
+
+    roots = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")} | set(site.getsitepackages())
+    roots.add(site.getusersitepackages())
+    resolved = folder.resolve()
+    return any(resolved.is_relative_to(Path(r).resolve()) for r in roots if r)
+
+
 def cache_dir(resolved: ResolvedModel, checksum: str, home: Path | None = None) -> Path:
     """``<model folder>/onnx`` for a built or local folder that can be written, else
     ``$XLIR_HOME/onnx/<checksum[:16]>`` (always for a model shipped inside an installed package)."""
     beside = resolved.path / "onnx"
-    if resolved.spec.packaged is None and _writable_dir(beside):
+    if (resolved.spec.packaged is None and not _inside_installed_packages(resolved.path)
+            and _writable_dir(beside)):
         return beside
     return (home or xlir_home()) / "onnx" / checksum[:16]
 

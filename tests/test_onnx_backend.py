@@ -157,6 +157,10 @@ def test_packaged_model_caches_under_home(onnx_minilm: OnnxEncoder, home: Path) 
     # a model inside an installed package is never written to: its export lives under XLIR_HOME
     assert onnx_minilm.model_path == home / "onnx" / onnx_minilm.checksum[:16] / ob.FP32_FILE
     assert not (onnx_minilm.path / "onnx").exists()
+    # the same folder given by path (no registry entry): still inside site-packages, still under XLIR_HOME
+    by_path = resolve_model(str(onnx_minilm.path))
+    assert by_path.spec.packaged is None
+    assert ob.cache_dir(by_path, onnx_minilm.checksum, home) == onnx_minilm.model_path.parent
     meta = ob.read_meta(onnx_minilm.model_path)
     assert meta is not None and meta["key"]["source_sha256"] == onnx_minilm.checksum
     assert meta["key"]["versions"]["onnxruntime"] != "missing"
