@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.mining import MiningService
-from app.service import SearchService
+from app.service import DocumentService, SearchService
 from app.state import AppState
 from xlir.errors import IndexNotReady
 
@@ -36,3 +36,12 @@ def get_mining(state: StateDep) -> MiningService:
 
 
 MiningDep = Annotated[MiningService, Depends(get_mining)]
+
+
+def get_documents(state: StateDep) -> DocumentService:
+    if state.documents is None:
+        raise IndexNotReady(state.error or "the index is not loaded yet")
+    return state.documents
+
+
+DocumentsDep = Annotated[DocumentService, Depends(get_documents)]

@@ -12,7 +12,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from xlir.errors import (
     BadQuery,
     CenteringUnavailable,
+    Conflict,
     CorpusError,
+    DocumentNotFound,
     Forbidden,
     IndexInvalid,
     IndexNotReady,
@@ -39,6 +41,8 @@ STATUS: dict[type[XlirError], int] = {
     Unauthorized: 401,
     Forbidden: 403,
     PayloadTooLarge: 413,
+    DocumentNotFound: 404,
+    Conflict: 409,
     Overloaded: 429,
     IndexNotReady: 503,
     IndexInvalid: 503,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
@@ -18,9 +19,27 @@ from models.encoders import Encoder
 from models.rerankers import Reranker
 from xlir import __version__
 
+log = logging.getLogger(__name__)
+
 
 class LifespanState(TypedDict):
     xlir: AppState
+
+
+async def follow_index(state: AppState) -> None:
+    """Every ``XLIR_RELOAD_INTERVAL`` seconds: load a newly published generation (hot reload; queries running on
+    the old one finish on it) or writes appended by other processes. A generation that fails to load is logged
+    and reported by /ready; the current one keeps serving."""
+    interval = state.settings.reload_interval
+    live = state.live
+    if not interval or live is None:
+        return
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await asyncio.to_thread(live.refresh)
+        except Exception as exc:
+            log.error("index refresh failed (still serving %s): %s: %s", live.generation, type(exc).__name__, exc)
 
 
 def create_app(
@@ -38,12 +57,18 @@ def create_app(
             if settings.warmup:
                 await asyncio.to_thread(warm_up, state.service.encoder)
             await state.service.batcher.start()
+        poller = asyncio.create_task(follow_index(state)) if state.live is not None else None
         try:
             yield {"xlir": state}
         finally:
+            if poller is not None:
+                poller.cancel()
+            if state.documents is not None:
+                await state.documents.close()
             if state.service is not None:
                 await state.service.batcher.close()
-                state.service.index.close()
+            if state.live is not None:
+                state.live.close()
 
     app = FastAPI(
         title="xlir",

@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from app.deps import MiningDep, ServiceDep, StateDep
+from app.deps import DocumentsDep, MiningDep, ServiceDep, StateDep
 from app.schemas import (
+    DeleteResponse,
     EmbedRequest,
     EmbedResponse,
     ErrorBody,
@@ -14,10 +15,13 @@ from app.schemas import (
     MineRequest,
     MineResponse,
     Ready,
+    ReloadResponse,
     SearchRequest,
     SearchResponse,
+    UpsertRequest,
+    UpsertResponse,
 )
-from app.security import authorize
+from app.security import authorize, require_scope
 
 router = APIRouter(dependencies=[Depends(authorize)])  # a read key for every route but /health and /ready
 
@@ -27,6 +31,8 @@ ERRORS: dict[int | str, dict[str, object]] = {
         400: "rerank requested but no cross-encoder configured",
         401: "API keys are configured and the request has none, or an unknown one",
         403: "the API key lacks the scope this endpoint needs",
+        404: "no document with this id",
+        409: "a compaction is already running",
         413: "request body over XLIR_MAX_BODY_BYTES, or more sentences than XLIR_MINE_MAX_SENTENCES",
         422: "invalid request: empty or too long query, k out of range, unknown mode/fusion/language",
         429: "overloaded: the query queue is full, or a mining job is running",
@@ -51,6 +57,27 @@ async def mine(req: MineRequest, mining: MiningDep) -> MineResponse:
     return await mining.mine(req)
 
 
+WRITE = [Depends(require_scope("write"))]
+
+
+@router.post("/documents", response_model=UpsertResponse, responses=ERRORS, dependencies=WRITE,
+             summary="Upsert documents (durable before the answer; searchable at once)")
+async def upsert_documents(req: UpsertRequest, documents: DocumentsDep) -> UpsertResponse:
+    return await documents.upsert(req)
+
+
+@router.delete("/documents/{doc_id}", response_model=DeleteResponse, responses=ERRORS, dependencies=WRITE,
+               summary="Delete a document (durable before the answer)")
+async def delete_document(doc_id: str, documents: DocumentsDep) -> DeleteResponse:
+    return await documents.delete(doc_id)
+
+
+@router.post("/reload", response_model=ReloadResponse, responses=ERRORS, dependencies=WRITE,
+             summary="Load a newly published index generation (and writes of other processes) now")
+async def reload(documents: DocumentsDep) -> ReloadResponse:
+    return await documents.reload()
+
+
 @router.get("/health", response_model=Health, summary="Liveness: the process answers")
 async def health() -> Health:
     return Health(status="ok")
@@ -61,7 +88,11 @@ async def ready(state: StateDep) -> JSONResponse:
     if state.service is None:
         return JSONResponse(status_code=503, content=Ready(ready=False, detail=state.error).model_dump())
     svc = state.service
-    body = Ready(ready=True, docs=svc.index.size, languages=svc.index.manifest.languages,
+    index = svc.index
+    live = state.live.stats() if state.live is not None else {}
+    body = Ready(ready=True, docs=index.size, languages=index.languages,
                  encoder=svc.encoder.name, reranker=svc.reranker.name if svc.reranker else None,
-                 centering=svc.index.centering, centroid_table_langs=svc.table.langs if svc.table else None)
+                 centering=index.centering, centroid_table_langs=svc.table.langs if svc.table else None,
+                 generation=live.get("generation"), delta_docs=live.get("delta_docs"),
+                 tombstones=live.get("tombstones"), reload_error=live.get("reload_error"))
     return JSONResponse(content=body.model_dump())

@@ -156,6 +156,48 @@ class Ready(BaseModel):
     reranker: str | None = None
     centering: str | None = Field(None, description="the index's language centring mode")
     centroid_table_langs: list[str] | None = Field(None, description="languages of the encoder's centroid table")
+    generation: str | None = Field(None, description="the index generation served (g000000: as built)")
+    delta_docs: int | None = Field(None, description="documents upserted since that generation was published")
+    tombstones: int | None = Field(None, description="documents deleted or replaced since then")
+    reload_error: str | None = Field(None, description="why the last newly published generation was not loaded")
+
+
+class DocumentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=1000, description="document id; an existing id is replaced")
+    text: str = Field(description="passage text (embedded and BM25-indexed with the title)")
+    title: str = ""
+    lang: str | None = Field(None, description="ISO 639-1 (or a code normalised to it); detected when omitted")
+
+
+class UpsertRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"documents": [
+            {"id": "doc-42", "title": "Der Rhein", "text": "Der Rhein ist ein Fluss in Mitteleuropa.",
+             "lang": "de"}]}]},
+    )
+    documents: list[DocumentIn] = Field(min_length=1, description="at most XLIR_MAX_UPSERT_DOCS documents")
+
+
+class UpsertResponse(BaseModel):
+    upserted: int
+    replaced: int = Field(description="how many of them replaced a document with the same id")
+    generation: str
+    delta_docs: int = Field(description="documents in the delta (not yet compacted) after this write")
+
+
+class DeleteResponse(BaseModel):
+    deleted: bool
+    generation: str
+    delta_docs: int
+
+
+class ReloadResponse(BaseModel):
+    reloaded: bool = Field(description="whether a new generation or new writes of other processes were loaded")
+    generation: str
+    delta_docs: int
+    tombstones: int
 
 
 class ErrorBody(BaseModel):

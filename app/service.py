@@ -8,6 +8,7 @@ dense and BM25 retrieval run concurrently in threads, optional cross-encoder rer
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,24 +20,30 @@ from app.batching import QueryBatcher
 from app.schemas import (
     Centering,
     CenteringInfo,
+    DeleteResponse,
     EmbedKind,
     EmbedRequest,
     EmbedResponse,
     Fusion,
     Mode,
+    ReloadResponse,
     SearchHit,
     SearchRequest,
     SearchResponse,
+    UpsertRequest,
+    UpsertResponse,
 )
 from indexer.build import passage_text
 from indexer.centering import Centroids, center
 from indexer.langid import UNDETERMINED, LanguageDetector
+from indexer.live import LiveStore, prepare_documents
 from indexer.store import Index
 from models.encoders import Encoder
 from models.rerankers import Reranker
-from xlir.errors import BadQuery, QueryTooLong, RerankerNotConfigured
+from xlir.errors import BadQuery, PayloadTooLarge, QueryTooLong, RerankerNotConfigured
 
 Tokenizer = Callable[[str], list[str]]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -194,25 +201,26 @@ class SearchService:
     async def search(self, req: SearchRequest) -> SearchResponse:
         t0 = time.perf_counter()
         self.validate(req)
-        req = resolve_mode(self.index, req)
+        index = self.index  # one snapshot for the whole request: live writes and reloads swap self.index
+        req = resolve_mode(index, req)
         depth = candidate_depth(req, self.limits)
-        mask = self.index.lang_mask(req.langs)
-        mode = centering_mode(self.index, req)
+        mask = index.lang_mask(req.langs)
+        mode = centering_mode(index, req)
         if mode != "off":
-            self.index.require_centroids(mode)
+            index.require_centroids(mode)
         info: CenteringInfo | None = None
         jobs: dict[str, asyncio.Future[fusion.Run] | asyncio.Task[fusion.Run]] = {}
         if req.mode in (Mode.bm25, Mode.hybrid):
             jobs["bm25"] = asyncio.ensure_future(asyncio.to_thread(
-                lambda: bm25_run(self.index, self.tokenize(req.query), depth, mask)))
+                lambda: bm25_run(index, self.tokenize(req.query), depth, mask)))
         if req.mode in (Mode.dense, Mode.hybrid):
             async def dense() -> fusion.Run:
                 nonlocal info
                 qvec = await self.batcher.encode(req.query)
                 # language ID takes well under a millisecond: no need to leave the event loop for it
                 lang, source = self.query_language(req.query, req.lang) if mode != "off" or req.lang else (None, None)
-                centred, info = center_query(self.index, self.table, qvec, mode, lang, source)
-                return await asyncio.to_thread(dense_run, self.index, centred, depth, mask, mode)
+                centred, info = center_query(index, self.table, qvec, mode, lang, source)
+                return await asyncio.to_thread(dense_run, index, centred, depth, mask, mode)
             jobs["dense"] = asyncio.ensure_future(dense())
         try:
             results = await asyncio.gather(*jobs.values())
@@ -222,7 +230,7 @@ class SearchService:
         runs = dict(zip(jobs, results, strict=True))
         runs = {name: runs[name] for name in ("dense", "bm25") if name in runs}
         hits = fuse(req, runs, depth)
-        docs = {h.row: self.index.doc(h.row) for h in hits[: max(req.k, req.rerank_depth if req.rerank else 0)]}
+        docs = {h.row: index.doc(h.row) for h in hits[: max(req.k, req.rerank_depth if req.rerank else 0)]}
         if req.rerank:
             hits = await asyncio.to_thread(self._rerank, req, hits[: req.rerank_depth], docs)
         out = [
@@ -269,16 +277,79 @@ class SearchService:
         if not req.centered:
             return EmbedResponse(model=self.encoder.name, dim=self.encoder.dim,
                                  embeddings=np.asarray(vecs, dtype=np.float32).tolist())
-        mode = centering_mode(self.index, req)
+        index = self.index
+        mode = centering_mode(index, req)
         if mode == "off":
             raise BadQuery("centered=true needs centering 'offset' or 'full' (this index was built with 'off')")
         out, langs = [], []
         for text, vec in zip(texts, vecs, strict=True):
             lang, source = self.query_language(text, req.lang)
-            centred, info = center_query(self.index, self.table, vec, mode, lang, source)
+            centred, info = center_query(index, self.table, vec, mode, lang, source)
             if not info.applied:
                 raise BadQuery(f"cannot centre {text[:40]!r}: {info.note}")
             out.append(centred)
             langs.append(lang)
         return EmbedResponse(model=self.encoder.name, dim=self.encoder.dim, embeddings=np.stack(out).tolist(),
                              langs=langs, centering=Centering(mode))
+
+
+class DocumentService:
+    """Document upserts and deletes on a live index (``indexer.live``): validation, embedding, the durable write,
+    and a background compaction once the delta reaches ``compact_threshold`` (0 = never)."""
+
+    def __init__(self, store: LiveStore, encoder: Encoder, *, max_docs: int = 256, compact_threshold: int = 0,
+                 detector: LanguageDetector | None = None) -> None:
+        self.store = store
+        self.encoder = encoder
+        self.max_docs = max_docs
+        self.compact_threshold = compact_threshold
+        self.detector = detector or LanguageDetector()
+        self.compaction: asyncio.Task[None] | None = None
+        self.compaction_error: str | None = None
+
+    async def upsert(self, req: UpsertRequest) -> UpsertResponse:
+        if len(req.documents) > self.max_docs:
+            raise PayloadTooLarge(f"{len(req.documents)} documents; the limit per request is {self.max_docs} "
+                                  "(XLIR_MAX_UPSERT_DOCS)")
+        docs = prepare_documents([d.model_dump() for d in req.documents], self.detector.detect)
+        texts = [passage_text(d["title"], d["text"]) for d in docs]
+        vecs = await asyncio.to_thread(self.encoder.encode_passages, texts)
+        res = await asyncio.to_thread(self.store.upsert, docs, vecs)
+        self.maybe_compact()
+        return UpsertResponse(upserted=res.count, replaced=sum(res.existed), generation=res.generation,
+                              delta_docs=res.delta_docs)
+
+    async def delete(self, doc_id: str) -> DeleteResponse:
+        res = await asyncio.to_thread(self.store.delete, doc_id)
+        self.maybe_compact()
+        return DeleteResponse(deleted=True, generation=res.generation, delta_docs=res.delta_docs)
+
+    async def reload(self) -> ReloadResponse:
+        changed = await asyncio.to_thread(self.store.refresh)
+        stats = self.store.stats()
+        return ReloadResponse(reloaded=changed, generation=stats["generation"], delta_docs=stats["delta_docs"],
+                              tombstones=stats["tombstones"])
+
+    def maybe_compact(self) -> None:
+        """Start a background compaction when the delta is over the threshold and none is running."""
+        if not self.compact_threshold or (self.compaction is not None and not self.compaction.done()):
+            return
+        view = self.store.snapshot.view
+        if view.live_delta + view.tomb_count < self.compact_threshold:
+            return
+        self.compaction = asyncio.ensure_future(self._compact())
+
+    async def _compact(self) -> None:
+        from indexer.compact import compact
+
+        try:
+            await asyncio.to_thread(compact, self.store.root)
+            await asyncio.to_thread(self.store.refresh)
+            self.compaction_error = None
+        except Exception as exc:  # the server keeps serving the last generation; /ready reports it
+            self.compaction_error = f"{type(exc).__name__}: {exc}"
+            log.error("background compaction failed: %s", self.compaction_error)
+
+    async def close(self) -> None:
+        if self.compaction is not None and not self.compaction.done():
+            await asyncio.shield(self.compaction)  # a compaction publishes atomically; let it finish

@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1 << 20, ge=1, description="larger request bodies answer 413")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="origins allowed by CORS (comma-separated or JSON list); empty = CORS off")
+    max_upsert_docs: int = Field(256, ge=1, description="POST /documents: documents per request (more: 413)")
+    compact_threshold: int = Field(
+        10_000, ge=0, description="compact in the background once the delta (upserted documents plus deletions) "
+        "reaches this size; 0 = never (use `xlir compact`)")
+    reload_interval: float = Field(
+        2.0, ge=0, description="seconds between checks for a newly published generation and for writes of other "
+        "processes (xlir index --append); 0 = only on POST /reload")
     data_dir: Path | None = Field(
         None, description="paths named by clients must stay inside it; default: the index's parent directory")
 

@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 
 from app.batching import QueryBatcher
 from app.mining import MiningService
-from app.service import Limits, SearchService
+from app.service import DocumentService, Limits, SearchService
 from app.settings import Settings
 from indexer.centering import Centroids
 from indexer.centroid_table import default_table_path
-from indexer.store import Index, encoder_mismatch, open_index
+from indexer.live import LiveStore
+from indexer.store import Index, encoder_mismatch
 from models.encoders import Encoder, load_encoder
 from models.rerankers import CrossEncoderReranker, Reranker
 from xlir.errors import IndexInvalid, ModelNotFound, XlirError
@@ -24,6 +25,8 @@ class AppState:
     settings: Settings
     service: SearchService | None = None
     mining: MiningService | None = None
+    live: LiveStore | None = None
+    documents: DocumentService | None = None
     error: str | None = field(default=None, metadata={"doc": "why the server is not ready"})
 
     @property
@@ -56,7 +59,8 @@ def load_state(
 
     state = AppState(settings=settings)
     try:
-        index = open_index(settings.index, verify=settings.verify)
+        live = LiveStore(settings.index, verify=settings.verify)  # the generation CURRENT names, its log replayed
+        index = live.main
         if index.manifest.bm25.analyzer != ANALYZER_NAME:
             raise IndexInvalid(f"index {settings.index} uses the BM25 analyzer {index.manifest.bm25.analyzer!r}; "
                                f"this xlir has {ANALYZER_NAME!r}: rebuild the index")
@@ -64,6 +68,7 @@ def load_state(
             encoder = load_encoder(settings.model or index.vector_set.encoder, device=settings.device,
                                    home=settings.home, backend=settings.backend)
         check_encoder(index, encoder)
+        live.encoder_checksum = encoder.checksum  # generations published later must match it too
         if reranker is None and settings.reranker is not None:
             reranker = CrossEncoderReranker(settings.reranker, device=settings.device)
         table = None
@@ -82,7 +87,12 @@ def load_state(
                     max_rerank_depth=settings.max_rerank_depth,
                     fusion_depth=settings.fusion_depth, snippet_chars=settings.snippet_chars,
                     embed_max_texts=settings.embed_max_texts)
-    state.service = SearchService(index, encoder, batcher, tokenize, reranker, limits, centroid_table=table)
+    service = SearchService(live.snapshot, encoder, batcher, tokenize, reranker, limits, centroid_table=table)
+    live.on_publish = lambda snapshot: setattr(service, "index", snapshot)  # each write or reload swaps it
+    state.service = service
+    state.live = live
+    state.documents = DocumentService(live, encoder, max_docs=settings.max_upsert_docs,
+                                      compact_threshold=settings.compact_threshold, detector=service.detector)
     state.mining = MiningService(encoder, max_sentences=settings.mine_max_sentences,
                                  max_chars=settings.max_query_chars, max_jobs=settings.mine_max_jobs)
     return state

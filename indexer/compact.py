@@ -36,7 +36,6 @@ from indexer.live import (
     generation_label,
     generation_number,
     iter_live_documents,
-    main_id_map,
     set_current,
     wal_path,
 )
@@ -209,7 +208,7 @@ def compact(root: Path, *, progress: bool = False, keep: int = KEEP_PREVIOUS,
             res = wal.read(log_path) if log_path.exists() else wal.ReadResult([], 0, False)
         main = open_index(root if old == ROOT_GENERATION else root / old, verify="size")
         try:
-            delta = Delta(main, main_id_map(main))
+            delta = Delta(main)
             for rec in res.records:
                 delta.apply(rec)
             snap = LiveIndex(main, delta.view(), old)

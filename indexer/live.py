@@ -162,10 +162,11 @@ class Delta:
     """The updates on top of one generation. Mutated only by :class:`LiveStore` under its lock; readers use
     :meth:`view` snapshots (arrays that are changed in place are replaced by copies, never edited under them)."""
 
-    def __init__(self, main: Index, main_ids: dict[str, int]) -> None:
+    def __init__(self, main: Index, main_ids: Callable[[], dict[str, int]] | None = None) -> None:
         self.main_n = main.size
         self.dim = main.vector_set.dim
-        self.main_ids = main_ids
+        self._main_ids = main_ids or (lambda: main_id_map(main))
+        self._ids_cache: dict[str, int] | None = None
         self.main_langs = Counter(main.manifest.languages)
         self.main_tomb = np.zeros(self.main_n, dtype=bool)
         self.tomb_count = 0
@@ -180,6 +181,13 @@ class Delta:
 
     def __len__(self) -> int:
         return len(self.docs)
+
+    @property
+    def main_ids(self) -> dict[str, int]:
+        """Document id -> row of the generation, read from its docstores at the first write or replay."""
+        if self._ids_cache is None:
+            self._ids_cache = self._main_ids()
+        return self._ids_cache
 
     @property
     def live_delta(self) -> int:
@@ -484,7 +492,7 @@ class LiveStore:
 
     def _load(self, main: Index, name: str) -> None:
         """Replay ``name``'s log over ``main`` and make it the store's state (caller holds the locks if any)."""
-        delta = Delta(main, main_id_map(main))
+        delta = Delta(main)
         path = wal_path(self.root, name)
         end = 0
         if path.exists():
