@@ -5,8 +5,8 @@
 - ``xlir_overloaded_total``: requests answered 429 (the query queue was full).
 - ``xlir_batch_size``: texts per encoder call of the query batcher (fed by its ``on_batch`` hook);
   ``xlir_queue_depth``: queries waiting for the encoder at scrape time.
-- ``xlir_index_documents``, ``xlir_index_documents_by_language{lang}``, ``xlir_index_bytes``, ``xlir_ready``:
-  from the loaded index's manifest, read at scrape time.
+- ``xlir_index_documents``, ``xlir_index_documents_by_language{lang}`` (the loaded index, live updates included),
+  ``xlir_index_bytes`` (files of its manifest), ``xlir_ready``: read at scrape time.
 """
 
 from __future__ import annotations
@@ -66,11 +66,11 @@ class Metrics:
             self.index_docs.set(0)
             self.index_bytes.set(0)
             return
-        manifest = svc.index.manifest
+        index = svc.index
         self.queue_depth.set(svc.batcher.depth)
-        self.index_docs.set(manifest.doc_count)
-        self.index_bytes.set(sum(f.size for f in manifest.files.values()))
-        for lang, count in manifest.languages.items():
+        self.index_docs.set(index.size)
+        self.index_bytes.set(sum(f.size for f in index.manifest.files.values()))
+        for lang, count in index.languages.items():
             self.lang_docs.labels(lang).set(count)
 
     def scrape(self, state: AppState) -> bytes:
