@@ -710,3 +710,58 @@ def iter_live_documents(index: LiveIndex) -> Iterator[tuple[dict[str, str], np.n
     for j in range(v.n):
         if not v.dead[j]:
             yield dict(v.docs[j]), v.vecs[j]
+
+
+@dataclass
+class AppendReport:
+    count: int
+    replaced: int
+    skipped_empty: int
+    generation: str
+    delta_docs: int
+
+
+def append_files(root: Path, paths: Sequence[Path], encoder: Any, *, default_lang: str | None = None,
+                 batch_size: int = 32, chunk_docs: int = 512,
+                 progress: Callable[[int], None] | None = None) -> AppendReport:
+    """``xlir index --append``: upsert the documents of corpus files into the live index at ``root``.
+
+    Documents are embedded here and written to the log in chunks of ``chunk_docs``, each fsync'd (a running
+    server picks them up at its next refresh). Killed midway, the finished chunks stay; running it again is
+    harmless, as an upsert of the same document is idempotent. Empty documents are skipped, as the build does.
+    """
+    from indexer.langid import LanguageDetector
+    from indexer.readers import read_corpus
+
+    store = LiveStore(root, encoder_checksum=encoder.checksum, verify="size")
+    detector = LanguageDetector()
+    count = replaced = skipped = 0
+    res: WriteResult | None = None
+    try:
+        batch: list[dict[str, Any]] = []
+
+        def flush() -> None:
+            nonlocal count, replaced, res
+            if not batch:
+                return
+            docs = prepare_documents(batch, detector.detect)
+            vecs = encoder.encode_passages([passage_text(d["title"], d["text"]) for d in docs], batch_size=batch_size)
+            res = store.upsert(docs, vecs)
+            count += res.count
+            replaced += sum(res.existed)
+            if progress is not None:
+                progress(len(docs))
+            batch.clear()
+
+        for doc in read_corpus(paths, default_lang):
+            if not doc.text.strip() and not doc.title.strip():
+                skipped += 1
+                continue
+            batch.append({"id": doc.id, "title": doc.title, "text": doc.text, "lang": doc.lang})
+            if len(batch) >= chunk_docs:
+                flush()
+        flush()
+    finally:
+        store.close()
+    return AppendReport(count=count, replaced=replaced, skipped_empty=skipped,
+                        generation=generation_label(store.generation), delta_docs=store.snapshot.view.live_delta)

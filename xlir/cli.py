@@ -138,7 +138,10 @@ def index_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     lang: Annotated[str | None, typer.Option("--lang", help="language of documents without a lang field "
                                              "(default: detect)")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing index")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing index (an index updated "
+                                            "live gets a new generation, published atomically)")] = False,
+    append: Annotated[bool, typer.Option("--append", help="upsert the documents into the existing index OUT "
+                                         "through its write-ahead log (a running server picks them up)")] = False,
     centering: Annotated[str, typer.Option("--centering", help="auto | off | offset | full: language "
                                            "centring of dense vectors (auto: full if multilingual)")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
@@ -156,11 +159,43 @@ def index_cmd(
         if not p.exists():
             fail(f"{p}: no such file or directory")
     enc = load_encoder(model, device=device, home=home, backend=backend)
-    m = build_index(corpus, out, enc, opts)
+    if append:
+        from indexer.live import append_files
+
+        rep = append_files(out, corpus, enc, default_lang=lang, batch_size=batch_size)
+        typer.echo(f"appended {rep.count} documents ({rep.replaced} replaced, {rep.skipped_empty} empty skipped) "
+                   f"to {out} [generation {rep.generation}, {rep.delta_docs} documents in the delta]")
+        return
+    from indexer.live import is_live_root
+
+    if overwrite and is_live_root(out):
+        from indexer.compact import rebuild
+
+        m, _ = rebuild(corpus, out, enc, opts)
+    else:
+        m = build_index(corpus, out, enc, opts)
     typer.echo(f"indexed {m.doc_count} documents in {len(m.shards)} shard(s), "
                f"{len(m.languages)} languages ({', '.join(f'{k}:{v}' for k, v in m.languages.items())}) "
                f"-> {out} [{m.build['seconds']}s, {m.build['docs_per_second']} docs/s; "
                f"centering {m.vector_sets['main'].centering}]")
+
+
+@app.command("compact")
+def compact_cmd(
+    index: Annotated[Path, typer.Argument(help="index directory (root)")],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Merge an index's updates (write-ahead log) into a new generation, published atomically.
+
+    Centroids and BM25 statistics are recomputed, vectors reused (no encoder is needed); writes that arrive
+    meanwhile are carried over. Killed at any point, the previous generation keeps serving; run it again.
+    """
+    from indexer.compact import compact
+
+    rep = compact(index, progress=not quiet)
+    typer.echo(f"compacted {index}: {rep.old} -> {rep.new}, {rep.docs} documents ({rep.from_delta} from the "
+               f"log, {rep.tombstones} deleted or replaced), {rep.carried_records} newer writes carried over "
+               f"[{rep.seconds}s]")
 
 
 @app.command("serve")
