@@ -15,9 +15,10 @@ import os
 import shutil
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -36,6 +37,7 @@ from indexer.manifest import (
     VectorSetInfo,
     library_versions,
 )
+from indexer.planning import FLAT_MAX_VECTORS, IVF_MIN_VECTORS, TARGET_RECALL, TuneOptions, plan_index, tune_index
 from indexer.readers import Document, read_corpus
 from models.encoders import Encoder
 from models.registry import file_sha256
@@ -52,19 +54,27 @@ SHARD_STATS_FILE = "centroid_stats.npz"
 @dataclass
 class BuildOptions:
     shard_size: int = 1_000_000
-    index_type: str = "flat"
+    index_type: str = "auto"  # auto: indexer.planning.plan_index (flat below flat_max vectors)
     batch_size: int = 32
     chunk_docs: int = 1024
     default_lang: str | None = None
     overwrite: bool = False
     progress: bool = True
     centering: str = AUTO
+    memory_budget: int | None = None  # bytes for the loaded FAISS indexes (auto plan); None: no limit
+    flat_max: int = FLAT_MAX_VECTORS  # auto: flat below this many vectors
+    ivf_min_docs: int = IVF_MIN_VECTORS  # an IVF shard smaller than this falls back to flat
+    target_recall: float = TARGET_RECALL  # approximate indexes: nprobe / efSearch tuned to this recall@10
 
     def __post_init__(self) -> None:
         if self.shard_size < 1:
             raise XlirError("shard size must be >= 1")
-        if self.index_type not in INDEX_TYPES:
-            raise XlirError(f"unknown index type {self.index_type!r}; choose from {', '.join(INDEX_TYPES)}")
+        if self.index_type not in (AUTO, *INDEX_TYPES):
+            raise XlirError(f"unknown index type {self.index_type!r}; choose from {', '.join((AUTO, *INDEX_TYPES))}")
+        if self.memory_budget is not None and self.memory_budget <= 0:
+            raise XlirError("the memory budget must be positive")
+        if not 0 < self.target_recall <= 1:
+            raise XlirError("the target recall must be in (0, 1]")
         if self.centering not in (*MODES, AUTO):
             raise XlirError(f"unknown centering {self.centering!r}; choose from {', '.join((*MODES, AUTO))}")
 
@@ -122,8 +132,10 @@ class _ShardWriter:
 
 
 def index_shard(root: Path, info: ShardInfo, dim: int, index_type: str, mode: str, centroids: Centroids,
-                lang_codes: Sequence[str]) -> None:
-    """Build a shard's FAISS index over its raw vectors, centred with ``mode`` (no re-embedding)."""
+                lang_codes: Sequence[str], *, options: Mapping[str, Any] | None = None,
+                tune: TuneOptions | None = None) -> None:
+    """Build a shard's FAISS index over its raw vectors, centred with ``mode`` (no re-embedding); an approximate
+    index gets its nprobe / efSearch tuned with ``tune`` (recorded with the measured recall)."""
     sdir = root / info.name
     raw = np.memmap(sdir / f"{VECTOR_SET}.f32", dtype="<f4", mode="r", shape=(info.count, dim)) if info.count \
         else np.zeros((0, dim), dtype=np.float32)
@@ -135,10 +147,24 @@ def index_shard(root: Path, info: ShardInfo, dim: int, index_type: str, mode: st
     def transform(block: np.ndarray, idx: np.ndarray) -> np.ndarray:
         return block if mode == "off" else center_by_lang(block, rows[idx], shifts)
 
-    index, params = build_faiss_index(index_type, raw, transform=transform)
+    index, params = build_faiss_index(index_type, raw, transform=transform, options=options)
+    if tune is not None:
+        params.update(tune_index(index, raw, transform=transform, options=tune))
     faiss.write_index(index, str(sdir / f"{VECTOR_SET}.faiss"))
     info.index[VECTOR_SET] = {**params, "centering": mode}
     del raw
+
+
+def _plan(opts: BuildOptions, n_vectors: int, dim: int) -> dict[str, Any]:
+    """The FAISS kind for the whole vector set: ``--index auto`` asks :func:`plan_index`, a kind is taken as given."""
+    if opts.index_type != AUTO:
+        return {"requested": opts.index_type, "kind": opts.index_type, "reason": "requested", "options": {},
+                "target_recall": opts.target_recall}
+    try:
+        plan = plan_index(n_vectors, dim, opts.memory_budget, flat_max=opts.flat_max)
+    except ValueError as exc:
+        raise XlirError(str(exc)) from exc
+    return {"requested": AUTO, **plan.to_dict(), "target_recall": opts.target_recall}
 
 
 def _pid_alive(text: str) -> bool:
@@ -257,8 +283,11 @@ def build_index(
         centroids = merged.centroids()
         centroids.save(tmp / CENTROIDS_FILE, encoder.checksum)
         mode = resolve_auto(lang_counts) if opts.centering == AUTO else opts.centering
+        plan = _plan(opts, total, encoder.dim)
         for info in tqdm(shards, desc="faiss", unit="shard", disable=not opts.progress or len(shards) < 2):
-            index_shard(tmp, info, encoder.dim, opts.index_type, mode, centroids, lang_codes)
+            index_shard(tmp, info, encoder.dim, plan["kind"], mode, centroids, lang_codes,
+                        options={**plan["options"], "min_docs": opts.ivf_min_docs},
+                        tune=TuneOptions(target_recall=opts.target_recall))
         t0 = timer.add("faiss_build", t0)
         bm25.save(tmp / "bm25")
         timer.add("bm25_build", t0)
@@ -277,8 +306,8 @@ def build_index(
             shards=shards,
             vector_sets={VECTOR_SET: VectorSetInfo(
                 encoder=encoder.name, encoder_checksum=encoder.checksum, dim=encoder.dim,
-                index_type=opts.index_type, centering=mode, centering_requested=opts.centering,
-                centroids=CENTROIDS_FILE)},
+                index_type=plan["kind"], centering=mode, centering_requested=opts.centering,
+                centroids=CENTROIDS_FILE, index_plan=plan)},
             bm25=BM25Info(analyzer=ANALYZER_NAME, k1=bm25.k1, b=bm25.b, method=bm25.method,
                           vocab_size=len(bm25.vocab)),
             sources=[str(Path(p).resolve()) for p in paths],

@@ -8,8 +8,7 @@ whole collection, ties broken by lower global row.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,28 +16,34 @@ from typing import Any
 import faiss
 import numpy as np
 
-INDEX_TYPES = ("flat", "hnsw", "ivfpq")
-IVFPQ_MIN_DOCS = 10_000
+from indexer.planning import IVF_MIN_VECTORS, ivf_nlist, pq_sizes
+
+INDEX_TYPES = ("flat", "hnsw", "ivfflat", "ivfsq8", "ivfpq")
+IVF_TYPES = ("ivfflat", "ivfsq8", "ivfpq")
+IVFPQ_MIN_DOCS = IVF_MIN_VECTORS
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
 HNSW_EF_SEARCH = 128
+IVF_NPROBE = 16  # before tuning
 
-
-def ivf_nlist(n: int) -> int:
-    return int(max(1, min(4 * math.sqrt(n), n // 39)))
-
+__all__ = ["INDEX_TYPES", "IVF_TYPES", "DenseShard", "apply_search_params", "build_faiss_index", "ivf_nlist",
+           "load_shard_index", "merge_topk", "search_shards"]
 
 Transform = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def build_faiss_index(
-    kind: str, vectors: np.ndarray, chunk: int = 65_536, transform: Transform | None = None
+    kind: str, vectors: np.ndarray, chunk: int = 65_536, transform: Transform | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> tuple[faiss.Index, dict[str, Any]]:
     """An inner-product FAISS index over ``vectors`` (n x d float32) and the parameters it was built with.
 
     ``transform(chunk, rows)`` maps a chunk of stored vectors (and their row numbers) to what is indexed, e.g.
     language centring; it is applied chunk by chunk, so a memory-mapped shard is never copied whole.
-    A shard too small for IVF-PQ training falls back to flat (recorded in the returned parameters).
+    Kinds: ``flat`` (exact), ``hnsw``, and the IVF family ``ivfflat`` (full vectors), ``ivfsq8`` (8-bit scalar
+    quantizer), ``ivfpq`` (product quantizer, ``m`` bytes per vector). ``options`` may set ``nlist``, ``nprobe``,
+    ``m`` (PQ), ``M`` / ``efConstruction`` / ``efSearch`` (HNSW) and ``min_docs``: an IVF shard with fewer vectors
+    than that (default 10,000) falls back to flat (recorded in the returned parameters).
     """
 
     def rows_of(idx: np.ndarray) -> np.ndarray:
@@ -47,32 +52,56 @@ def build_faiss_index(
 
     if kind not in INDEX_TYPES:
         raise ValueError(f"unknown index type {kind!r}; choose from {', '.join(INDEX_TYPES)}")
+    opts = dict(options or {})
     n, dim = vectors.shape
     params: dict[str, Any] = {"type": kind}
     index: faiss.Index
-    if kind == "ivfpq" and n < IVFPQ_MIN_DOCS:
-        kind, params = "flat", {"type": "flat", "fallback_from": "ivfpq", "reason": f"{n} < {IVFPQ_MIN_DOCS} docs"}
+    min_docs = int(opts.get("min_docs", IVF_MIN_VECTORS))
+    if kind in IVF_TYPES and n < min_docs:
+        params = {"type": "flat", "fallback_from": kind, "reason": f"{n} < {min_docs} docs"}
+        kind = "flat"
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)
     elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        index.hnsw.efSearch = HNSW_EF_SEARCH
-        params.update(M=HNSW_M, efConstruction=HNSW_EF_CONSTRUCTION, efSearch=HNSW_EF_SEARCH)
+        m_links = int(opts.get("M", HNSW_M))
+        index = faiss.IndexHNSWFlat(dim, m_links, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = int(opts.get("efConstruction", HNSW_EF_CONSTRUCTION))
+        index.hnsw.efSearch = int(opts.get("efSearch", HNSW_EF_SEARCH))
+        params.update(M=m_links, efConstruction=index.hnsw.efConstruction, efSearch=index.hnsw.efSearch)
     else:
-        nlist = ivf_nlist(n)
-        m = next(m for m in (dim // 8, dim // 4, dim // 2, dim) if dim % m == 0)
+        nlist = int(opts.get("nlist", ivf_nlist(n)))
         quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+        if kind == "ivfflat":
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        elif kind == "ivfsq8":
+            index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                                  faiss.METRIC_INNER_PRODUCT)
+        else:
+            m = int(opts.get("m") or next(m for m in (dim // 8, dim // 4, dim // 2, dim) if dim % m == 0))
+            if m not in pq_sizes(dim) and m != dim:
+                raise ValueError(f"PQ m={m} must divide the dimension {dim}")
+            index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+            params.update(m=m, nbits=8)
         rng = np.random.default_rng(0)
         sample = np.sort(rng.choice(n, size=min(n, max(256 * 39, nlist * 39)), replace=False))
         index.train(rows_of(sample))
-        nprobe = min(nlist, 16)
+        nprobe = min(nlist, int(opts.get("nprobe", IVF_NPROBE)))
         index.nprobe = nprobe
-        params.update(nlist=nlist, m=m, nbits=8, nprobe=nprobe)
+        params.update(nlist=nlist, nprobe=nprobe)
     for start in range(0, n, chunk):
         index.add(rows_of(np.arange(start, min(n, start + chunk))))
     return index, params
+
+
+def apply_search_params(index: faiss.Index, params: Mapping[str, Any] | None) -> None:
+    """Set ``nprobe`` (IVF) / ``efSearch`` (HNSW) from a shard's recorded parameters (the manifest's)."""
+    if not params:
+        return
+    inner = faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexIVF) and params.get("nprobe") is not None:
+        inner.nprobe = int(params["nprobe"])
+    elif isinstance(inner, faiss.IndexHNSW) and params.get("efSearch") is not None:
+        inner.hnsw.efSearch = int(params["efSearch"])
 
 
 def _masked_search(index: faiss.Index, queries: np.ndarray, k: int, mask: np.ndarray | None
@@ -104,12 +133,15 @@ class DenseShard:
         return int(self.index.ntotal)
 
 
-def load_shard_index(path: Path, offset: int, mmap: bool = True) -> DenseShard:
+def load_shard_index(path: Path, offset: int, mmap: bool = True,
+                     search_params: Mapping[str, Any] | None = None) -> DenseShard:
+    """Read a shard's index (memory-mapped when the type allows) and apply its recorded ``search_params``."""
     flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
     try:
         index = faiss.read_index(str(path), flags)
     except RuntimeError:  # index types without mmap support are read into memory
         index = faiss.read_index(str(path))
+    apply_search_params(index, search_params)
     return DenseShard(index=index, offset=offset)
 
 

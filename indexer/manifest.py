@@ -40,6 +40,9 @@ class VectorSetInfo(BaseModel):
     centering: str = Field("off", description="language centring the FAISS indexes were built with")
     centering_requested: str = "off"
     centroids: str | None = Field(None, description="per-language centroid table (npz), if the index has one")
+    index_plan: dict[str, Any] | None = Field(
+        None, description="how index_type was chosen: requested (auto or a kind), reason, estimated bytes, memory "
+                          "budget, recall target (per-shard nprobe/efSearch and measured recall are in shards)")
 
 
 class BM25Info(BaseModel):

@@ -55,7 +55,8 @@ class Index:
             langs = []
             for info in manifest.shards:
                 sdir = directory / info.name
-                shard = load_shard_index(sdir / f"{VECTOR_SET}.faiss", info.offset, mmap=mmap)
+                shard = load_shard_index(sdir / f"{VECTOR_SET}.faiss", info.offset, mmap=mmap,
+                                         search_params=info.index.get(VECTOR_SET))  # tuned nprobe / efSearch
                 if shard.size != info.count:
                     raise IndexInvalid(f"{sdir}: FAISS index holds {shard.size} vectors, manifest says {info.count}")
                 self.shards.append(shard)

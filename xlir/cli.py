@@ -133,7 +133,11 @@ def index_cmd(
     corpus: Annotated[list[Path], typer.Argument(help="JSONL / TSV files (optionally .gz) or BEIR/MIRACL dirs")],
     out: Annotated[Path, typer.Option("--out", "-o", help="index directory to create")],
     model: Annotated[str, typer.Option("--model", "-m", help="registry name or local folder")] = "e5-small",
-    index_type: Annotated[str, typer.Option("--index", help="flat | hnsw | ivfpq")] = "flat",
+    index_type: Annotated[str, typer.Option("--index", help="auto | flat | hnsw | ivfflat | ivfsq8 | ivfpq (auto: "
+                                            "flat below 200k vectors, else IVF-Flat; SQ8/PQ codes when over "
+                                            "--memory-budget)")] = "auto",
+    memory_budget: Annotated[str | None, typer.Option("--memory-budget", help="RAM for the FAISS indexes with "
+                                                      "--index auto, e.g. 8G (default: no limit)")] = None,
     shard_size: Annotated[int, typer.Option("--shard-size", help="documents per FAISS shard")] = 1_000_000,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     lang: Annotated[str | None, typer.Option("--lang", help="language of documents without a lang field "
@@ -151,10 +155,15 @@ def index_cmd(
 ) -> None:
     """Build an index: FAISS shards + docstore + BM25 + manifest."""
     from indexer.build import BuildOptions, build_index
+    from indexer.planning import parse_bytes
     from models.encoders import load_encoder
 
+    try:
+        budget = parse_bytes(memory_budget) if memory_budget is not None else None
+    except ValueError as exc:
+        fail(f"--memory-budget: {exc}")
     opts = BuildOptions(shard_size=shard_size, index_type=index_type, batch_size=batch_size, default_lang=lang,
-                        overwrite=overwrite, progress=not quiet, centering=centering)
+                        overwrite=overwrite, progress=not quiet, centering=centering, memory_budget=budget)
     for p in corpus:
         if not p.exists():
             fail(f"{p}: no such file or directory")
@@ -177,7 +186,7 @@ def index_cmd(
     typer.echo(f"indexed {m.doc_count} documents in {len(m.shards)} shard(s), "
                f"{len(m.languages)} languages ({', '.join(f'{k}:{v}' for k, v in m.languages.items())}) "
                f"-> {out} [{m.build['seconds']}s, {m.build['docs_per_second']} docs/s; "
-               f"centering {m.vector_sets['main'].centering}]")
+               f"centering {m.vector_sets['main'].centering}; FAISS {m.vector_sets['main'].index_type}]")
 
 
 @app.command("compact")
