@@ -45,9 +45,11 @@ bench-demo: setup
 bench-quality: setup
 	$(PY) -m benchmarks.matrix --out benchmarks/results/matrix.md
 
-# speed benchmarks, one command each (about 10 min for the encoder backends on 2 cores)
+# speed benchmarks, one command each (about 10 min for the encoder backends, 2 for BM25, 15-20 for FAISS on 2 cores)
 bench-speed: setup
 	$(PY) -m benchmarks.encoder_speed --out benchmarks/results/encoder_speed.json
+	$(PY) -m benchmarks.speed_bm25 --out benchmarks/results/speed_bm25.json
+	$(PY) -m benchmarks.speed_faiss --out benchmarks/results/speed_faiss.json
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache
