@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -150,44 +151,61 @@ class Segment:
 
 
 def lucene_scores(segments: Sequence[Segment], tokens: Sequence[str], total_rows: int,
-                  k1: float = K1, b: float = B) -> np.ndarray:
+                  k1: float = K1, b: float = B, cache: dict[Any, np.ndarray] | None = None) -> np.ndarray:
     """BM25 (Lucene idf, as bm25s ``method="lucene"``) of every row, with N, avgdl and df counted over the live
     documents of all segments: ``idf = ln(1 + (N - df + 0.5) / (df + 0.5))``, ``tf / (tf + k1 (1 - b + b dl /
-    avgdl))``. A query token counts once per occurrence, like bm25s. Deleted rows score 0."""
+    avgdl))``. A query token counts once per occurrence, like bm25s. Deleted rows score 0. ``cache`` (a dict kept
+    while the segments do not change) keeps each segment's length normalisation between queries."""
     scores = np.zeros(total_rows, dtype=np.float64)
-    n_docs = 0
-    total_len = 0.0
-    for seg in segments:
-        if seg.live is None:
-            n_docs += seg.postings.num_docs
-            total_len += float(np.sum(seg.postings.doc_len, dtype=np.float64))
-        else:
-            n_docs += int(np.count_nonzero(seg.live))
-            total_len += float(np.sum(seg.postings.doc_len[seg.live], dtype=np.float64))
+    stats_key = ("stats", *((id(seg.postings), id(seg.live)) for seg in segments))
+    stats = cache.get(stats_key) if cache is not None else None
+    if stats is None:
+        n, length = 0, 0.0
+        for seg in segments:
+            if seg.live is None:
+                n += seg.postings.num_docs
+                length += float(np.sum(seg.postings.doc_len, dtype=np.float64))
+            else:
+                n += int(np.count_nonzero(seg.live))
+                length += float(np.sum(seg.postings.doc_len[seg.live], dtype=np.float64))
+        stats = np.asarray([n, length], dtype=np.float64)
+        if cache is not None:
+            cache[stats_key] = stats
+    n_docs, total_len = int(stats[0]), float(stats[1])
     if n_docs == 0:
         return scores.astype(np.float32)
     avgdl = total_len / n_docs
+    norms = []
+    for i, seg in enumerate(segments):
+        key = ("norm", i, id(seg.postings), avgdl)
+        norm = cache.get(key) if cache is not None else None
+        if norm is None:
+            norm = k1 * (1 - b + b * np.asarray(seg.postings.doc_len, dtype=np.float64) / avgdl)
+            if cache is not None:
+                cache[key] = norm
+        norms.append(norm)
     for token, mult in Counter(t for t in tokens if t).items():
         parts = []
         df = 0
-        for seg in segments:
+        for seg, norm in zip(segments, norms, strict=True):
             hit = seg.postings.term(token)
             if hit is None or not len(hit[0]):
                 continue
             docs, tf = hit
-            if seg.live is not None:
-                keep = seg.live[docs]
-                docs, tf = docs[keep], tf[keep]
-            if len(docs):
-                parts.append((seg, docs, tf))
-                df += len(docs)
+            live = len(docs) if seg.live is None else int(np.count_nonzero(seg.live[docs]))
+            if live:
+                parts.append((seg, norm, docs, tf))
+                df += live
         if df == 0:
             continue
-        idf = np.log(1.0 + (n_docs - df + 0.5) / (df + 0.5))
-        for seg, docs, tf in parts:
-            dl = seg.postings.doc_len[docs].astype(np.float64)
+        idf = mult * np.log(1.0 + (n_docs - df + 0.5) / (df + 0.5))
+        for seg, norm, docs, tf in parts:
             tff = tf.astype(np.float64)
-            scores[seg.offset + docs.astype(np.int64)] += mult * idf * tff / (tff + k1 * (1 - b + b * dl / avgdl))
+            scores[seg.offset + docs] += idf * tff / (tff + norm[docs])  # a term lists each document once
+    for seg in segments:
+        if seg.live is not None:  # deleted rows took part in the sums above: zero them
+            view = scores[seg.offset : seg.offset + seg.postings.num_docs]
+            view[~seg.live] = 0.0
     return scores.astype(np.float32)
 
 

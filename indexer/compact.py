@@ -16,6 +16,7 @@ generation that ``CURRENT`` never named) are removed by the next compaction, whi
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -165,6 +166,15 @@ def next_generation(root: Path) -> str:
     return f"{GENERATIONS}/g{max(numbers) + 1:06d}"
 
 
+def _fsync_tree(directory: Path) -> None:
+    for p in sorted(directory.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())
+    for d in sorted({p.parent for p in directory.rglob("*")} | {directory, directory.parent}):
+        wal.fsync_dir(d)
+
+
 def publish(root: Path, new: str, expected_current: str, wal_start: int | None) -> int:
     """Make generation ``new`` (already complete under ``root``) the current one.
 
@@ -173,6 +183,7 @@ def publish(root: Path, new: str, expected_current: str, wal_start: int | None) 
     records were carried. Raises :class:`Conflict` if another generation was published meanwhile.
     """
     root = Path(root)
+    _fsync_tree(root / new)  # the generation is on disk before anything names it (power loss, not only kill -9)
     with wal.root_lock(root):
         now = current_name(root)
         if now != expected_current:

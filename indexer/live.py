@@ -397,10 +397,13 @@ class LiveIndex(Index):
             if self._main_postings is None:
                 raise IndexInvalid(f"index {self.dir} has no BM25 term frequencies: rebuild it with this xlir")
             postings = self._main_postings()
-        segments = [Segment(postings, 0, ~v.main_tomb if v.tomb_count else None),
-                    Segment(v.postings, v.main_n, ~v.dead)]  # type: ignore[arg-type]
+        with v._lock:  # the same arrays every query of this snapshot, so the scorer's cache keeps its statistics
+            if "bm25:live" not in v._cache:
+                v._cache["bm25:live"] = (~v.main_tomb if v.tomb_count else None, ~v.dead)
+            main_live, delta_live = v._cache["bm25:live"]
+        segments = [Segment(postings, 0, main_live), Segment(v.postings, v.main_n, delta_live)]  # type: ignore[arg-type]
         bm = self.manifest.bm25
-        scores = lucene_scores(segments, tokens, v.main_n + v.n, bm.k1, bm.b)
+        scores = lucene_scores(segments, tokens, v.main_n + v.n, bm.k1, bm.b, cache=v._cache)
         s, rows = top_k(scores, k, mask)
         return Hits(rows, s)
 
@@ -521,7 +524,9 @@ class LiveStore:
     def _wal(self) -> wal.WalWriter:
         if self._writer is None:
             path = wal_path(self.root, self.generation)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.parent.is_dir():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                wal.fsync_dir(self.root)
             self._writer = wal.WalWriter(path)
             self._catch_up()
         return self._writer
