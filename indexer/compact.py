@@ -230,8 +230,11 @@ def compact(root: Path, *, progress: bool = False, keep: int = KEEP_PREVIOUS,
             enc = StoredVectors(vs.encoder, vs.encoder_checksum, vs.dim)
             new = next_generation(root)
             (root / GENERATIONS).mkdir(exist_ok=True)
-            opts = BuildOptions(shard_size=m.shard_size, index_type=vs.index_type, centering=vs.centering_requested,
-                                progress=progress)
+            plan = vs.index_plan or {}  # what the build was asked for (auto, a memory budget, ...), not its result
+            opts = BuildOptions(shard_size=m.shard_size, index_type=plan.get("requested", vs.index_type),
+                                centering=vs.centering_requested, progress=progress,
+                                **{k: plan[k] for k in ("memory_budget", "flat_max", "target_recall")
+                                   if plan.get(k) is not None})
             build_index([], root / new, enc, opts, documents=enc.documents(iter_live_documents(snap)))
         finally:
             main.close()
