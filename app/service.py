@@ -325,7 +325,7 @@ class DocumentService:
         return DeleteResponse(deleted=True, generation=res.generation, delta_docs=res.delta_docs)
 
     async def reload(self) -> ReloadResponse:
-        changed = await asyncio.to_thread(self.store.refresh)
+        changed = await asyncio.to_thread(self.store.refresh, True)
         stats = self.store.stats()
         return ReloadResponse(reloaded=changed, generation=stats["generation"], delta_docs=stats["delta_docs"],
                               tombstones=stats["tombstones"])

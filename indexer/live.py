@@ -479,6 +479,7 @@ class LiveStore:
         self._writer: wal.WalWriter | None = None
         self._postings_cache: Postings | None = None
         self._read_end = 0
+        self._failed: str | None = None
         self.generation = ROOT_GENERATION
         self.reload_error: str | None = None
         self.reloads = 0
@@ -547,16 +548,18 @@ class LiveStore:
                 self._writer.last_lsn = max(self._writer.last_lsn, res.records[-1].lsn)
         return bool(new)
 
-    def refresh(self) -> bool:
+    def refresh(self, force: bool = False) -> bool:
         """Follow the root: load a newly published generation, or apply records appended by other processes.
-        Returns whether anything changed. A failure to load a new generation keeps the current one serving."""
+        Returns whether anything changed. A failure to load a new generation keeps the current one serving (and
+        raises); that generation is not tried again until ``force`` (``POST /reload``) or another is published."""
         name = current_name(self.root)
-        if name != self.generation:
+        if name != self.generation and (force or name != self._failed):
             try:
                 main = self._open_main(name)
             except Exception as exc:
                 detail = exc.detail if isinstance(exc, IndexInvalid) else f"{type(exc).__name__}: {exc}"
-                self.reload_error = f"cannot load generation {name}: {detail}"
+                self.reload_error = f"cannot load generation {generation_label(name)}: {detail}"
+                self._failed = name
                 log.error("reload failed, still serving %s: %s", self.generation, self.reload_error)
                 raise
             with self._lock, wal.root_lock(self.root):
@@ -567,7 +570,7 @@ class LiveStore:
                 self.reloads += 1
                 log.info("serving generation %s (%d docs)", name, self.snapshot.size)
             return True
-        path = wal_path(self.root, name)
+        path = wal_path(self.root, self.generation)
         if not path.exists() or path.stat().st_size == self._read_end:
             return False
         with self._lock, wal.root_lock(self.root):

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
+from app.state import AppState
 from indexer.build import BuildOptions, build_index
 from indexer.compact import compact
 from indexer.live import current_name
@@ -44,6 +45,11 @@ def _client(index_dir: Path, **kw: object) -> TestClient:
 def client(index_dir: Path) -> Iterator[TestClient]:
     with _client(index_dir) as c:
         yield c
+
+
+def state_of(client: TestClient) -> AppState:
+    state: AppState = client.app_state["xlir"]
+    return state
 
 
 def _ids(client: TestClient, query: str, mode: str = "dense", k: int = 10) -> list[str]:
@@ -130,6 +136,8 @@ def test_a_bad_new_generation_keeps_the_old_one_serving(index_dir: Path) -> None
         shard.write_bytes(shard.read_bytes() + b"x")  # damaged after publishing: sizes differ from the manifest
         r = c.post("/reload")
         assert r.status_code == 503 and "damaged" in r.json()["detail"]
+        live = state_of(c).live
+        assert live is not None and live.refresh() is False  # the poller does not retry the same broken generation
         ready = c.get("/ready").json()
         assert ready["generation"] == "g000000" and "damaged" in ready["reload_error"]
         assert _ids(c, "zebras", "bm25") == ["n"]  # still served from the old generation and its log
