@@ -40,7 +40,7 @@ from indexer.build import VECTOR_SET, passage_text
 from indexer.centering import Centroids, center, resolve_auto
 from indexer.dense import merge_topk
 from indexer.store import CURRENT, Hits, Index, open_index, verify_index
-from xlir.errors import BadQuery, DocumentNotFound, IndexInvalid
+from xlir.errors import BadQuery, DocumentNotFound, IndexInvalid, IndexNotReady
 
 log = logging.getLogger(__name__)
 
@@ -620,15 +620,20 @@ class LiveStore:
                     writer.sync()
                 except BaseException:
                     # nothing of this batch was acknowledged: cut the log back, rebuild the delta from it
-                    writer.truncate(start)
-                    self._load(self.main, self.generation)
+                    try:
+                        writer.truncate(start)
+                    finally:
+                        self._load(self.main, self.generation)
                     raise
                 self._read_end = writer.end
         except BaseException as exc:
             log.error("write failed: %s: %s", type(exc).__name__, exc)
+            err: BaseException = exc
+            if isinstance(exc, OSError):
+                err = IndexNotReady(f"cannot write the update log of {self.root}: {exc.strerror or exc}")
             for t in batch:
                 if t.error is None:
-                    t.error = exc
+                    t.error = err
                 t.done = True
             return
         self._publish()

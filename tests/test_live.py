@@ -254,3 +254,52 @@ def test_writes_of_another_process_are_picked_up_and_deletes_of_unknown_ids_log_
     a.refresh()
     recs = wal.read(wal_path(tmp_path / "idx", ".")).records
     assert [r.lsn for r in recs] == [1, 2] and a.snapshot.size == 4
+
+
+def test_concurrent_writes_share_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    enc = FakeEncoder()
+    _build([{"id": "d0", "text": "apple", "lang": "en"}], tmp_path / "idx", enc)
+    store = LiveStore(tmp_path / "idx", encoder_checksum=enc.checksum)
+    syncs: list[int] = []
+    real_sync = wal.WalWriter.sync
+
+    def slow_sync(self: wal.WalWriter) -> None:
+        syncs.append(self.end)
+        time.sleep(0.2)  # while the first fsync runs, the other writers queue up
+        real_sync(self)
+
+    monkeypatch.setattr(wal.WalWriter, "sync", slow_sync)
+    threads = [threading.Thread(target=store.upsert, args=([{"id": f"n{i}", "title": "", "text": f"w{i}",
+                                                              "lang": "en"}], enc.encode_passages([f"w{i}"])))
+               for i in range(8)]
+    for t in threads:
+        t.start()
+        time.sleep(0.01)
+    for t in threads:
+        t.join()
+    assert store.snapshot.size == 9 and len(wal.read(wal_path(tmp_path / "idx", ".")).records) == 8
+    assert len(syncs) <= 3  # group commit: the queued writes went out together
+
+
+def test_a_failing_log_write_is_not_applied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from xlir.errors import IndexNotReady
+
+    enc = FakeEncoder()
+    _build([{"id": "d0", "text": "apple", "lang": "en"}], tmp_path / "idx", enc)
+    store = LiveStore(tmp_path / "idx", encoder_checksum=enc.checksum)
+    store.upsert([{"id": "a", "title": "", "text": "pear", "lang": "en"}], enc.encode_passages(["pear"]))
+
+    def full_disk(self: wal.WalWriter) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(wal.WalWriter, "sync", full_disk)
+    with pytest.raises(IndexNotReady, match="No space left"):
+        store.upsert([{"id": "b", "title": "", "text": "plum", "lang": "en"}], enc.encode_passages(["plum"]))
+    monkeypatch.undo()
+    assert store.snapshot.size == 2 and {store.snapshot.doc(r)["id"] for r in range(2)} == {"d0", "a"}
+    assert [r.doc_id for r in wal.read(wal_path(tmp_path / "idx", ".")).records] == ["a"]
+    store.upsert([{"id": "c", "title": "", "text": "fig", "lang": "en"}], enc.encode_passages(["fig"]))
+    assert [r.lsn for r in wal.read(wal_path(tmp_path / "idx", ".")).records] == [1, 2]

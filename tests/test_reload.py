@@ -186,9 +186,10 @@ def test_compaction_killed_at_any_point_loses_nothing_and_the_next_one_completes
     enc = FakeEncoder(dim=DIM)
     store = LiveStore(root)
     _write(store, enc, ["a1", "a2", "a3"])
-    store.delete("p00-en") if store.delta.exists("p00-en") else None
+    store.delete("p01-en")
     store.close()
     expected = _live_ids(root)
+    assert "a1" in expected and "p01-en" not in expected
     _killed_at(point, root)
     published = point == "gc"
     assert current_name(root) == ("generations/g000001" if published else ".")
@@ -290,3 +291,24 @@ def test_hot_reload_under_query_load(root: Path, servers: list[Server]) -> None:
             t.join(timeout=60)
     # queries ran before, across and after two generation swaps (the pollers' and the explicit reload)
     assert before >= 3 and len(statuses) >= before + 3 and set(statuses) == {200}
+
+
+def test_cli_append_then_compact(root: Path, tmp_path: Path) -> None:
+    from tests.conftest import write_jsonl
+
+    before = _live_ids(root)
+    replaced = sorted(before)[0]
+    more = write_jsonl(tmp_path / "more.jsonl", [
+        {"id": "cli-1", "text": "A brand new passage about glaciers.", "lang": "en"},
+        {"id": replaced, "text": "This passage replaces an old one.", "lang": "en"},
+        {"id": "cli-2", "text": "", "title": ""},
+    ])
+    res = subprocess.run([str(XLIR), "index", str(more), "--out", str(root), "--append", "--model", "minilm-en"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "appended 2 documents (1 replaced, 1 empty skipped)" in res.stdout and "g000000" in res.stdout
+    assert _live_ids(root) == before | {"cli-1"}
+    res = subprocess.run([str(XLIR), "compact", str(root), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "g000000 -> g000001" in res.stdout and "(2 from the log, 1 deleted or replaced)" in res.stdout
+    assert current_name(root) == "generations/g000001" and _live_ids(root) == before | {"cli-1"}
