@@ -340,6 +340,8 @@ class LiveIndex(Index):
             return None
         main = self.main.lang_mask(langs)
         assert main is not None
+        if not self.view.n:
+            return main
         wanted = set(langs)
         delta = np.fromiter((lang in wanted for lang in self.view.lang_codes()), dtype=bool, count=self.view.n)
         return np.concatenate([main, delta])
