@@ -170,6 +170,14 @@ class DocumentIn(BaseModel):
     lang: str | None = Field(None, description="ISO 639-1 (or a code normalised to it); detected when omitted")
 
 
+class DocumentOut(BaseModel):
+    id: str
+    text: str
+    title: str
+    lang: str
+    generation: str = Field(description="the index generation it was read from")
+
+
 class UpsertRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -218,7 +226,9 @@ class MineRequest(BaseModel):
     src: list[str] = Field(min_length=1, description="source sentences (at most XLIR_MINE_MAX_SENTENCES)")
     tgt: list[str] = Field(min_length=1, description="target sentences (at most XLIR_MINE_MAX_SENTENCES)")
     k: int = Field(4, ge=1, le=64, description="neighbourhood size of the margin")
-    margin: Literal["ratio", "distance", "absolute"] = Field("ratio", description="absolute = plain cosine")
+    margin: Literal["ratio", "distance", "absolute"] = Field(
+        "absolute", description="absolute = cosine (the best BUCC-style F1 with centring here); ratio / distance = "
+        "Artetxe & Schwenk margins")
     retrieval: Literal["fwd", "bwd", "max", "intersect"] = "max"
     threshold: float | None = Field(None, allow_inf_nan=False, description="keep pairs scoring at least this")
     one_to_one: bool = Field(False, description="each sentence in at most one pair (max/intersect always are)")

@@ -45,27 +45,31 @@ def client(index_dir: Path) -> Iterator[TestClient]:
 
 
 def test_mine_returns_the_library_result(client: TestClient) -> None:
-    body = {"src": SRC, "tgt": TGT, "k": 2, "centering": "off", "threshold": 1.0}
+    body = {"src": SRC, "tgt": TGT, "k": 2, "centering": "off", "threshold": 0.9}  # default margin: absolute
     r = client.post("/mine", json=body)
     assert r.status_code == 200, r.text
     got = r.json()
-    want = mine_texts(FakeEncoder(dim=8, table=TABLE), SRC, TGT, k=2, centering="off", threshold=1.0)
+    want = mine_texts(FakeEncoder(dim=8, table=TABLE), SRC, TGT, k=2, centering="off", threshold=0.9,
+                      margin="absolute")
     assert [(p["src"], p["tgt"]) for p in got["pairs"]] == [(p.src, p.tgt) for p in want]
     assert [p["score"] for p in got["pairs"]] == pytest.approx([p.score for p in want])
     assert {(p["src_text"], p["tgt_text"]) for p in got["pairs"]} == {
         ("Danke", "thank you"), ("Guten Morgen", "good morning"), ("Hallo Welt", "hello world")}
     assert got["src_count"] == 5 and got["tgt_count"] == 4
     assert got["search"] == "src->tgt: exact (flat) over 4 rows; tgt->src: exact (flat) over 5 rows"
+    ratio = client.post("/mine", json={**body, "margin": "ratio", "threshold": 1.0}).json()
+    assert all(p["score"] > 1.0 for p in ratio["pairs"]) and len(ratio["pairs"]) == 3
     quiet = client.post("/mine", json={**body, "texts": False, "dedup": True}).json()
     assert all(p["src_text"] is None for p in quiet["pairs"])
     assert {p["src"] for p in quiet["pairs"]} == {0, 2, 3}
 
 
 def test_mine_options_change_the_result(client: TestClient) -> None:
-    fwd = client.post("/mine", json={"src": SRC, "tgt": TGT, "retrieval": "fwd", "centering": "off"}).json()
+    fwd = client.post("/mine", json={"src": SRC, "tgt": TGT, "retrieval": "fwd", "centering": "off",
+                                     "margin": "ratio"}).json()
     assert len(fwd["pairs"]) == 5  # every source gets its best target
     one = client.post("/mine", json={"src": SRC, "tgt": TGT, "retrieval": "fwd", "one_to_one": True,
-                                     "centering": "off"}).json()
+                                     "centering": "off", "margin": "ratio"}).json()
     assert len(one["pairs"]) == 4 and len({p["tgt"] for p in one["pairs"]}) == 4
     cos = client.post("/mine", json={"src": SRC, "tgt": TGT, "margin": "absolute", "retrieval": "intersect",
                                      "centering": "off"}).json()
