@@ -63,8 +63,9 @@ def _queries(enc: FakeEncoder) -> list[tuple[str, list[str] | None]]:
 
 
 def _run(index: Index, enc: FakeEncoder, mode: str, fusion: str, query: str, langs: list[str] | None,
-         k: int) -> dict[str, float]:
-    req = SearchRequest(query=query, k=k, mode=mode, fusion=fusion, langs=langs, centering="off")  # type: ignore[arg-type]
+         k: int, centering: str | None = "off") -> dict[str, float]:
+    req = SearchRequest(query=query, k=k, mode=mode, fusion=fusion, langs=langs, centering=centering,  # type: ignore[arg-type]
+                        lang="en")
     hits = retrieve(index, req, enc.encode_queries([query])[0], tokenize(query))
     return {index.doc(h.row)["id"]: h.score for h in hits}
 
@@ -141,6 +142,12 @@ def test_any_sequence_of_updates_answers_like_a_fresh_build(
     np.testing.assert_allclose(live.centroids.means, fresh.centroids.means, atol=1e-6)
     assert live.centering == fresh.centering
     _assert_same(live, fresh, enc, len(model))
+    for query, langs in _queries(enc):  # with the index's own centring too, now that the centroids are the same
+        got = _run(live, enc, "dense", "weighted", query, langs, len(model), None)
+        want = _run(fresh, enc, "dense", "weighted", query, langs, len(model), None)
+        assert got.keys() == want.keys()
+        for doc_id, score in want.items():
+            assert got[doc_id] == pytest.approx(score, rel=1e-5, abs=1e-5)
     store.close()
 
 
