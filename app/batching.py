@@ -1,8 +1,12 @@
 """Micro-batching of query encodings across concurrent requests.
 
 Requests put their text on a bounded queue and await a future. One worker takes the first waiting
-text, gathers more until ``max_batch`` texts or ``max_wait_ms`` have passed, encodes them in one call in
-a worker thread (the event loop never blocks on the model) and resolves every future. A full queue
+text, gathers more until ``max_batch`` texts or ``max_wait_ms`` have passed, encodes them in a worker thread
+(the event loop never blocks on the model) and resolves every future. With a token budget (``max_tokens`` and
+the encoder's ``token_lengths``) a gathered batch is cut, longest first, into encoder calls whose padded size
+(rows x the longest text's tokens) stays within the budget (:func:`models.encoders.token_budget_batches`); the
+calls run shortest first and each resolves its own requests, so short queries do not wait behind a long one.
+``max_batch=1, max_wait_ms=0`` is no batching: one encoder call per query, in arrival order. A full queue
 answers :class:`Overloaded` at once instead of piling requests up.
 """
 
@@ -18,11 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.encoders import token_budget_batches
 from xlir.errors import Overloaded
 
 log = logging.getLogger(__name__)
 
 EncodeFn = Callable[[Sequence[str]], np.ndarray]
+LengthsFn = Callable[[Sequence[str]], Sequence[int]]
 
 
 @dataclass
@@ -33,13 +39,16 @@ class BatchStats:
 
 
 class QueryBatcher:
-    def __init__(self, encode: EncodeFn, max_batch: int = 32, max_wait_ms: float = 2.0, max_queue: int = 1024) -> None:
-        if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
-            raise ValueError("max_batch and max_queue must be >= 1, max_wait_ms >= 0")
+    def __init__(self, encode: EncodeFn, max_batch: int = 32, max_wait_ms: float = 2.0, max_queue: int = 1024,
+                 *, max_tokens: int | None = None, token_lengths: LengthsFn | None = None) -> None:
+        if max_batch < 1 or max_queue < 1 or max_wait_ms < 0 or (max_tokens is not None and max_tokens < 1):
+            raise ValueError("max_batch, max_queue and max_tokens must be >= 1, max_wait_ms >= 0")
         self._encode = encode
+        self._lengths = token_lengths if max_tokens is not None else None
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
+        self.max_tokens = max_tokens
         self.stats = BatchStats()
         self.on_batch: Callable[[int], None] | None = None  # called with each encoded batch's size (metrics)
         self._queue: asyncio.Queue[tuple[str, asyncio.Future[np.ndarray]]] | None = None
@@ -97,6 +106,13 @@ class QueryBatcher:
                 break
         return batch
 
+    def _split(self, texts: Sequence[str]) -> list[list[int]]:
+        """Positions of ``texts`` per encoder call, shortest call first (runs in the worker thread)."""
+        if self._lengths is None or self.max_tokens is None or len(texts) < 2:
+            return [list(range(len(texts)))]
+        batches = token_budget_batches(list(self._lengths(texts)), self.max_tokens, self.max_batch)
+        return [b.tolist() for b in reversed(batches)]
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -104,19 +120,30 @@ class QueryBatcher:
             live = [(t, f) for t, f in batch if not f.cancelled()]
             if not live:
                 continue
-            try:
-                vecs = await loop.run_in_executor(self._pool, self._encode, [t for t, _ in live])
-            except Exception as exc:  # every waiting request gets the failure, the worker keeps going
-                log.exception("query encoding failed")
-                for _, fut in live:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            self.stats.batches += 1
-            self.stats.texts += len(live)
-            self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(live))
-            if self.on_batch is not None:
-                self.on_batch(len(live))
-            for (_, fut), vec in zip(live, vecs, strict=True):
+            parts = [list(range(len(live)))]
+            if self._lengths is not None and len(live) > 1:
+                try:  # the tokenizer runs in the worker thread too
+                    parts = await loop.run_in_executor(self._pool, self._split, [t for t, _ in live])
+                except Exception:  # measuring failed: one call, whose own failure (if any) is reported
+                    log.exception("measuring query lengths failed")
+            for part in parts:
+                await self._encode_part([live[i] for i in part])
+
+    async def _encode_part(self, live: list[tuple[str, asyncio.Future[np.ndarray]]]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            vecs = await loop.run_in_executor(self._pool, self._encode, [t for t, _ in live])
+        except Exception as exc:  # every waiting request gets the failure, the worker keeps going
+            log.exception("query encoding failed")
+            for _, fut in live:
                 if not fut.done():
-                    fut.set_result(vec)
+                    fut.set_exception(exc)
+            return
+        self.stats.batches += 1
+        self.stats.texts += len(live)
+        self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(live))
+        if self.on_batch is not None:
+            self.on_batch(len(live))
+        for (_, fut), vec in zip(live, vecs, strict=True):
+            if not fut.done():
+                fut.set_result(vec)

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from app.deps import DocumentsDep, MiningDep, ServiceDep, StateDep
 from app.schemas import (
     DeleteResponse,
+    DocumentOut,
     EmbedRequest,
     EmbedResponse,
     ErrorBody,
@@ -64,6 +65,12 @@ WRITE = [Depends(require_scope("write"))]
              summary="Upsert documents (durable before the answer; searchable at once)")
 async def upsert_documents(req: UpsertRequest, documents: DocumentsDep) -> UpsertResponse:
     return await documents.upsert(req)
+
+
+@router.get("/documents/{doc_id}", response_model=DocumentOut, responses=ERRORS,
+            summary="Read a document as the index serves it now (live updates included)")
+async def get_document(doc_id: str, documents: DocumentsDep) -> DocumentOut:
+    return await documents.get(doc_id)
 
 
 @router.delete("/documents/{doc_id}", response_model=DeleteResponse, responses=ERRORS, dependencies=WRITE,

@@ -21,6 +21,7 @@ from app.schemas import (
     Centering,
     CenteringInfo,
     DeleteResponse,
+    DocumentOut,
     EmbedKind,
     EmbedRequest,
     EmbedResponse,
@@ -36,11 +37,11 @@ from app.schemas import (
 from indexer.build import passage_text
 from indexer.centering import Centroids, center
 from indexer.langid import UNDETERMINED, LanguageDetector
-from indexer.live import LiveStore, prepare_documents
+from indexer.live import LiveStore, generation_label, main_id_map, prepare_documents
 from indexer.store import Index
 from models.encoders import Encoder
 from models.rerankers import Reranker
-from xlir.errors import BadQuery, PayloadTooLarge, QueryTooLong, RerankerNotConfigured
+from xlir.errors import BadQuery, DocumentNotFound, PayloadTooLarge, QueryTooLong, RerankerNotConfigured
 
 Tokenizer = Callable[[str], list[str]]
 log = logging.getLogger(__name__)
@@ -323,6 +324,31 @@ class DocumentService:
         res = await asyncio.to_thread(self.store.delete, doc_id)
         self.maybe_compact()
         return DeleteResponse(deleted=True, generation=res.generation, delta_docs=res.delta_docs)
+
+    async def get(self, doc_id: str) -> DocumentOut:
+        found = await asyncio.to_thread(self._lookup, doc_id)
+        if found is None:
+            raise DocumentNotFound(f"no document with id {doc_id!r}")
+        return found
+
+    def _lookup(self, doc_id: str) -> DocumentOut | None:
+        """The document as the served snapshot holds it: the newest delta row with the id (none if that row is
+        dead: deleted), else the generation's row unless it is tombstoned."""
+        store = self.store
+        snap = store.snapshot
+        v = snap.view
+        gen = generation_label(snap.generation)
+        for r in range(v.n - 1, -1, -1):  # the delta is bounded by the compaction threshold
+            d = v.docs[r]
+            if d["id"] == doc_id:
+                return None if v.dead[r] else DocumentOut(**d, generation=gen)
+        delta = store.delta
+        ids = delta.main_ids if store.main is snap.main else main_id_map(snap.main)  # read once per generation
+        row = ids.get(doc_id)
+        if row is None or v.main_tomb[row]:
+            return None
+        d = snap.main.doc(row)
+        return DocumentOut(id=d["id"], text=d["text"], title=d["title"], lang=d["lang"], generation=gen)
 
     async def reload(self) -> ReloadResponse:
         changed = await asyncio.to_thread(self.store.refresh, True)

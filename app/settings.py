@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.security import parse_api_keys, parse_origins
+from models.encoders import DEFAULT_TOKEN_BUDGET
 from models.registry import xlir_home
 
 
@@ -38,8 +39,13 @@ class Settings(BaseSettings):
     embed_max_texts: int = Field(64, ge=1)
     mine_max_sentences: int = Field(5000, ge=1, description="POST /mine: sentences per side (larger: 413)")
     mine_max_jobs: int = Field(1, ge=1, description="POST /mine jobs at once (more: 429)")
-    batch_max_size: int = Field(32, ge=1)
-    batch_max_wait_ms: float = Field(2.0, ge=0)
+    batch_max_size: int = Field(32, ge=1, description="queries per encoder call of the query batcher")
+    batch_max_wait_ms: float = Field(2.0, ge=0, description="how long a query waits for others to share its call")
+    batch_max_tokens: int = Field(
+        DEFAULT_TOKEN_BUDGET, ge=1, description="token budget of one query encoder call: rows x the longest "
+        "query's tokens; a larger gathered batch is split into several calls")
+    batching: bool = Field(True, description="false = no batching: one encoder call per query (max batch 1, no "
+                           "wait), the baseline of `xlir bench load --compare-batching`")
     queue_max: int = Field(1024, ge=1)
     warmup: bool = Field(True, description="encode a few queries at start-up so first requests are not slow")
     verify: Literal["full", "size", "off"] = Field(

@@ -81,8 +81,10 @@ def load_state(
         log.error("not ready: %s", exc.detail)
         state.error = exc.detail
         return state
-    batcher = QueryBatcher(encoder.encode_queries, max_batch=settings.batch_max_size,
-                           max_wait_ms=settings.batch_max_wait_ms, max_queue=settings.queue_max)
+    batcher = QueryBatcher(encoder.encode_queries, max_batch=settings.batch_max_size if settings.batching else 1,
+                           max_wait_ms=settings.batch_max_wait_ms if settings.batching else 0.0,
+                           max_queue=settings.queue_max, max_tokens=settings.batch_max_tokens,
+                           token_lengths=getattr(encoder, "token_lengths", None))
     limits = Limits(max_query_chars=settings.max_query_chars, max_k=settings.max_k,
                     max_rerank_depth=settings.max_rerank_depth,
                     fusion_depth=settings.fusion_depth, snippet_chars=settings.snippet_chars,

@@ -1,0 +1,164 @@
+"""A large **synthetic** index for serving-speed tests (issue 5.4): real passage texts, stand-in vectors.
+
+Run: ``python -m benchmarks.big_index --n 1000000`` (prints the index directory; about 15-25 minutes on 2 cores
+the first time, then cached under ``$XLIR_HOME/cache/big-index/``).
+
+Embedding a million passages with e5-small on 2 CPU cores would take many hours, so this index is built through
+the product's own pipeline (:func:`indexer.build.build_index`: docstore, BM25, shards, ``--index auto`` FAISS plan
+and tuning, centroids, manifest) with one substitution, and is labelled as such in its manifest
+(``build.synthetic``):
+
+- **Texts** are real: passage ``i`` of :class:`benchmarks.synth.SynthCorpus` (seed 0, ~100 BM25 tokens, 12
+  languages, sentences of the benchmark data recombined), with its language given (no language ID), so BM25 is
+  built and searched over a million real multilingual passages.
+- **Vectors** are not e5-small embeddings of those texts: they come from the seeded generative model of
+  :func:`benchmarks.speed_faiss.synth_vectors`, whose statistics (cosines, nearest-neighbour structure, spectrum,
+  IVF recall) were fitted to real e5-small passage embeddings. A stand-in encoder hands them out in document order.
+  **It reports the name and weights checksum of e5-small**: that is the only way ``xlir serve`` accepts to serve
+  the index with the real e5-small *query* encoder (the server refuses vectors of another encoder), which is the
+  point: the measured latency includes real query encoding, FAISS search over a million 384-dim vectors and BM25
+  over a million documents. Dense rankings on this index are meaningless; only its speed is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexer.build import BuildOptions, build_index
+from indexer.manifest import MANIFEST, Manifest
+from indexer.readers import Document
+from models.encoders import ProgressFn, folder_checksum
+from models.registry import resolve_model, xlir_home
+
+CACHE_VERSION = 1
+DIM = 384
+
+
+class StandInEncoder:
+    """Hands out pre-made vectors in call order under another encoder's name and checksum (see module doc).
+
+    Only :meth:`encode_passages` works, and only for a build that embeds every document once, in order."""
+
+    backend = "stand-in"
+
+    def __init__(self, name: str, checksum: str, vectors: np.ndarray) -> None:
+        self._name, self._checksum = name, checksum
+        self._vectors = vectors
+        self.cursor = 0
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def dim(self) -> int:
+        return int(self._vectors.shape[1])
+
+    @property
+    def checksum(self) -> str:
+        return self._checksum
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        raise NotImplementedError("the stand-in encoder only replays passage vectors for a build")
+
+    def encode_passages(self, texts: Sequence[str], *, batch_size: int = 32,
+                        progress: ProgressFn | None = None) -> np.ndarray:
+        end = self.cursor + len(texts)
+        if end > len(self._vectors):
+            raise ValueError(f"the stand-in encoder holds {len(self._vectors)} vectors; asked for row {end}")
+        out = self._vectors[self.cursor : end]
+        self.cursor = end
+        if progress is not None:
+            progress(len(texts))
+        return out
+
+
+def model_identity(model: str = "e5-small", home: Path | None = None) -> tuple[str, str]:
+    """(name, weights checksum) of a built model, without loading it."""
+    resolved = resolve_model(model, home)
+    return resolved.name, folder_checksum(resolved.path)
+
+
+def documents(n: int, seed: int = 0, data_dir: Path | None = None) -> Iterator[Document]:
+    from benchmarks.synth import SynthCorpus, load_pool
+
+    corpus = SynthCorpus(load_pool(data_dir), seed=seed)
+    for p in corpus.passages(n):
+        yield Document(id=p.id, text=p.text, title="", lang=p.lang)
+
+
+def cache_dir(n: int, seed: int, checksum: str, index_type: str, home: Path | None = None) -> Path:
+    root = (home or xlir_home()) / "cache" / "big-index"
+    return root / f"synth-n{n}-s{seed}-{index_type}-{checksum[:16]}-v{CACHE_VERSION}"
+
+
+def build(n: int, out: Path, *, seed: int = 0, model: str = "e5-small", index_type: str = "auto",
+          home: Path | None = None, progress: bool = True) -> Manifest:
+    """Build the synthetic index of ``n`` passages at ``out`` (overwritten) and label it in its manifest."""
+    from benchmarks.speed_faiss import synth_vectors
+
+    name, checksum = model_identity(model, home)
+    t0 = time.perf_counter()
+    vectors, _ = synth_vectors(n, DIM, seed=seed)
+    t_vec = time.perf_counter() - t0
+    encoder = StandInEncoder(name, checksum, vectors)
+    opts = BuildOptions(index_type=index_type, overwrite=True, progress=progress, chunk_docs=8192)
+    manifest = build_index([], out, encoder, opts, documents=documents(n, seed))
+    if encoder.cursor != n:
+        raise RuntimeError(f"the build embedded {encoder.cursor} documents, expected {n}")
+    manifest.build["synthetic"] = {
+        "what": "texts: benchmarks.synth passages (real sentences recombined); vectors: "
+                "benchmarks.speed_faiss.synth_vectors (e5-like statistics), NOT embeddings of the texts; the "
+                f"manifest records {name}'s name and checksum so the server runs the real {name} query encoder",
+        "n": n, "seed": seed, "vector_seconds": round(t_vec, 3),
+    }
+    manifest.sources = [f"synthetic:benchmarks.big_index(n={n}, seed={seed})"]
+    manifest.write(out)
+    return manifest
+
+
+def cached(n: int, *, seed: int = 0, model: str = "e5-small", index_type: str = "auto", home: Path | None = None,
+           progress: bool = True) -> Path:
+    """The cached synthetic index of ``n`` passages, built first if missing."""
+    _, checksum = model_identity(model, home)
+    out = cache_dir(n, seed, checksum, index_type, home)
+    if not (out / MANIFEST).is_file():
+        build(n, out, seed=seed, model=model, index_type=index_type, home=home, progress=progress)
+    return out
+
+
+def summary(path: Path) -> dict[str, Any]:
+    m = Manifest.read(path)
+    vs = m.vector_sets["main"]
+    return {"path": str(path), "docs": m.doc_count, "index_type": vs.index_type, "centering": vs.centering,
+            "shards": [s.index.get("main") for s in m.shards], "build": m.build,
+            "bytes": sum(f.size for f in m.files.values())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default="e5-small", help="the encoder whose identity the index records")
+    ap.add_argument("--index", default="auto", help="FAISS kind (auto: the product's plan)")
+    ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    _, checksum = model_identity(args.model)
+    out = cache_dir(args.n, args.seed, checksum, args.index)
+    if args.rebuild or not (out / MANIFEST).is_file():
+        build(args.n, out, seed=args.seed, model=args.model, index_type=args.index, progress=not args.no_progress)
+    print(json.dumps(summary(out), indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
