@@ -565,8 +565,8 @@ class LiveStore:
                 log.error("reload failed, still serving %s: %s", self.generation, self.reload_error)
                 raise
             with self._lock, wal.root_lock(self.root):
-                if current_name(self.root) != name:
-                    return False  # yet another generation: the next refresh takes it
+                if current_name(self.root) != name or self.generation == name:
+                    return False  # yet another generation (the next refresh takes it), or a write already did
                 self._load(main, name)
                 self.reload_error = None
                 self.reloads += 1
