@@ -12,7 +12,7 @@ import faiss
 import numpy as np
 import pytest
 
-from indexer import mining, mining_job
+from indexer import mining_job
 from indexer.mining import (
     MARGINS,
     RETRIEVALS,

@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 
 XLIR = Path(sys.executable).with_name("xlir")
-WORDS = ("river mountain city bread coffee window garden teacher music winter summer letter doctor market "
-         "train bridge forest island library morning evening student friend kitchen harbor village").split()
+WORDS = (
+    "river", "mountain", "city", "bread", "coffee", "window", "garden", "teacher", "music", "winter",
+    "summer", "letter", "doctor", "market", "train", "bridge", "forest", "island", "library", "morning",
+    "evening", "student", "friend", "kitchen", "harbor", "village",
+)
 
 
 def sentences(n: int, seed: int) -> list[str]:
