@@ -425,6 +425,22 @@ def bench_retrieval(ctx: typer.Context) -> None:
     raise typer.Exit(retrieval.main(list(ctx.args)))
 
 
+@bench_app.command(
+    "load",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+)
+def bench_load(ctx: typer.Context) -> None:
+    """Load test over REST: QPS, p50/p95/p99, 2xx/4xx/429/5xx, lost writes, server RSS; batched vs unbatched.
+
+    Options (see `xlir bench load --help`): --target URL [--pid PID] | --index DIR, --concurrency 1,8,32,
+    --duration 30, --warmup, --mode hybrid, --mix search=0.9,upsert=0.1, --queries FILE, --compare-batching,
+    --env XLIR_NAME=VALUE, --out.
+    """
+    from benchmarks import load
+
+    raise typer.Exit(load.main(list(ctx.args)))
+
+
 def print_results(body: dict[str, object]) -> None:
     results = body["results"]
     assert isinstance(results, list)
