@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= .demo
 DEMO_PORT ?= 8765
 
-.PHONY: setup install models demo test test-fast lint bench-demo bench-quality bench-speed clean
+.PHONY: setup install models demo test test-fast lint bench-demo bench-quality bench-speed bench-load clean
 
 setup: install models
 
@@ -45,11 +45,21 @@ bench-demo: setup
 bench-quality: setup
 	$(PY) -m benchmarks.matrix --out benchmarks/results/matrix.md
 
-# speed benchmarks, one command each (about 10 min for the encoder backends, 2 for BM25, 15-20 for FAISS on 2 cores)
+# speed benchmarks, one command each (about 10 min for the encoder backends, 2 for BM25, 15-20 for FAISS, ~1 h for
+# indexing 100k passages, 25 min to build the synthetic 1M index once (cached) + 8 min of load, on 2 cores)
 bench-speed: setup
 	$(PY) -m benchmarks.encoder_speed --out benchmarks/results/encoder_speed.json
 	$(PY) -m benchmarks.speed_bm25 --out benchmarks/results/speed_bm25.json
 	$(PY) -m benchmarks.speed_faiss --out benchmarks/results/speed_faiss.json
+	$(PY) -m benchmarks.index_speed --n 100000 --out benchmarks/results/index_speed.json
+	$(PY) -m benchmarks.load --synthetic 1000000 --concurrency 1,8,32 --duration 30 --mode hybrid \
+		--compare-batching --out benchmarks/results/load_1m.json
+
+# the load and fault run of issue 6: 60 s at concurrency 32, 20% upserts (on a copy), lost writes, RSS (~3 min)
+bench-load: setup
+	$(XLIR) index data/sample/corpus.jsonl --out $(DEMO_DIR)/index --overwrite
+	$(PY) -m benchmarks.load --index $(DEMO_DIR)/index --concurrency 32 --duration 60 --warmup 10 \
+		--mix search=0.8,upsert=0.2 --out benchmarks/results/load_fault.json
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache
