@@ -189,10 +189,10 @@ def f1_at(score: np.ndarray, src: np.ndarray, tgt: np.ndarray, gold: set[tuple[i
     return 0.0 if tp == 0 else 2 * p * r / (p + r)
 
 
-def _encoder(model: str) -> Any:
+def _encoder(model: str, backend: str = "torch") -> Any:
     from models.encoders import load_encoder
 
-    return load_encoder(model)
+    return load_encoder(model, backend=backend)
 
 
 def run_bucc(data: Path, model: str, noise: int, pairs: Sequence[str] | None = None,
@@ -314,16 +314,16 @@ def brute_force_knn(x: np.ndarray, y: np.ndarray, k: int, block: int = 2048) -> 
     return sims, ids
 
 
-def run_speed(data: Path, model: str, n: int, nprobe: int | None) -> dict[str, Any]:
+def run_speed(data: Path, model: str, n: int, nprobe: int | None, backend: str = "torch") -> dict[str, Any]:
     from indexer.mining_job import embedding_name, embedding_root, mine_files
 
     folder = xlir_home() / "cache" / "bench-mining"
     src_p, tgt_p = speed_corpus(data, n, folder)
-    enc = _encoder(model)
+    enc = _encoder(model, backend)
     opts = MineOptions(centering="off", nprobe=nprobe)
     out_p = folder / f"pairs-{n}.tsv"
     rep = mine_files(enc, src_p, tgt_p, out_p, opts, progress=True)
-    res: dict[str, Any] = {"n": n, "model": model, "sentences": rep.src + rep.tgt,
+    res: dict[str, Any] = {"n": n, "model": model, "backend": backend, "sentences": rep.src + rep.tgt,
                            "embed": {"seconds": rep.embed_seconds, "cached": list(rep.embed_cached),
                                      "sentences_per_s": (rep.src_unique + rep.tgt_unique) / rep.embed_seconds
                                      if not any(rep.embed_cached) else None},
@@ -331,8 +331,8 @@ def run_speed(data: Path, model: str, n: int, nprobe: int | None) -> dict[str, A
                                    "score_s": rep.score_seconds, "write_s": rep.write_seconds,
                                    "plan": rep.fwd_plan.describe() if rep.fwd_plan else None}}
     root = embedding_root(enc.checksum)
-    x = F32Rows(root / embedding_name(src_p, False), rep.src_unique, enc.dim).read(0, rep.src_unique)
-    y = F32Rows(root / embedding_name(tgt_p, False), rep.tgt_unique, enc.dim).read(0, rep.tgt_unique)
+    x = F32Rows(root / embedding_name(src_p, False, backend), rep.src_unique, enc.dim).read(0, rep.src_unique)
+    y = F32Rows(root / embedding_name(tgt_p, False, backend), rep.tgt_unique, enc.dim).read(0, rep.tgt_unique)
     runs: dict[str, Any] = {}
     for name, search in (("ivf", "ivf"), ("exact", "exact")):
         t0 = time.perf_counter()
@@ -463,7 +463,7 @@ def render(res: Mapping[str, Any]) -> str:
     if "speed" in res:
         s = res["speed"]
         e = s["embed"]
-        lines += [f"Speed, {s['n']:,} x {s['n']:,} sentences ({s['model']}): embedding "
+        lines += [f"Speed, {s['n']:,} x {s['n']:,} sentences ({s['model']}, {s.get('backend', 'torch')}): embedding "
                   f"{e['seconds']:.0f} s" + (f" ({e['sentences_per_s']:.0f} sentences/s)" if e["sentences_per_s"]
                                                else " (cached)") + "; search + scoring on the same embeddings:", "",
                   "| search | seconds | sentences/s | vs brute force | pairs shared with exact "
@@ -491,6 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--pairs", nargs="*", default=None, help="BUCC: Tatoeba pairs (default all 9)")
     ap.add_argument("--n", type=int, default=None, help="speed: sentences per side (100000); scale: vectors (2M)")
     ap.add_argument("--nprobe", type=int, default=None)
+    ap.add_argument("--backend", default="torch", help="speed: encoder backend (torch | onnx | onnx-int8)")
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--budget", type=int, default=8 << 30)
     ap.add_argument("--folder", type=Path, default=None)
@@ -509,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         res["bucc"] = run_bucc(data, args.model, args.noise, args.pairs)
         res["bucc_qa_noise_only"] = run_bucc(data, args.model, args.noise, args.pairs, tatoeba_noise=False)
     if args.part in ("all", "speed"):
-        res["speed"] = run_speed(data, args.model, args.n or 100_000, args.nprobe)
+        res["speed"] = run_speed(data, args.model, args.n or 100_000, args.nprobe, args.backend)
     if args.part in ("all", "scale"):
         res["scale"] = run_scale(args.n or 2_000_000, args.dim, args.nprobe or 1, args.budget)
     md = render(res)

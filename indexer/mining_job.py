@@ -333,10 +333,11 @@ def embedding_root(checksum: str, cache_dir: Path | None = None) -> Path:
     return (cache_dir or default_cache_dir()) / str(checksum)[:16]
 
 
-def embedding_name(path: Path, dedup: bool) -> str:
-    """Cache file name of a mining input's embeddings: the file's sha256 and what changes the rows."""
-    key = json.dumps({"file": file_sha256(path), "dedup": dedup, "kind": "passage", "reader": CACHE_VERSION},
-                     sort_keys=True)
+def embedding_name(path: Path, dedup: bool, backend: str = "torch") -> str:
+    """Cache file name of a mining input's embeddings: the file's sha256 and what changes the rows (the encoder
+    backend too: ONNX and int8 vectors differ slightly from torch ones)."""
+    key = json.dumps({"file": file_sha256(path), "dedup": dedup, "kind": "passage", "reader": CACHE_VERSION,
+                      **({"backend": backend} if backend != "torch" else {})}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:32] + ".f32"
 
 
@@ -379,9 +380,10 @@ def mine_files(
     emb_root = embedding_root(checksum, cache_dir) if checksum else work / "embeddings"
 
     t0 = time.perf_counter()
-    src_emb, src_cached = embed_to_file(encoder, src_u, emb_root / embedding_name(src_p, opts.dedup),
+    backend = str(getattr(encoder, "backend", "torch"))
+    src_emb, src_cached = embed_to_file(encoder, src_u, emb_root / embedding_name(src_p, opts.dedup, backend),
                                         batch_size=opts.batch_size, progress=progress, desc="embed src")
-    tgt_emb, tgt_cached = embed_to_file(encoder, tgt_u, emb_root / embedding_name(tgt_p, opts.dedup),
+    tgt_emb, tgt_cached = embed_to_file(encoder, tgt_u, emb_root / embedding_name(tgt_p, opts.dedup, backend),
                                         batch_size=opts.batch_size, progress=progress, desc="embed tgt")
     embed_s = time.perf_counter() - t0
     job_key = {"encoder": str(checksum or name), "src": str(src_emb.path.name), "tgt": str(tgt_emb.path.name)}

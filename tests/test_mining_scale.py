@@ -242,6 +242,10 @@ def test_mine_files_reuses_cached_embeddings_across_jobs(tmp_path: Path) -> None
     assert (enc.embedded, r2.embed_cached) == (500, (300, 200))
     assert r2.fwd_plan is not None and r2.fwd_plan.kind == "ivf-flat"
     assert len((tmp_path / "o2.tsv").read_text().splitlines()) == 301
+    onnx = CountingEncoder()
+    onnx.backend = "onnx-int8"  # type: ignore[attr-defined]  # same weights checksum, other vectors: own entry
+    mine_files(onnx, src, tgt, tmp_path / "o4.tsv", cache_dir=cache)
+    assert onnx.embedded == 500
     tgt.write_text("\n".join(f"t{i}" for i in range(201)) + "\n")  # changed file: new key
     mine_files(enc, src, tgt, tmp_path / "o3.tsv", cache_dir=cache)
     assert enc.embedded == 701
