@@ -9,6 +9,7 @@ never leaves a half-built index at ``out``.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import os
@@ -65,6 +66,7 @@ class BuildOptions:
     flat_max: int = FLAT_MAX_VECTORS  # auto: flat below this many vectors
     ivf_min_docs: int = IVF_MIN_VECTORS  # an IVF shard smaller than this falls back to flat
     target_recall: float = TARGET_RECALL  # approximate indexes: nprobe / efSearch tuned to this recall@10
+    resume: bool = True  # keep each chunk's embeddings until the build succeeds, so a rerun skips them
 
     def __post_init__(self) -> None:
         if self.shard_size < 1:
@@ -77,6 +79,44 @@ class BuildOptions:
             raise XlirError("the target recall must be in (0, 1]")
         if self.centering not in (*MODES, AUTO):
             raise XlirError(f"unknown centering {self.centering!r}; choose from {', '.join((*MODES, AUTO))}")
+
+
+class _ChunkCache:
+    """Embeddings of finished chunks, kept beside the build (``.<out>.resume/``) until it succeeds.
+
+    A killed build run again over the same corpus reads the same chunks in the same order: each one whose texts
+    (and encoder) match a saved entry is loaded instead of embedded, so the expensive stage resumes where it
+    stopped; reading, BM25 and FAISS are redone (they are a small share of the time).
+    """
+
+    def __init__(self, folder: Path | None, encoder: Encoder) -> None:
+        self.folder = folder
+        self.tag = f"{encoder.checksum}/{getattr(encoder, 'backend', 'torch')}/{encoder.dim}"
+        self.reused = 0
+
+    def embed(self, encoder: Encoder, texts: Sequence[str], batch_size: int) -> np.ndarray:
+        if self.folder is None:
+            return encoder.encode_passages(texts, batch_size=batch_size)
+        h = hashlib.sha256(self.tag.encode())
+        for t in texts:
+            data = t.encode("utf-8", "surrogatepass")
+            h.update(len(data).to_bytes(8, "little"))
+            h.update(data)
+        path = self.folder / f"{h.hexdigest()[:32]}.npy"
+        if path.is_file():
+            try:
+                vecs = np.load(path)
+                if vecs.shape == (len(texts), encoder.dim):
+                    self.reused += len(texts)
+                    return vecs
+            except (OSError, ValueError):
+                pass
+        vecs = encoder.encode_passages(texts, batch_size=batch_size)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".tmp.npy")
+        np.save(tmp, np.ascontiguousarray(vecs, dtype=np.float32))
+        os.replace(tmp, path)
+        return vecs
 
 
 @dataclass
@@ -187,8 +227,9 @@ def build_index(
     documents: Iterable[Document] | None = None,
 ) -> Manifest:
     """Index the corpus files at ``paths`` (or the ``documents`` given instead) into ``out``; returns the written
-    manifest. Temporary directories left by killed builds of the same ``out`` are removed first (a build does
-    not resume: it starts again)."""
+    manifest. Temporary directories left by killed builds of the same ``out`` are removed first; the embeddings
+    of the chunks a killed build finished are kept in ``.<out>.resume/`` and reused by the next run over the same
+    corpus (``options.resume``), which skips the expensive stage for them."""
     from indexer.text import ANALYZER_NAME, tokenize
 
     opts = options or BuildOptions()
@@ -201,6 +242,8 @@ def build_index(
         if stale == tmp or not _pid_alive(stale.name.rsplit("-", 1)[-1]):
             shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir()
+    resume_dir = out.parent / f".{out.name}.resume"
+    chunk_cache = _ChunkCache(resume_dir if opts.resume and documents is None else None, encoder)
     detector = detector or LanguageDetector()
     timer = _Timer()
     t_start = time.perf_counter()
@@ -243,7 +286,7 @@ def build_index(
                     langs.append(detector.detect(text))
                     detected += 1
             t0 = timer.add("langid", t0)
-            vecs = encoder.encode_passages(texts, batch_size=opts.batch_size)
+            vecs = chunk_cache.embed(encoder, texts, opts.batch_size)
             t0 = timer.add("embed", t0)
             for text in texts:
                 bm25.add(tokenize(text))
@@ -319,13 +362,18 @@ def build_index(
                 "stage_seconds": {k: round(v, 3) for k, v in timer.seconds.items()},
                 "languages_detected": detected,
                 "skipped_empty": skipped_empty,
+                "resumed_docs": chunk_cache.reused,
             },
         )
         manifest.write(tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
+        shutil.rmtree(resume_dir, ignore_errors=True)
         return manifest
+    except XlirError:  # bad input or options: rerunning as is cannot succeed, nothing worth keeping
+        shutil.rmtree(resume_dir, ignore_errors=True)
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -183,6 +183,9 @@ def index_cmd(
         m, _ = rebuild(corpus, out, enc, opts)
     else:
         m = build_index(corpus, out, enc, opts)
+    if m.build.get("resumed_docs"):
+        typer.echo(f"resumed: embeddings of {m.build['resumed_docs']} documents came from the interrupted build",
+                   err=True)
     typer.echo(f"indexed {m.doc_count} documents in {len(m.shards)} shard(s), "
                f"{len(m.languages)} languages ({', '.join(f'{k}:{v}' for k, v in m.languages.items())}) "
                f"-> {out} [{m.build['seconds']}s, {m.build['docs_per_second']} docs/s; "
