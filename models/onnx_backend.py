@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -329,11 +330,13 @@ def export_fp32(transformer_dir: Path, out: Path) -> dict[str, Any]:
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], dtype=torch.long)
     raw = out.with_name("raw.onnx")
     axes = {0: "batch", 1: "sequence"}
+    # the TorchScript exporter (dynamic axes, no onnxscript needed); torch >= 2.9 defaults to the dynamo one
+    legacy: dict[str, Any] = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     with _quiet_export(), torch.no_grad():
         torch.onnx.export(
             LastHidden(model), (ids, mask), str(raw), input_names=["input_ids", "attention_mask"],
-            output_names=["last_hidden_state"], opset_version=OPSET, do_constant_folding=True, dynamo=False,
-            dynamic_axes={"input_ids": axes, "attention_mask": axes, "last_hidden_state": axes},
+            output_names=["last_hidden_state"], opset_version=OPSET, do_constant_folding=True,
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, "last_hidden_state": axes}, **legacy,
         )
     del model
     fused: dict[str, int] = {}
