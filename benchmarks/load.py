@@ -153,11 +153,12 @@ def upsert_texts() -> list[tuple[str, str, str]]:
 # --------------------------------------------------------------------------------------------------
 
 
-def rss_bytes(pid: int) -> int | None:
-    """Resident memory of process ``pid`` (``VmRSS``), or None if it cannot be read."""
+def rss_bytes(pid: int, field: str = "VmRSS") -> int | None:
+    """Resident memory of process ``pid`` (``VmRSS``; ``RssAnon``: heap and other anonymous memory, without the
+    pages of memory-mapped index files), or None if it cannot be read."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         return None
@@ -278,6 +279,7 @@ class LevelRun:
     seconds: float  # from the end of the warm-up to the last answer
     acked: dict[str, str]  # acknowledged writes: id -> text
     rss_at_start: int | None = None  # the server's RSS when the warm-up ended
+    anon_at_start: int | None = None  # and its anonymous part (RssAnon)
 
 
 async def run_level(base: str, concurrency: int, duration: float, warmup: float, plan: Plan, seed: int = 0,
@@ -330,15 +332,15 @@ async def run_level(base: str, concurrency: int, duration: float, warmup: float,
             if t0 >= t_measure:
                 samples.append(Sample(op, cls, (t1 - t0) * 1000.0, code))
 
-    rss: list[int | None] = []
+    rss: list[tuple[int | None, int | None]] = []
 
     async def mark() -> None:
         await asyncio.sleep(max(0.0, t_measure - time.perf_counter()))
-        rss.append(rss_bytes(pid) if pid is not None else None)
+        rss.append((rss_bytes(pid), rss_bytes(pid, "RssAnon")) if pid is not None else (None, None))
 
     async with httpx.AsyncClient(base_url=base, timeout=plan.timeout, limits=limits, headers=headers) as client:
         await asyncio.gather(mark(), *(client_loop(client, w) for w in range(concurrency)))
-    return LevelRun(samples, max(time.perf_counter() - t_measure, 1e-9), acked, rss[0] if rss else None)
+    return LevelRun(samples, max(time.perf_counter() - t_measure, 1e-9), acked, *(rss[0] if rss else (None, None)))
 
 
 def summarize(samples: Sequence[Sample], seconds: float) -> dict[str, Any]:
@@ -405,8 +407,10 @@ def run_levels(server: Server, levels: Sequence[int], duration: float, warmup: f
     acknowledged writes, id -> text)."""
     res: dict[str, Any] = {"levels": [], "env": server.env}
     rss: dict[str, int | None] = {}
+    anon: dict[str, int | None] = {}
     if server.pid is not None:
         rss["ready"] = rss_bytes(server.pid)
+        anon["ready"] = rss_bytes(server.pid, "RssAnon")
     acked_all: dict[str, str] = {}
     for i, c in enumerate(levels):
         before = batch_counters(server.base)
@@ -416,7 +420,7 @@ def run_levels(server: Server, levels: Sequence[int], duration: float, warmup: f
         after = batch_counters(server.base)
         acked_all.update(lr.acked)
         if i == 0:
-            rss["after_warmup"] = lr.rss_at_start
+            rss["after_warmup"], anon["after_warmup"] = lr.rss_at_start, lr.anon_at_start
         level = {"concurrency": c, **summarize(lr.samples, lr.seconds)}
         level["client_cpu_seconds"] = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
         if before is not None and after is not None and after[1] > before[1]:
@@ -430,11 +434,13 @@ def run_levels(server: Server, levels: Sequence[int], duration: float, warmup: f
         res["writes"] = asyncio.run(verify_writes(server.base, acked_all, plan.api_key))
     if server.pid is not None:
         rss["end"] = rss_bytes(server.pid)
-        base_rss = rss.get("after_warmup") or rss.get("ready")
-        if base_rss and rss["end"]:
-            rss_growth = (rss["end"] - base_rss) / base_rss
-            res["rss_growth"] = rss_growth
+        anon["end"] = rss_bytes(server.pid, "RssAnon")
+        for key, d in (("rss_growth", rss), ("anon_growth", anon)):
+            start = d.get("after_warmup") or d.get("ready")
+            if start and d["end"]:
+                res[key] = (d["end"] - start) / start
         res["rss_bytes"] = rss
+        res["anon_bytes"] = anon
     return res
 
 
@@ -500,16 +506,31 @@ def run_summary(run: Mapping[str, Any]) -> list[str]:
     if w:
         out.append(f"Writes: {w['acknowledged']} acknowledged, {w['found']} found afterwards with their text, "
                    f"{w['lost']} lost" + (f", {len(w['read_errors'])} read errors" if w["read_errors"] else "") + ".")
-    rss = run.get("rss_bytes")
-    if rss:
-        growth = run.get("rss_growth")
-        out.append(f"Server RSS: {_mib(rss.get('ready'))} when ready, {_mib(rss.get('after_warmup'))} after the "
-                   f"first warm-up, {_mib(rss.get('end'))} at the end"
-                   + (f" (growth {100 * growth:+.1f}% since the warm-up)." if growth is not None else "."))
+    for key, what in (("rss_bytes", "Server RSS"), ("anon_bytes", "of which anonymous (RssAnon: heap, not the "
+                                                           "pages of memory-mapped index files)")):
+        d = run.get(key)
+        if d:
+            growth = run.get("rss_growth" if key == "rss_bytes" else "anon_growth")
+            out.append(f"{what}: {_mib(d.get('ready'))} when ready, {_mib(d.get('after_warmup'))} after the first "
+                       f"warm-up, {_mib(d.get('end'))} at the end"
+                       + (f" (growth {100 * growth:+.1f}% since the warm-up)." if growth is not None else "."))
     total5 = sum(lv["status"]["5xx"] for lv in run["levels"])
     terr = sum(lv["status"]["error"] for lv in run["levels"])
     out.append(f"5xx: {total5}; transport errors/timeouts: {terr}.")
     return out
+
+
+def _shard_params(shards: Sequence[Mapping[str, Any] | None]) -> str:
+    out = []
+    for p in shards:
+        if not p:
+            continue
+        tuning = p.get("tuning") or {}
+        bits = [f"{k} {p[k]}" for k in ("nlist", "nprobe", "efSearch") if k in p]
+        if "recall_at_10" in tuning:
+            bits.append(f"tuned to recall@10 {tuning['recall_at_10']}")
+        out.append(", ".join(bits) or str(p.get("type")))
+    return "; ".join(out)
 
 
 def markdown(res: Mapping[str, Any]) -> str:
@@ -526,7 +547,7 @@ def markdown(res: Mapping[str, Any]) -> str:
     if syn:
         head[-1:-1] = [f"**Synthetic index** (benchmarks/big_index.py): real multilingual passage texts for BM25, "
                        f"stand-in vectors (e5-like statistics, not embeddings of the texts) under a FAISS "
-                       f"`{syn['index_type']}` index ({syn['shards']}); queries are encoded by the real "
+                       f"`{syn['index_type']}` index ({_shard_params(syn['shards'])}); queries are encoded by the real "
                        "model, so latency includes real query encoding, dense search and BM25 at this size."]
     body: list[str] = []
     if "unbatched" in res:
