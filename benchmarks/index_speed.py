@@ -159,7 +159,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"Machine: {r['machine']}. Commit {r['commit']}. Load average at start {r['loadavg_start'][0]:.1f}, at end "
         f"{r['loadavg_end'][0]:.1f} (above 2 = other jobs shared the 2 cores). Index kind: "
         f"{r['zero_cost']['index_type']}, batch size {r['batch_size']}. `python -m benchmarks.index_speed --n "
-        f"{r['n']}`.",
+        f"{r['n']}" + (f" --backend {r['backend']}" if r.get("backend") else "") + "`.",
         "",
     ]
     if "encoder" in r:
