@@ -67,6 +67,8 @@ def create_app(
                 await state.documents.close()
             if state.service is not None:
                 await state.service.batcher.close()
+                if state.service.dense_batcher is not None:
+                    state.service.dense_batcher.close()
             if state.live is not None:
                 state.live.close()
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app import fusion
-from app.batching import QueryBatcher
+from app.batching import QueryBatcher, VectorBatcher
 from app.schemas import (
     Centering,
     CenteringInfo,
@@ -169,8 +169,10 @@ class SearchService:
         limits: Limits = Limits(),
         detector: LanguageDetector | None = None,
         centroid_table: Centroids | None = None,
+        dense_batcher: VectorBatcher | None = None,
     ) -> None:
         self.index = index
+        self.dense_batcher = dense_batcher
         self.encoder = encoder
         self.batcher = batcher
         self.tokenize = tokenizer
@@ -221,6 +223,11 @@ class SearchService:
                 # language ID takes well under a millisecond: no need to leave the event loop for it
                 lang, source = self.query_language(req.query, req.lang) if mode != "off" or req.lang else (None, None)
                 centred, info = center_query(index, self.table, qvec, mode, lang, source)
+                if self.dense_batcher is not None and mask is None:  # one FAISS call for the concurrent queries
+                    def run(queries: np.ndarray) -> list[fusion.Run]:
+                        hits = index.dense(np.ascontiguousarray(queries, dtype=np.float32), depth, None, mode)
+                        return [fusion.Run(h.rows, h.scores) for h in hits]
+                    return await self.dense_batcher.search((id(index), depth, mode), centred, run)
                 return await asyncio.to_thread(dense_run, index, centred, depth, mask, mode)
             jobs["dense"] = asyncio.ensure_future(dense())
         try:

@@ -45,7 +45,9 @@ class Settings(BaseSettings):
         DEFAULT_TOKEN_BUDGET, ge=1, description="token budget of one query encoder call: rows x the longest "
         "query's tokens; a larger gathered batch is split into several calls")
     batching: bool = Field(True, description="false = no batching: one encoder call per query (max batch 1, no "
-                           "wait), the baseline of `xlir bench load --compare-batching`")
+                           "wait) and one FAISS search per query, the baseline of `xlir bench load "
+                           "--compare-batching`; true also searches the queries that wait for the same index, k and "
+                           "centring together (up to XLIR_BATCH_MAX_SIZE)")
     queue_max: int = Field(1024, ge=1)
     warmup: bool = Field(True, description="encode a few queries at start-up so first requests are not slow")
     verify: Literal["full", "size", "off"] = Field(

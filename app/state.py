@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from app.batching import QueryBatcher
+from app.batching import QueryBatcher, VectorBatcher
 from app.mining import MiningService
 from app.service import DocumentService, Limits, SearchService
 from app.settings import Settings
@@ -89,7 +89,9 @@ def load_state(
                     max_rerank_depth=settings.max_rerank_depth,
                     fusion_depth=settings.fusion_depth, snippet_chars=settings.snippet_chars,
                     embed_max_texts=settings.embed_max_texts)
-    service = SearchService(live.snapshot, encoder, batcher, tokenize, reranker, limits, centroid_table=table)
+    dense_batcher = VectorBatcher(max_batch=settings.batch_max_size) if settings.batching else None
+    service = SearchService(live.snapshot, encoder, batcher, tokenize, reranker, limits, centroid_table=table,
+                            dense_batcher=dense_batcher)
     live.on_publish = lambda snapshot: setattr(service, "index", snapshot)  # each write or reload swaps it
     state.service = service
     state.live = live

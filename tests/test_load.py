@@ -246,6 +246,94 @@ def test_batching_setting_makes_the_server_encode_one_query_per_call(fake_index:
                 assert max(len(c) for c in enc.query_calls) > 1
 
 
+# ------------------------------------------------------------------------------- batched dense search
+
+
+class SlowSearch:
+    """A search function over stacked query rows: each row's result is its first value; records each call."""
+
+    def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
+        self.calls: list[int] = []
+        self.delay, self.fail = delay, fail
+
+    def __call__(self, rows: np.ndarray) -> list[float]:
+        self.calls.append(len(rows))
+        time.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("search failed")
+        return [float(r[0]) for r in rows]
+
+
+def test_vector_batcher_runs_a_lone_search_at_once_and_groups_those_that_queue() -> None:
+    from app.batching import VectorBatcher
+
+    search = SlowSearch(delay=0.2)
+
+    async def main() -> tuple[list[float], float, float]:
+        vb = VectorBatcher(max_batch=4)
+        t0 = time.perf_counter()
+        alone = await vb.search("k", np.array([7.0]), search)
+        t_alone = time.perf_counter() - t0
+        first = asyncio.ensure_future(vb.search("k", np.array([0.0]), search))
+        await asyncio.sleep(0.05)  # the first search is running: these queue behind it
+        rest = [asyncio.ensure_future(vb.search("k", np.array([float(i)]), search)) for i in range(1, 7)]
+        other_key = asyncio.ensure_future(vb.search("other", np.array([99.0]), search))
+        res = await asyncio.gather(first, *rest, other_key)
+        vb.close()
+        return [alone, *res], t_alone, 0.0
+
+    res, t_alone, _ = run(main())
+    assert res == [7.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 99.0]  # each caller gets its own row's result
+    assert t_alone < 0.5  # no timer: a lone search does not wait for company
+    assert search.calls[:2] == [1, 1]  # the lone one, then the first of the burst
+    assert sorted(search.calls[2:]) == [1, 2, 4]  # six queued: groups of at most 4 per key; the other key alone
+
+
+def test_vector_batcher_failure_reaches_the_group_and_the_worker_survives() -> None:
+    from app.batching import VectorBatcher
+
+    bad = SlowSearch(delay=0.1, fail=True)
+    good = SlowSearch()
+
+    async def main() -> tuple[list[object], float]:
+        vb = VectorBatcher()
+        blocker = asyncio.ensure_future(vb.search("k", np.array([0.0]), good))
+        res = await asyncio.gather(*(vb.search("b", np.array([1.0]), bad) for _ in range(3)), return_exceptions=True)
+        await blocker
+        after = await vb.search("k", np.array([5.0]), good)
+        vb.close()
+        return res, after
+
+    res, after = run(main())
+    assert all(isinstance(r, RuntimeError) for r in res) and after == 5.0
+
+
+def test_batched_and_unbatched_servers_rank_alike(fake_index: Path) -> None:
+    import concurrent.futures as cf
+
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    answers = {}
+    for batching in (True, False):
+        settings = Settings(index=fake_index, warmup=False, reload_interval=0, batching=batching)
+        with TestClient(create_app(settings, encoder=SlowFakeEncoder(query_delay=0.02))) as client:
+            def ask(q: str, c: TestClient = client) -> list[tuple[str, float]]:
+                r = c.post("/search", json={"query": q, "mode": "hybrid", "k": 20})
+                assert r.status_code == 200, r.text
+                return [(h["id"], round(h["score"], 5)) for h in r.json()["results"]]
+
+            with cf.ThreadPoolExecutor(8) as pool:
+                answers[batching] = list(pool.map(ask, QUERIES))
+            dense = client.app_state["xlir"].service.dense_batcher
+            assert (dense is not None) == batching
+            if batching:
+                assert dense.stats.texts == len(QUERIES) and dense.stats.batches <= len(QUERIES)
+    assert answers[True] == answers[False]
+
+
 def run(coro):  # noqa: ANN001, ANN201
     return asyncio.run(coro)
 
