@@ -142,7 +142,7 @@ def test_mixed_load_has_no_5xx_no_lost_writes_and_stable_memory(fake_index: Path
 
 def test_overload_answers_429_at_once_instead_of_timing_out(fake_index: Path) -> None:
     env = {"XLIR_QUEUE_MAX": "2", "XLIR_BATCH_MAX_SIZE": "1", "XLIR_BATCH_MAX_WAIT_MS": "0"}
-    with fake_server(fake_index, env, query_delay=0.25) as server:
+    with fake_server(fake_index, env, query_delay=0.5) as server:
 
         async def burst() -> list[tuple[int, float]]:
             limits = httpx.Limits(max_connections=64)
@@ -162,7 +162,8 @@ def test_overload_answers_429_at_once_instead_of_timing_out(fake_index: Path) ->
         assert codes.count(200) >= 3
         slowest_429 = max(t for c, t in results if c == 429)
         slowest_200 = max(t for c, t in results if c == 200)
-        assert slowest_429 < 0.5 < slowest_200  # refused at once, not after waiting for the encoder
+        # refused at once, not after waiting for the encoder: the admitted ones wait for up to three 0.5 s calls
+        assert slowest_429 < 1.0 < slowest_200 and slowest_429 < slowest_200
         metrics = httpx.get(f"{server.base}/metrics").text
         assert f"xlir_overloaded_total {float(codes.count(429))}" in metrics
         assert rss_bytes(server.pid or 0)
