@@ -25,10 +25,12 @@ product's defaults: ``flat`` (exact: the baseline, and the ground truth of recal
 efConstruction=200) would take about half an hour to build 1M vectors on 2 cores, so it runs here with
 ``--hnsw-m`` / ``--hnsw-ef-construction`` (default 16 / 40, FAISS's own defaults, its cheapest usual setting).
 Each approximate index is then tuned exactly as ``xlir index`` does (:func:`indexer.planning.tune_index`: the
-smallest ``nprobe`` / ``efSearch`` reaching recall@10 >= 0.95 on 256 leave-one-out vectors of the index), and
+smallest ``nprobe`` / ``efSearch`` reaching recall@10 >= 0.95 on 256 leave-one-out vectors of the index; for HNSW,
+the last 256 vectors, added to the graph after tuning), and
 measured at that setting:
 
-- build: wall time of training + adding (+ the tuning, reported apart); memory: the serialized index size (what is
+- build: wall time of training + adding (the tuning, done inside the build as in ``xlir index``, is reported
+  apart); memory: the serialized index size (what is
   loaded) and the process RSS growth while building (approximate: it includes allocator slack);
 - queries/s: one query per ``search`` call (``--single-queries`` queries; ``--flat-queries`` for flat, which scans
   everything) and in batches of ``--batch`` (32) over all ``--queries`` queries; FAISS's default threads (2 here);
@@ -65,7 +67,6 @@ from indexer.planning import (
     ivf_nlist,
     plan_index,
     recall_at_k,
-    tune_index,
 )
 
 KINDS = ("flat", "ivfflat", "ivfsq8", "ivfpq", "hnsw")
@@ -149,13 +150,12 @@ def measure_kind(kind: str, x: np.ndarray, queries: np.ndarray, exact: np.ndarra
     gc.collect()
     rss0 = rss_bytes()
     t0 = time.perf_counter()
-    index, params = build_faiss_index(kind, x, options={"min_docs": 0, **(options or {})})
-    build_s = time.perf_counter() - t0
+    index, params = build_faiss_index(kind, x, options={"min_docs": 0, **(options or {})}, tune=tune)
+    total_s = time.perf_counter() - t0
     rss_delta = rss_bytes() - rss0
-    t0 = time.perf_counter()
-    tuned = tune_index(index, x, options=tune) if kind != "flat" else {}
-    tune_s = time.perf_counter() - t0
-    params.update({key: v for key, v in tuned.items() if key != "tuning"})
+    tuning = params.pop("tuning", None)
+    tune_s = tuning["seconds"] + tuning["exact_seconds"] if tuning else 0.0
+    build_s = total_s - tune_s
     ids, qps_b = search_batched(index, queries, k, batch)
     res: dict[str, Any] = {
         "kind": kind, "params": params, "build_seconds": build_s, "tune_seconds": tune_s,
@@ -164,7 +164,7 @@ def measure_kind(kind: str, x: np.ndarray, queries: np.ndarray, exact: np.ndarra
         "rss_delta_bytes": rss_delta, "qps_batched": qps_b, "qps_single": qps_single(index, queries[:single], k),
         "single_queries": min(single, len(queries)),
         "recall_at_10": recall_at_k(ids, exact) if exact is not None else 1.0,
-        "tuning": tuned.get("tuning"),
+        "tuning": tuning,
     }
     del index
     gc.collect()
@@ -331,7 +331,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"{r['n']:,} x {r['dim']} synthetic vectors shaped like e5-small passage embeddings "
         f"(benchmarks/speed_faiss.py, seed {r['seed']}), {r['queries']} fresh queries from the same model, top "
         f"{r['k']}; approximate indexes tuned at build time to recall@10 >= {r['tune_options']['target_recall']} on "
-        f"{r['tune_options']['sample']} leave-one-out vectors of the index (what `xlir index` does), then measured "
+        f"{r['tune_options']['sample']} held-out vectors of the index (leave-one-out; HNSW: the last ones, added "
+        f"after tuning; what `xlir index` does), then measured "
         f"on the fresh queries. Ratios are against flat (build: flat / kind, so > 1 means faster to build; memory: "
         f"kind / flat; QPS: kind / flat).",
         "",

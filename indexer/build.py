@@ -38,7 +38,7 @@ from indexer.manifest import (
     VectorSetInfo,
     library_versions,
 )
-from indexer.planning import FLAT_MAX_VECTORS, IVF_MIN_VECTORS, TARGET_RECALL, TuneOptions, plan_index, tune_index
+from indexer.planning import FLAT_MAX_VECTORS, IVF_MIN_VECTORS, TARGET_RECALL, TuneOptions, plan_index
 from indexer.readers import Document, read_corpus
 from models.encoders import Encoder
 from models.registry import file_sha256
@@ -187,9 +187,7 @@ def index_shard(root: Path, info: ShardInfo, dim: int, index_type: str, mode: st
     def transform(block: np.ndarray, idx: np.ndarray) -> np.ndarray:
         return block if mode == "off" else center_by_lang(block, rows[idx], shifts)
 
-    index, params = build_faiss_index(index_type, raw, transform=transform, options=options)
-    if tune is not None:
-        params.update(tune_index(index, raw, transform=transform, options=tune))
+    index, params = build_faiss_index(index_type, raw, transform=transform, options=options, tune=tune)
     faiss.write_index(index, str(sdir / f"{VECTOR_SET}.faiss"))
     info.index[VECTOR_SET] = {**params, "centering": mode}
     del raw

@@ -16,7 +16,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from indexer.planning import IVF_MIN_VECTORS, ivf_nlist, pq_sizes
+from indexer.planning import IVF_MIN_VECTORS, TuneOptions, ivf_nlist, pq_sizes, tune_index
 
 INDEX_TYPES = ("flat", "hnsw", "ivfflat", "ivfsq8", "ivfpq")
 IVF_TYPES = ("ivfflat", "ivfsq8", "ivfpq")
@@ -34,7 +34,7 @@ Transform = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 def build_faiss_index(
     kind: str, vectors: np.ndarray, chunk: int = 65_536, transform: Transform | None = None,
-    options: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None, tune: TuneOptions | None = None,
 ) -> tuple[faiss.Index, dict[str, Any]]:
     """An inner-product FAISS index over ``vectors`` (n x d float32) and the parameters it was built with.
 
@@ -44,6 +44,8 @@ def build_faiss_index(
     quantizer), ``ivfpq`` (product quantizer, ``m`` bytes per vector). ``options`` may set ``nlist``, ``nprobe``,
     ``m`` (PQ), ``M`` / ``efConstruction`` / ``efSearch`` (HNSW) and ``min_docs``: an IVF shard with fewer vectors
     than that (default 10,000) falls back to flat (recorded in the returned parameters).
+    With ``tune``, an approximate index gets ``nprobe`` / ``efSearch`` tuned to the recall target
+    (:func:`indexer.planning.tune_index`; an HNSW graph is tuned before its last ``tune.sample`` rows are added).
     """
 
     def rows_of(idx: np.ndarray) -> np.ndarray:
@@ -88,8 +90,16 @@ def build_faiss_index(
         nprobe = min(nlist, int(opts.get("nprobe", IVF_NPROBE)))
         index.nprobe = nprobe
         params.update(nlist=nlist, nprobe=nprobe)
-    for start in range(0, n, chunk):
-        index.add(rows_of(np.arange(start, min(n, start + chunk))))
+    held_out = min(tune.sample, n // 2) if tune is not None and kind == "hnsw" else 0
+
+    def add(lo: int, hi: int) -> None:
+        for start in range(lo, hi, chunk):
+            index.add(rows_of(np.arange(start, min(hi, start + chunk))))
+
+    add(0, n - held_out)
+    if tune is not None:
+        params.update(tune_index(index, vectors, transform=transform, options=tune, held_out=held_out))
+    add(n - held_out, n)
     return index, params
 
 

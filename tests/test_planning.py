@@ -159,11 +159,13 @@ def test_recall_at_k() -> None:
 def test_tuning_reaches_the_target_on_clustered_data_and_holds_on_fresh_queries(kind: str) -> None:
     both = clustered(30_500, 32, 200, seed=4, spread=1.5)
     x, fresh = both[:30_000], both[30_000:]  # fresh: other points of the same mixture
-    index, _ = build_faiss_index(kind, x, options={"M": 16, "efConstruction": 40})
-    out = tune_index(index, x, options=TuneOptions(target_recall=0.95, sample=200))
+    index, out = build_faiss_index(kind, x, options={"M": 16, "efConstruction": 40},
+                                   tune=TuneOptions(target_recall=0.95, sample=200))
+    assert index.ntotal == len(x)
     name = "efSearch" if kind == "hnsw" else "nprobe"
     t = out["tuning"]
     assert t["reached"] and t["recall_at_10"] >= 0.95 and t["param"] == name
+    assert t["sample"] == ("last rows, added after tuning" if kind == "hnsw" else "leave-one-out")
     inner = faiss.downcast_index(index)
     assert (inner.hnsw.efSearch if kind == "hnsw" else inner.nprobe) == out[name]
     # minimal to within 1/8: a smaller measured value missed the target (unless the smallest was enough)
@@ -196,8 +198,16 @@ def test_unreachable_target_keeps_the_best_value() -> None:
 
 def test_exact_indexes_are_not_tuned() -> None:
     x = clustered(100, 8, 3, seed=6)
-    index, _ = build_faiss_index("flat", x)
-    assert tune_index(index, x) == {}
+    index, params = build_faiss_index("flat", x, tune=TuneOptions())
+    assert tune_index(index, x) == {} and params == {"type": "flat"}
+
+
+def test_hnsw_is_tuned_on_rows_it_does_not_hold_yet_and_ids_stay_rows() -> None:
+    x = clustered(3000, 16, 20, seed=10, spread=1.5)
+    index, params = build_faiss_index("hnsw", x, options={"M": 8, "efConstruction": 40}, tune=TuneOptions(sample=100))
+    assert params["tuning"]["queries"] == 100 and index.ntotal == 3000
+    _, ids = index.search(x[2950:], 1)  # the held-out rows were added last, under their own row numbers
+    assert float(np.mean(ids[:, 0] == np.arange(2950, 3000))) >= 0.95
 
 
 def test_small_ivf_shard_falls_back_to_flat_with_a_reason() -> None:
