@@ -17,15 +17,16 @@ vectors stay on disk, memory-mapped). A budget of ``None`` means no limit.
 
 **Tuning** (:func:`tune_index`): ``nprobe`` (IVF) or ``efSearch`` (HNSW) is raised until recall@10 against exact
 search reaches ``target_recall`` (default 0.95) on a held-out sample: ``sample`` (256) vectors of the shard itself,
-each with its own row excluded from both the exact and the approximate top 10 (leave-one-out), so each behaves like
-a new point of the same distribution rather than an exact copy; optionally moved off its point by isotropic Gaussian
+each with its own row excluded from both the exact and the approximate top 10 (leave-one-out), so each behaves like a
+new point of the same distribution rather than an exact copy; optionally moved off its point by isotropic Gaussian
 noise of norm ``noise`` (default 0). Measured (``benchmarks/speed_faiss.py --calibrate``): on 25,582 real e5-small
-passage embeddings the sample's IVF-Flat recall@10 curve follows that of 8,330 real e5-small *query* embeddings
-(0.752 vs 0.762 at nprobe 8, 0.966 vs 0.960 at nprobe 64), and on synthetic e5-like vectors the recall the tuning
-measures is within 0.007 of that of fresh queries (1M vectors: IVF-Flat 0.955 vs 0.959); noise made no difference on real embeddings and made the
-estimate optimistic for SQ8 on tight clusters, hence 0. The search doubles the value until the target is reached,
-then bisects between the last failing and the first passing value (to within 1/8). The chosen value, the measured
-recall and the sweep are returned for the manifest; the store applies the value when it loads the index.
+passage embeddings the sample's IVF-Flat recall@10 curve follows that of 8,330 real e5-small *query* embeddings (0.752
+vs 0.762 at nprobe 8, 0.966 vs 0.960 at nprobe 64), and on synthetic e5-like vectors the recall the tuning measures is
+within 0.007 of that of fresh queries (1M vectors: IVF-Flat 0.955 vs 0.959); noise made no difference on real
+embeddings and made the estimate optimistic for SQ8 on tight clusters, hence 0. The search doubles the value until the
+target is reached, then bisects between the last failing and the first passing value (to within 1/8). The chosen
+value, the measured recall and the sweep are returned for the manifest; the store applies the value when it loads the
+index.
 
 HNSW is the exception: a sampled point that is still in the graph leads the search straight to its own neighbours
 (measured at 200k: leave-one-out chose efSearch 64 for M=32 where fresh queries got recall 0.80). So an HNSW shard
