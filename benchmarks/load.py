@@ -573,6 +573,8 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument("--index", type=Path, help="start `xlir serve` on this index (loopback, free port)")
     where.add_argument("--synthetic", type=int, metavar="N", help="like --index, on the cached synthetic index of N "
                        "passages (benchmarks/big_index.py: real texts, stand-in vectors; built first if missing)")
+    ap.add_argument("--synthetic-kind", default="auto", help="with --synthetic: the FAISS kind of that index "
+                    "(auto: the product's plan; flat: exact)")
     ap.add_argument("--pid", type=int, default=None, help="with --target: the server's process id, for its RSS")
     ap.add_argument("--concurrency", default="1,8,32", help="levels, e.g. 1,8,32")
     ap.add_argument("--duration", type=float, default=30.0, help="counted seconds per level")
@@ -618,7 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.synthetic is not None:
         from benchmarks import big_index
 
-        args.index = big_index.cached(args.synthetic)
+        args.index = big_index.cached(args.synthetic, index_type=args.synthetic_kind)
         print(f"synthetic index of {args.synthetic:,} passages: {args.index}", flush=True)
     if args.compare_batching and args.index is None:
         print("error: --compare-batching starts its own servers: give --index, not --target", file=sys.stderr)
