@@ -19,8 +19,10 @@ seeded generator per client. Searches use real questions: the XQuAD-R questions 
 ``query``/``text``/``question`` field, or plain lines), each client walking the list from its own offset. Latency is
 client side, from send to full response. Reported per level: requests, QPS (answered requests per second, and
 searches per second), p50/p95/p99 per operation, answers by class (2xx, 4xx other than 429, 429, 5xx, and
-transport errors/timeouts), the server's mean query batch size over the level (from ``/metrics``), and the client's
-own CPU time (it shares the machine with the server).
+transport errors/timeouts), the server's mean query batch size over the level (from ``/metrics``), the client's
+own CPU time (it shares the machine with the server), and, when the server's process id is known, the server's CPU
+time per request and the requests per second the machine's cores would allow at that cost (a load-independent
+estimate of capacity, useful when other jobs share the machine; contention inflates CPU time somewhat too).
 
 **Writes.** Each upsert is one document with a unique id (``load-RUN-C-W-N``) and text (a passage of the sample
 corpus plus a unique marker word). After the last level every acknowledged id (HTTP 200) is read back with
@@ -165,6 +167,15 @@ def rss_bytes(pid: int, field: str = "VmRSS") -> int | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` (all its threads), or None if it cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def free_port() -> int:
     import socket
 
@@ -280,6 +291,7 @@ class LevelRun:
     acked: dict[str, str]  # acknowledged writes: id -> text
     rss_at_start: int | None = None  # the server's RSS when the warm-up ended
     anon_at_start: int | None = None  # and its anonymous part (RssAnon)
+    server_cpu: float | None = None  # CPU seconds the server used during the counted period
 
 
 async def run_level(base: str, concurrency: int, duration: float, warmup: float, plan: Plan, seed: int = 0,
@@ -333,14 +345,19 @@ async def run_level(base: str, concurrency: int, duration: float, warmup: float,
                 samples.append(Sample(op, cls, (t1 - t0) * 1000.0, code))
 
     rss: list[tuple[int | None, int | None]] = []
+    cpu: list[float | None] = []
 
     async def mark() -> None:
         await asyncio.sleep(max(0.0, t_measure - time.perf_counter()))
         rss.append((rss_bytes(pid), rss_bytes(pid, "RssAnon")) if pid is not None else (None, None))
+        cpu.append(cpu_seconds(pid) if pid is not None else None)
 
     async with httpx.AsyncClient(base_url=base, timeout=plan.timeout, limits=limits, headers=headers) as client:
         await asyncio.gather(mark(), *(client_loop(client, w) for w in range(concurrency)))
-    return LevelRun(samples, max(time.perf_counter() - t_measure, 1e-9), acked, *(rss[0] if rss else (None, None)))
+    seconds = max(time.perf_counter() - t_measure, 1e-9)
+    cpu_end = cpu_seconds(pid) if pid is not None else None
+    server_cpu = cpu_end - cpu[0] if cpu and cpu[0] is not None and cpu_end is not None else None
+    return LevelRun(samples, seconds, acked, *(rss[0] if rss else (None, None)), server_cpu)
 
 
 def summarize(samples: Sequence[Sample], seconds: float) -> dict[str, Any]:
@@ -423,6 +440,12 @@ def run_levels(server: Server, levels: Sequence[int], duration: float, warmup: f
             rss["after_warmup"], anon["after_warmup"] = lr.rss_at_start, lr.anon_at_start
         level = {"concurrency": c, **summarize(lr.samples, lr.seconds)}
         level["client_cpu_seconds"] = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+        if lr.server_cpu is not None and level["requests"]:
+            # what a request costs the server in CPU, whatever else shares the machine; 2 cores give at most
+            # cores / cost requests per second (an estimate: contention inflates CPU time too)
+            level["server_cpu_seconds"] = lr.server_cpu
+            level["server_cpu_ms_per_request"] = 1000.0 * lr.server_cpu / level["requests"]
+            level["cpu_bound_qps"] = (os.cpu_count() or 1) * 1000.0 / level["server_cpu_ms_per_request"]
         if before is not None and after is not None and after[1] > before[1]:
             level["mean_batch_size"] = (after[0] - before[0]) / (after[1] - before[1])
             level["encoder_calls"] = after[1] - before[1]
@@ -470,8 +493,8 @@ def _mib(x: int | None) -> str:
 
 def level_table(run: Mapping[str, Any]) -> list[str]:
     lines = ["| concurrency | req/s | search/s | search p50 / p95 / p99 ms | upserts ok | upsert p50 / p99 ms | "
-             "2xx | 4xx | 429 | 5xx | errors | mean batch |",
-             "|---:|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "2xx | 4xx | 429 | 5xx | errors | mean batch | server CPU ms / request (req/s the cores allow) |",
+             "|---:|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
     for lv in run["levels"]:
         s = lv.get("search", {})
         sl = s.get("latency_ms", {})
@@ -482,21 +505,23 @@ def level_table(run: Mapping[str, Any]) -> list[str]:
             f"| {lv['concurrency']} | {lv['qps']:.1f} | {_fmt(s.get('qps'))} | {_fmt(sl.get('p50'))} / "
             f"{_fmt(sl.get('p95'))} / {_fmt(sl.get('p99'))} | {u.get('ok', '-')} | {_fmt(ul.get('p50'))} / "
             f"{_fmt(ul.get('p99'))} | {st['2xx']} | {st['4xx']} | {st['429']} | {st['5xx']} | {st['error']} | "
-            f"{_fmt(lv.get('mean_batch_size'))} |")
+            f"{_fmt(lv.get('mean_batch_size'))} | {_fmt(lv.get('server_cpu_ms_per_request'))} "
+            f"({_fmt(lv.get('cpu_bound_qps'), 0)}) |")
     return lines
 
 
 def comparison_table(batched: Mapping[str, Any], unbatched: Mapping[str, Any]) -> list[str]:
     lines = ["| concurrency | unbatched search/s | batched search/s | ratio | unbatched p50 / p99 ms | "
-             "batched p50 / p99 ms | mean batch (batched) |",
-             "|---:|---:|---:|---:|---|---|---:|"]
+             "batched p50 / p99 ms | mean batch (batched) | server CPU ms / request: unbatched, batched |",
+             "|---:|---:|---:|---:|---|---|---:|---|"]
     for b, u in zip(batched["levels"], unbatched["levels"], strict=True):
         bs, us = b.get("search", {}), u.get("search", {})
         bl, ul = bs.get("latency_ms", {}), us.get("latency_ms", {})
         ratio = bs["qps"] / us["qps"] if us.get("qps") else None
         lines.append(f"| {b['concurrency']} | {_fmt(us.get('qps'))} | {_fmt(bs.get('qps'))} | {_fmt(ratio, 2)}x | "
                      f"{_fmt(ul.get('p50'))} / {_fmt(ul.get('p99'))} | {_fmt(bl.get('p50'))} / "
-                     f"{_fmt(bl.get('p99'))} | {_fmt(b.get('mean_batch_size'))} |")
+                     f"{_fmt(bl.get('p99'))} | {_fmt(b.get('mean_batch_size'))} | "
+                     f"{_fmt(u.get('server_cpu_ms_per_request'))}, {_fmt(b.get('server_cpu_ms_per_request'))} |")
     return lines
 
 

@@ -102,6 +102,7 @@ def test_cli_run_against_a_server(server: str, tmp_path: Path) -> None:
         assert lv["requests"] > 5 and lv["status"]["2xx"] == lv["requests"]  # nothing but successes here
         assert lv["search"]["latency_ms"]["p50"] > 0 and lv["qps"] > 0
         assert lv["upsert"]["ok"] == lv["upsert"]["requests"] > 0
+        assert lv["server_cpu_ms_per_request"] > 0 and lv["cpu_bound_qps"] > 0
     acked = sum(lv["upsert"]["ok"] for lv in run["levels"])
     assert run["writes"]["acknowledged"] >= acked  # warm-up writes are verified too
     assert run["writes"]["found"] == run["writes"]["acknowledged"] and run["writes"]["lost"] == 0
