@@ -4,8 +4,9 @@
 searched side this module searches an IVF index instead (IVF-Flat, or IVF-SQ8 when the flat codes would not
 fit the memory budget). Embeddings are read a chunk at a time from :class:`RowSource` objects (an array, or a
 float32 file on disk), so a job holds at most one FAISS index, one chunk of queries and the neighbour lists
-(``rows x k`` per direction) in memory: a 2M x 2M job with 384-dim vectors needs about 3.5 GB (IVF-Flat codes
-3.1 GB, lists 0.2 GB, scoring 0.6 GB).
+(``rows x k`` per direction) in memory: a 2M x 2M job with 384-dim vectors peaked at 4.7 GB resident (measured,
+benchmarks/RESULTS.md section 4: IVF-Flat codes 3.1 GB, FAISS's coarse-quantizer distances for one chunk of
+65,536 queries x 5,657 lists 1.5 GB, neighbour lists 0.2 GB); a smaller ``chunk`` lowers the second term.
 
 Each direction's search writes one file per chunk of queries into a work directory; a job restarted with the
 same work directory loads the finished chunks (and the trained index) and searches only the rest.
