@@ -612,7 +612,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--compare-batching", action="store_true",
                     help="with --index: run batched and unbatched servers and compare")
     ap.add_argument("--env", action="append", default=[], metavar="XLIR_NAME=VALUE",
-                    help="with --index: extra server settings (repeatable), e.g. XLIR_BACKEND=onnx")
+                    help="with --index: extra server environment (repeatable), e.g. XLIR_BACKEND=onnx")
     ap.add_argument("--api-key", default=None, help="sent as a bearer token (write scope for upserts)")
     ap.add_argument("--timeout", type=float, default=30.0, help="client timeout per request (seconds)")
     ap.add_argument("--server-log", type=Path, default=None, help="with --index: append the server's output here")
@@ -624,8 +624,8 @@ def _env(pairs: Sequence[str]) -> dict[str, str]:
     out = {}
     for p in pairs:
         name, sep, value = p.partition("=")
-        if not sep or not name.startswith("XLIR_"):
-            raise ValueError(f"--env {p!r}: expected XLIR_NAME=VALUE")
+        if not sep or not re.fullmatch(r"[A-Z][A-Z0-9_]*", name):
+            raise ValueError(f"--env {p!r}: expected NAME=VALUE, e.g. XLIR_BACKEND=onnx or OMP_WAIT_POLICY=PASSIVE")
         out[name] = value
     return out
 
