@@ -53,7 +53,7 @@ bench-speed: setup
 	$(PY) -m benchmarks.speed_faiss --out benchmarks/results/speed_faiss.json
 	$(PY) -m benchmarks.index_speed --n 100000 --out benchmarks/results/index_speed.json
 	$(PY) -m benchmarks.load --synthetic 1000000 --concurrency 1,8,32 --duration 30 --mode hybrid \
-		--compare-batching --out benchmarks/results/load_1m.json
+		--compare-batching --env XLIR_BACKEND=onnx --out benchmarks/results/load_1m.json
 
 # the load and fault run of issue 6: 60 s at concurrency 32, 20% upserts (on a copy), lost writes, RSS (~3 min)
 bench-load: setup
