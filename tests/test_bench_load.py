@@ -115,3 +115,32 @@ def test_cli_run_against_a_server(server: str, tmp_path: Path) -> None:
 def test_compare_batching_needs_an_index(capsys: pytest.CaptureFixture[str]) -> None:
     assert load.main(["--target", "http://127.0.0.1:9", "--compare-batching"]) == 2
     assert "--index" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # two real `xlir serve` processes with a real (small) model: about a minute
+def test_compare_batching_starts_both_servers_and_leaves_the_index_as_it_was(tmp_path: Path) -> None:
+    from indexer.build import BuildOptions, build_index
+    from models.encoders import load_encoder
+    from tests.conftest import write_jsonl
+
+    docs = [{"id": f"d{i}", "lang": "en", "text": f"{w} river city number {i}"}
+            for i, w in enumerate(["apple", "pear", "plum", "fig", "kiwi", "lime"] * 5)]
+    index = tmp_path / "index"
+    build_index([write_jsonl(tmp_path / "c.jsonl", docs)], index, load_encoder("minilm-en", device="cpu"),
+                BuildOptions(progress=False))
+    before = sorted(p.relative_to(index) for p in index.rglob("*"))
+    out = tmp_path / "cmp.json"
+    argv = ["--index", str(index), "--concurrency", "1,4", "--duration", "2", "--warmup", "2",
+            "--mix", "search=0.7,upsert=0.3", "--compare-batching", "--env", "XLIR_WARMUP=false", "--out", str(out)]
+    assert load.main(argv) == 0
+    res = json.loads(out.read_text())
+    common = {"XLIR_VERIFY": "size", "XLIR_WARMUP": "false"}
+    assert res["batched"]["env"] == common and res["unbatched"]["env"] == {**common, "XLIR_BATCHING": "false"}
+    for name in ("batched", "unbatched"):
+        run = res[name]
+        assert all(lv["status"]["5xx"] == 0 and lv["status"]["error"] == 0 for lv in run["levels"])
+        assert run["writes"]["acknowledged"] > 0 and run["writes"]["lost"] == 0
+        assert run["rss_bytes"]["end"] and run["levels"][0]["server_cpu_ms_per_request"] > 0
+    assert max(lv.get("mean_batch_size", 1) for lv in res["unbatched"]["levels"]) == 1.0
+    assert "| 4 |" in out.with_suffix(".md").read_text()
+    assert sorted(p.relative_to(index) for p in index.rglob("*")) == before  # the writes went to copies
