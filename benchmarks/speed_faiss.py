@@ -18,6 +18,14 @@ and 10th nearest neighbour, the eigenvalue spectrum, and, what matters here, IVF
 nprobe 1 / 8 / 64 for the same nlist (``--calibrate`` prints both side by side). Queries are fresh draws of the
 same model (not in the index).
 
+How the structure grows with the corpus cannot be fitted at 1M without 1M real embeddings (hours of encoding on 2
+cores); what can be measured is the trend on real subsets: the ``nprobe`` that IVF-Flat needs for recall@10 0.95 on
+3,200 / 6,400 / 12,800 / 25,582 real passages (1000 real queries) grows slowly: 24, 36, 56, 52 (of 82, 164, 328,
+639 lists), like a fixed distribution sampled more densely, not like a structure that grows with ``n``. With topic
+and sub-topic counts proportional to ``n`` (``growth`` 1) the generator needs 6, 16, 32, 88, and at 1M 1280 of 4000
+lists (a pessimistic bound, measured); with fixed counts (``growth`` 0) 32, 52, 80, 80; the default, ``growth``
+0.5, follows the real subsets closest: 26, 40, 56, 72. ``--growth`` changes it, ``--calibrate`` prints the table.
+
 **Indexes**, each built by the product's :func:`indexer.dense.build_faiss_index` on all ``--n`` vectors, with the
 product's defaults: ``flat`` (exact: the baseline, and the ground truth of recall), ``ivfflat`` (what
 :func:`indexer.planning.plan_index` picks above 200k vectors without a memory budget), ``ivfsq8`` and ``ivfpq``
@@ -82,8 +90,10 @@ class SynthParams:
     topic: float = 0.23  # scale of topic centres
     subtopic: float = 0.30  # scale of sub-topic centres around their topic
     point: float = 0.33  # scale of each point around its sub-topic
-    per_topic: int = 100  # n / per_topic topics
-    per_subtopic: int = 7  # n / per_subtopic sub-topics
+    per_topic: int = 100  # at ref_n vectors: ref_n / per_topic topics
+    per_subtopic: int = 7  # at ref_n vectors: ref_n / per_subtopic sub-topics
+    ref_n: int = 25_600  # the size the scales were fitted at (the real sample)
+    growth: float = 0.5  # topic and sub-topic counts grow as (n / ref_n) ** growth
 
 
 def synth_vectors(n: int, dim: int = 384, n_queries: int = 0, seed: int = 0, params: SynthParams | None = None,
@@ -98,8 +108,9 @@ def synth_vectors(n: int, dim: int = 384, n_queries: int = 0, seed: int = 0, par
     mean = rng.standard_normal(dim)
     mean = (mean / np.linalg.norm(mean) * p.mean_norm).astype(np.float32)
     total = n + n_queries
-    n_topics = max(1, n // p.per_topic)  # the structure scales with the corpus; queries are extra draws
-    n_sub = max(1, n // p.per_subtopic)
+    grow = (n / p.ref_n) ** p.growth  # queries are extra draws: they do not change the structure
+    n_topics = max(1, round(p.ref_n / p.per_topic * grow))
+    n_sub = max(1, round(p.ref_n / p.per_subtopic * grow))
     topics = p.topic * (rng.standard_normal((n_topics, dim), dtype=np.float32) @ shape)
     subs = topics[rng.integers(n_topics, size=n_sub)]
     subs += p.subtopic * (rng.standard_normal((n_sub, dim), dtype=np.float32) @ shape)
@@ -197,9 +208,10 @@ def plans(n: int, dim: int) -> list[dict[str, Any]]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     tune = TuneOptions()
     t0 = time.perf_counter()
-    x, queries = synth_vectors(args.n, args.dim, args.queries, seed=args.seed)
+    params = SynthParams(growth=args.growth)
+    x, queries = synth_vectors(args.n, args.dim, args.queries, seed=args.seed, params=params)
     out: dict[str, Any] = {"n": args.n, "dim": args.dim, "queries": len(queries), "k": args.k, "batch": args.batch,
-                           "seed": args.seed, "synth": asdict(SynthParams()), "threads": faiss.omp_get_max_threads(),
+                           "seed": args.seed, "synth": asdict(params), "threads": faiss.omp_get_max_threads(),
                            "generate_seconds": time.perf_counter() - t0, "tune_options": asdict(tune),
                            "nlist": ivf_nlist(args.n), "results": {}}
     print(f"generated {args.n:,} x {args.dim} + {len(queries)} queries in {out['generate_seconds']:.1f} s",
@@ -265,7 +277,17 @@ def ivf_curve(x: np.ndarray, queries: np.ndarray, probes: Sequence[int] = (1, 8,
     return out
 
 
-def calibrate(seed: int = 0) -> dict[str, Any]:
+def needed_nprobe(x: np.ndarray, queries: np.ndarray, target: float = 0.95, k: int = 10) -> tuple[int, int]:
+    """(nprobe, nlist): the smallest nprobe (to within 1/8) giving IVF-Flat recall@k >= target for ``queries``."""
+    from indexer.planning import tune_search_params
+
+    index, _ = build_faiss_index("ivfflat", x, options={"min_docs": 0})
+    out = tune_search_params(index, queries, exact_topk(x, queries, k), target_recall=target)
+    inner: Any = faiss.downcast_index(index)
+    return int(out["nprobe"]), int(inner.nlist)
+
+
+def calibrate(seed: int = 0, params: SynthParams | None = None) -> dict[str, Any]:
     from benchmarks.centering import (
         LANGS,
         TATOEBA,
@@ -291,8 +313,17 @@ def calibrate(seed: int = 0) -> dict[str, Any]:
         parts.append(embed(enc, "passage", read_lines(Path(f"{stem}.eng")), cache, f"tatoeba {code}-eng", stats))
     real = np.unique(np.concatenate(parts).astype(np.float32), axis=0)
     real_q = embed_by_group(enc, "query", pool.query_texts, pool.query_langs, cache, "xquad questions", stats)
-    synth, synth_q = synth_vectors(len(real), real.shape[1], len(real_q), seed=seed)
+    synth, synth_q = synth_vectors(len(real), real.shape[1], len(real_q), seed=seed, params=params)
+    rng = np.random.default_rng(seed)
+    shuffled = real[rng.permutation(len(real))]
+    q_sample = real_q[rng.choice(len(real_q), size=min(1000, len(real_q)), replace=False)]
+    scaling = []
+    for n in (3200, 6400, 12_800, len(real)):
+        sx, sq = synth_vectors(n, real.shape[1], len(q_sample), seed=seed, params=params)
+        scaling.append({"n": n, "real": needed_nprobe(np.ascontiguousarray(shuffled[:n]), q_sample),
+                        "synthetic": needed_nprobe(sx, sq)})
     return {
+        "scaling": scaling,
         "real": {"passages": len(real), "queries": len(real_q), **vector_stats(real),
                  "ivf_recall_queries": ivf_curve(real, real_q), "ivf_recall_tuning_sample": ivf_curve(real, real_q,
                                                                                                       noise=0.0)},
@@ -378,6 +409,12 @@ def markdown(r: dict[str, Any]) -> str:
                 f"{s['mean_norm']:.3f} | {' '.join(f'{v:.3f}' for v in s['eig_ratios'])} | "
                 f"{' / '.join(f'{v:.3f}' for v in s['ivf_recall_queries'].values())} | "
                 f"{' / '.join(f'{v:.3f}' for v in s['ivf_recall_tuning_sample'].values())} |")
+        lines += ["", "IVF-Flat nprobe needed for recall@10 >= 0.95 (nprobe / nlist) as the corpus grows, real subsets "
+                  "(real queries) vs the generator (growth " f"{r['synth']['growth']}):", "",
+                  "| passages | real | synthetic |", "|---|---|---|"]
+        for row in c["scaling"]:
+            (a, b), (x, y) = row["real"], row["synthetic"]
+            lines.append(f"| {row['n']:,} | {a} / {b} ({a / b:.3f}) | {x} / {y} ({x / y:.3f}) |")
     return "\n".join(lines)
 
 
@@ -396,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold", type=int, default=200_000,
                     help="also measure flat and IVF-Flat at this size (0: skip)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--growth", type=float, default=SynthParams.growth,
+                    help="how topic counts grow with n: 0 fixed, 1 proportional (default 0.5)")
     ap.add_argument("--calibrate", action="store_true", help="compare the generator with real e5-small embeddings")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -403,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
 
     res: dict[str, Any] = {"machine": machine(), "commit": commit(), **run(args)}
     if args.calibrate:
-        res["calibration"] = calibrate(args.seed)
+        res["calibration"] = calibrate(args.seed, SynthParams(growth=args.growth))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(res, indent=2))
