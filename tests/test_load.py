@@ -341,3 +341,44 @@ def run(coro):  # noqa: ANN001, ANN201
 
 if __name__ == "__main__":
     serve()
+
+
+# ------------------------------------------------------------------------------- GET /documents/{id}
+
+
+def test_get_document_follows_upserts_deletes_and_compaction(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+    from indexer.compact import compact
+
+    index = build_fake_index(tmp_path, n=20)
+    settings = Settings(index=index, warmup=False, reload_interval=0, api_keys="r:read,w:write")
+    read, write = {"X-API-Key": "r"}, {"X-API-Key": "w"}
+    with TestClient(create_app(settings, encoder=FakeEncoder())) as c:
+        r = c.get("/documents/d3", headers=read)  # a document of the built generation
+        assert r.status_code == 200 and r.json()["id"] == "d3" and r.json()["generation"] == "g000000"
+        import json
+
+        corpus = {d["id"]: d for d in map(json.loads, (tmp_path / "corpus.jsonl").read_text().splitlines())}
+        assert {k: r.json()[k] for k in ("text", "title", "lang")} == \
+            {k: corpus["d3"][k] for k in ("text", "title", "lang")}
+        assert c.get("/documents/d3").status_code == 401
+        assert c.get("/documents/nope", headers=read).json()["error"] == "document_not_found"
+        docs = [{"id": "n1", "text": "first version", "lang": "en"}, {"id": "d4", "text": "d4 replaced", "lang": "en"}]
+        assert c.post("/documents", json={"documents": docs}, headers=write).status_code == 200
+        assert c.get("/documents/n1", headers=read).json()["text"] == "first version"
+        assert c.get("/documents/d4", headers=read).json()["text"] == "d4 replaced"
+        c.post("/documents", json={"documents": [{"id": "n1", "text": "second version", "lang": "en"}]}, headers=write)
+        assert c.get("/documents/n1", headers=read).json()["text"] == "second version"
+        assert c.delete("/documents/n1", headers=write).status_code == 200
+        assert c.delete("/documents/d5", headers=write).status_code == 200
+        assert c.get("/documents/n1", headers=read).status_code == 404  # deleted from the delta
+        assert c.get("/documents/d5", headers=read).status_code == 404  # deleted from the generation
+        compact(index)
+        assert c.post("/reload", headers=write).json()["generation"] == "g000001"
+        r = c.get("/documents/d4", headers=read)
+        assert r.json()["text"] == "d4 replaced" and r.json()["generation"] == "g000001"
+        assert c.get("/documents/d5", headers=read).status_code == 404
+        assert c.get("/documents/d6", headers=read).json()["title"] == "doc 6"
