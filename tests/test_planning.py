@@ -169,11 +169,12 @@ def test_tuning_reaches_the_target_on_clustered_data_and_holds_on_fresh_queries(
     inner = faiss.downcast_index(index)
     assert (inner.hnsw.efSearch if kind == "hnsw" else inner.nprobe) == out[name]
     # minimal to within 1/8: a smaller measured value missed the target (unless the smallest was enough)
-    sweep = {int(v): r for v, r in t["sweep"].items()}
-    smaller = [v for v in sweep if v < out[name]]
+    assert t["recall_lower_bound"] >= 0.95 and t["recall_lower_bound"] < t["recall_at_10"]
+    lower = {int(v): r for v, r in t["sweep_lower_bound"].items()}
+    smaller = [v for v in lower if v < out[name]]
     if smaller:
         best_below = max(smaller)
-        assert sweep[best_below] < 0.95 and out[name] - best_below <= max(1, out[name] // 8)
+        assert lower[best_below] < 0.95 and out[name] - best_below <= max(1, out[name] // 8)
     # the held-out estimate carries over to unseen queries of the same distribution
     exact = exact_topk(x, fresh, 10)
     tuned = recall_at_k(index.search(fresh, 10)[1], exact)
@@ -182,6 +183,15 @@ def test_tuning_reaches_the_target_on_clustered_data_and_holds_on_fresh_queries(
         apply_search_params(index, {"nprobe": out[name] // 4})
         assert inner.nprobe == out[name] // 4
         assert recall_at_k(index.search(fresh, 10)[1], exact) < tuned
+
+
+def test_a_stricter_confidence_never_picks_less() -> None:
+    x = clustered(20_000, 32, 100, seed=11, spread=3.0)
+    index, _ = build_faiss_index("ivfflat", x)
+    q, rows = holdout_sample(x, 300, seed=2)
+    exact = exact_topk(x, q, 10, exclude=rows)
+    picks = [tune_search_params(index, q, exact, exclude=rows, z=z)["nprobe"] for z in (0, 1.645, 3)]
+    assert picks == sorted(picks) and picks[0] < picks[-1]
 
 
 def test_unreachable_target_keeps_the_best_value() -> None:
