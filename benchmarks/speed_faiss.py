@@ -33,8 +33,8 @@ product's defaults: ``flat`` (exact: the baseline, and the ground truth of recal
 efConstruction=200) would take about half an hour to build 1M vectors on 2 cores, so it runs here with
 ``--hnsw-m`` / ``--hnsw-ef-construction`` (default 16 / 40, FAISS's own defaults, its cheapest usual setting).
 Each approximate index is then tuned exactly as ``xlir index`` does (:func:`indexer.planning.tune_index`: the
-smallest ``nprobe`` / ``efSearch`` reaching recall@10 >= 0.95 on 256 leave-one-out vectors of the index; for HNSW,
-the last 256 vectors, added to the graph after tuning), and
+smallest ``nprobe`` / ``efSearch`` whose recall@10 lower confidence bound reaches 0.95 on 512 leave-one-out vectors
+of the index; for HNSW, the last 512 vectors, added to the graph after tuning), and
 measured at that setting:
 
 - build: wall time of training + adding (the tuning, done inside the build as in ``xlir index``, is reported
