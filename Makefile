@@ -51,7 +51,7 @@ bench-speed: setup
 	$(PY) -m benchmarks.encoder_speed --out benchmarks/results/encoder_speed.json
 	$(PY) -m benchmarks.speed_bm25 --out benchmarks/results/speed_bm25.json
 	$(PY) -m benchmarks.speed_faiss --out benchmarks/results/speed_faiss.json
-	$(PY) -m benchmarks.index_speed --n 100000 --out benchmarks/results/index_speed.json
+	$(PY) -m benchmarks.index_speed --n 100000 --backend onnx --out benchmarks/results/index_speed.json
 	$(PY) -m benchmarks.load --synthetic 1000000 --concurrency 1,8,32 --duration 30 --mode hybrid \
 		--compare-batching --env XLIR_BACKEND=onnx --out benchmarks/results/load_1m.json
 
