@@ -27,11 +27,12 @@ lists (a pessimistic bound, measured); with fixed counts (``growth`` 0) 32, 52, 
 0.5, follows the real subsets closest: 26, 40, 56, 72. ``--growth`` changes it, ``--calibrate`` prints the table.
 
 **Indexes**, each built by the product's :func:`indexer.dense.build_faiss_index` on all ``--n`` vectors, with the
-product's defaults: ``flat`` (exact: the baseline, and the ground truth of recall), ``ivfflat`` (what
-:func:`indexer.planning.plan_index` picks above 200k vectors without a memory budget), ``ivfsq8`` and ``ivfpq``
-(what it picks when a budget is too small for full vectors), and ``hnsw``. HNSW's product parameters (M=32,
-efConstruction=200) would take about half an hour to build 1M vectors on 2 cores, so it runs here with
-``--hnsw-m`` / ``--hnsw-ef-construction`` (default 16 / 40, FAISS's own defaults, its cheapest usual setting).
+product's defaults: ``flat`` (exact: the baseline, and the ground truth of recall), ``hnsw`` with M=16,
+efConstruction=40 (what :func:`indexer.planning.plan_index` picks above 200k vectors without a memory budget:
+:data:`indexer.planning.AUTO_HNSW`, FAISS's own defaults; ``--hnsw-m`` / ``--hnsw-ef-construction``; the graph of an
+explicit ``--index hnsw``, M=32 / efConstruction=200, took 674 s for 200k vectors on the loaded machine, so about
+an hour for 1M), ``ivfflat`` (the plan's fallback, and its choice when the graph does not fit the budget),
+``ivfsq8`` and ``ivfpq`` (what it picks when a budget is too small for full vectors).
 Each approximate index is then tuned exactly as ``xlir index`` does (:func:`indexer.planning.tune_index`: the
 smallest ``nprobe`` / ``efSearch`` whose recall@10 lower confidence bound reaches 0.95 on 512 leave-one-out vectors
 of the index; for HNSW, the last 512 vectors, added to the graph after tuning), and
@@ -45,7 +46,8 @@ measured at that setting:
 - recall@10 of the fresh queries against the flat index's exact top 10 (the tuning sample's recall is reported
   too: how well the build-time estimate predicts it).
 
-A **threshold check** measures flat and the tuned IVF-Flat on the first 200,000 vectors (the planning boundary),
+A **threshold check** measures flat, the tuned HNSW and IVF-Flat on the first 200,000 vectors (the planning
+boundary),
 and the **plan** section lists what ``plan_index`` picks for 1M x 384 under several memory budgets.
 """
 
@@ -67,6 +69,7 @@ import numpy as np
 
 from indexer.dense import build_faiss_index
 from indexer.planning import (
+    AUTO_HNSW,
     TuneOptions,
     exact_topk,
     format_bytes,
@@ -77,7 +80,7 @@ from indexer.planning import (
     recall_at_k,
 )
 
-KINDS = ("flat", "ivfflat", "ivfsq8", "ivfpq", "hnsw")
+KINDS = ("flat", "hnsw", "ivfflat", "ivfsq8", "ivfpq")
 BUDGETS = (None, "2G", "1G", "512M", "256M", "64M")
 
 
@@ -183,11 +186,13 @@ def measure_kind(kind: str, x: np.ndarray, queries: np.ndarray, exact: np.ndarra
 
 
 def threshold_check(x: np.ndarray, queries: np.ndarray, *, n: int, k: int, batch: int, single: int,
-                    tune: TuneOptions) -> dict[str, Any]:
+                    tune: TuneOptions, hnsw: dict[str, Any]) -> dict[str, Any]:
     sub = np.ascontiguousarray(x[:n])
     flat, exact = measure_kind("flat", sub, queries, None, k=k, batch=batch, single=single)
+    graph, _ = measure_kind("hnsw", sub, queries, exact, k=k, batch=batch, single=single * 10, tune=tune,
+                            options=hnsw)
     ivf, _ = measure_kind("ivfflat", sub, queries, exact, k=k, batch=batch, single=single * 10, tune=tune)
-    return {"n": n, "flat": flat, "ivfflat": ivf}
+    return {"n": n, "flat": flat, "hnsw": graph, "ivfflat": ivf}
 
 
 def plans(n: int, dim: int) -> list[dict[str, Any]]:
@@ -230,7 +235,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               f"{res['qps_single']:.0f} q/s single, {res['qps_batched']:.0f} batched", file=sys.stderr)
     if args.threshold and args.n > args.threshold:
         out["threshold"] = threshold_check(x, queries, n=args.threshold, k=args.k, batch=args.batch,
-                                           single=args.flat_queries, tune=tune)
+                                           single=args.flat_queries, tune=tune,
+                                           hnsw={"M": args.hnsw_m, "efConstruction": args.hnsw_ef_construction})
     out["plans"] = plans(args.n, args.dim)
     return out
 
@@ -385,11 +391,15 @@ def markdown(r: dict[str, Any]) -> str:
               f"{r['generate_seconds']:.0f} s."]
     if "threshold" in r:
         t = r["threshold"]
-        f, i = t["flat"], t["ivfflat"]
+        f = t["flat"]
         lines += ["", f"**At the planning threshold** ({t['n']:,} vectors, the first of the set): flat "
-                  f"{1000 / f['qps_single']:.1f} ms per single query ({f['qps_batched']:,.0f} q/s batched); IVF-Flat "
-                  f"({_param(i)}) {1000 / i['qps_single']:.2f} ms ({i['qps_batched']:,.0f} q/s batched), recall@10 "
-                  f"{i['recall_at_10']:.3f}, built in {i['build_seconds']:.1f} s + {i['tune_seconds']:.1f} s tuning."]
+                  f"{1000 / f['qps_single']:.1f} ms per single query ({f['qps_batched']:,.0f} q/s batched)"]
+        for name in ("hnsw", "ivfflat"):
+            i = t[name]
+            lines[-1] += (f"; {name} ({_param(i)}) {1000 / i['qps_single']:.2f} ms ({i['qps_batched']:,.0f} q/s "
+                          f"batched), recall@10 {i['recall_at_10']:.3f}, built in {i['build_seconds']:.1f} s + "
+                          f"{i['tune_seconds']:.1f} s tuning")
+        lines[-1] += "."
     lines += ["", f"**Plan** for {r['n']:,} x {r['dim']} (`plan_index`):", "",
               "| memory budget | index | estimated size | reason |", "|---|---|---|---|"]
     for p in r["plans"]:
@@ -428,8 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
-    ap.add_argument("--hnsw-m", type=int, default=16)
-    ap.add_argument("--hnsw-ef-construction", type=int, default=40)
+    ap.add_argument("--hnsw-m", type=int, default=AUTO_HNSW["M"])
+    ap.add_argument("--hnsw-ef-construction", type=int, default=AUTO_HNSW["efConstruction"])
     ap.add_argument("--threshold", type=int, default=200_000,
                     help="also measure flat and IVF-Flat at this size (0: skip)")
     ap.add_argument("--seed", type=int, default=0)

@@ -42,8 +42,9 @@ def build_faiss_index(
     language centring; it is applied chunk by chunk, so a memory-mapped shard is never copied whole.
     Kinds: ``flat`` (exact), ``hnsw``, and the IVF family ``ivfflat`` (full vectors), ``ivfsq8`` (8-bit scalar
     quantizer), ``ivfpq`` (product quantizer, ``m`` bytes per vector). ``options`` may set ``nlist``, ``nprobe``,
-    ``m`` (PQ), ``M`` / ``efConstruction`` / ``efSearch`` (HNSW) and ``min_docs``: an IVF shard with fewer vectors
-    than that (default 10,000) falls back to flat (recorded in the returned parameters).
+    ``m`` (PQ), ``M`` / ``efConstruction`` / ``efSearch`` (HNSW), ``min_docs``: an IVF shard with fewer vectors
+    than that (default 10,000) falls back to flat, and ``fallback`` (HNSW with ``tune``): the kind built instead when
+    the graph cannot reach the recall target (both recorded in the returned parameters).
     With ``tune``, an approximate index gets ``nprobe`` / ``efSearch`` tuned to the recall target
     (:func:`indexer.planning.tune_index`; an HNSW graph is tuned before its last ``tune.sample`` rows are added).
     """
@@ -100,6 +101,17 @@ def build_faiss_index(
     if tune is not None:
         params.update(tune_index(index, vectors, transform=transform, options=tune, held_out=held_out))
     add(n - held_out, n)
+    fallback = opts.get("fallback")
+    tuning = params.get("tuning") or {}
+    if kind == "hnsw" and fallback and tuning and not tuning["reached"]:
+        # the graph cannot reach the target at any efSearch: an IVF index can (nprobe = nlist is exhaustive)
+        del index
+        rest = {key: v for key, v in opts.items() if key not in ("fallback", "M", "efConstruction", "efSearch")}
+        index, alt = build_faiss_index(fallback, vectors, chunk, transform, rest, tune)
+        key = next(k for k in tuning if k.startswith("recall_at_"))
+        alt.update(fallback_from="hnsw", reason=f"HNSW reached {key.replace('_', ' ')} {tuning[key]} < "
+                   f"{tuning['target_recall']} at efSearch {params['efSearch']}", hnsw_tuning=tuning)
+        return index, alt
     return index, params
 
 

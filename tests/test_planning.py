@@ -18,6 +18,7 @@ from indexer.build import BuildOptions, build_index
 from indexer.dense import apply_search_params, build_faiss_index, load_shard_index
 from indexer.manifest import MANIFEST, Manifest
 from indexer.planning import (
+    AUTO_HNSW,
     FLAT_MAX_VECTORS,
     TuneOptions,
     exact_topk,
@@ -50,21 +51,24 @@ def clustered(n: int, dim: int, centers: int, seed: int, spread: float = 0.35) -
 # --------------------------------------------------------------------------------------------------
 
 
-def test_flat_below_the_threshold_ivfflat_from_it() -> None:
+def test_flat_below_the_threshold_hnsw_from_it() -> None:
     assert plan_index(0, 384).kind == "flat"
     assert plan_index(FLAT_MAX_VECTORS - 1, 384).kind == "flat"
-    assert plan_index(FLAT_MAX_VECTORS, 384).kind == "ivfflat"
-    assert plan_index(10_000_000, 384).kind == "ivfflat"
+    p = plan_index(FLAT_MAX_VECTORS, 384)
+    assert (p.kind, p.options) == ("hnsw", {**AUTO_HNSW, "fallback": "ivfflat"})
+    assert plan_index(10_000_000, 384).kind == "hnsw"
     assert plan_index(999, 8, flat_max=1000).kind == "flat"
-    assert plan_index(1000, 8, flat_max=1000).kind == "ivfflat"
-    assert plan_index(1000, 8, flat_max=1000, ann="hnsw").kind == "hnsw"
+    assert plan_index(1000, 8, flat_max=1000).kind == "hnsw"
+    assert plan_index(1000, 8, flat_max=1000, ann="ivfflat").kind == "ivfflat"
 
 
 def test_budgets_at_1m_x_384() -> None:
     n, d = 1_000_000, 384
     flat = 4 * n * d
-    assert plan_index(n, d, 2 * GiB).kind == "ivfflat"
-    # flat itself would fit, but IVF-Flat holds 8-byte ids on top: the next kind down is chosen
+    assert plan_index(n, d, 2 * GiB).kind == "hnsw"
+    hnsw, ivf = index_bytes("hnsw", n, d, hnsw_m=AUTO_HNSW["M"]), index_bytes("ivfflat", n, d)
+    assert ivf < hnsw and plan_index(n, d, hnsw - 1).kind == "ivfflat" and plan_index(n, d, ivf).kind == "ivfflat"
+    # flat itself would fit, but the graph and IVF-Flat's 8-byte ids do not: the next kind down is chosen
     assert plan_index(n, d, flat).kind == "ivfsq8"
     assert plan_index(n, d, 512 * MiB).kind == "ivfsq8"
     p = plan_index(n, d, 256 * MiB)
@@ -95,7 +99,7 @@ def test_plan_properties(n: int, dim: int, budget: int | None, flat_max: int) ->
     flat_fits = budget is None or index_bytes("flat", n, dim) <= budget
     assert (p.kind == "flat") == (n < flat_max and flat_fits)
     if budget is None:
-        assert p.kind in ("flat", "ivfflat")
+        assert p.kind in ("flat", "hnsw")
     if p.kind == "ivfpq":  # the largest m that fits, and SQ8 did not fit
         assert budget is not None and index_bytes("ivfsq8", n, dim) > budget
         bigger = [m for m in pq_sizes(dim) if m > p.options["m"]]
@@ -248,19 +252,20 @@ def auto_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, FakeEnco
     return tmp / "idx", enc
 
 
-def test_auto_above_the_forced_threshold_builds_tuned_ivf_shards(auto_index: tuple[Path, FakeEncoder]) -> None:
+def test_auto_above_the_forced_threshold_builds_tuned_graph_shards(auto_index: tuple[Path, FakeEncoder]) -> None:
     m = Manifest.read(auto_index[0])
     vs = m.vector_sets["main"]
-    assert vs.index_type == "ivfflat"
+    assert vs.index_type == "hnsw"
     assert vs.index_plan is not None
-    assert vs.index_plan["requested"] == "auto" and vs.index_plan["kind"] == "ivfflat"
+    assert vs.index_plan["requested"] == "auto" and vs.index_plan["kind"] == "hnsw"
     assert vs.index_plan["flat_max"] == 2000 and vs.index_plan["target_recall"] == 0.9
     assert [s.count for s in m.shards] == [1200, 1200, 600]
     for shard in m.shards:
         p = shard.index["main"]
-        assert p["type"] == "ivfflat" and 1 <= p["nprobe"] <= p["nlist"]
-        assert p["tuning"]["reached"] and p["tuning"]["recall_at_10"] >= 0.9
-        assert p["tuning"]["sweep"][str(p["nprobe"])] == p["tuning"]["recall_at_10"]
+        assert (p["type"], p["M"], p["efConstruction"]) == ("hnsw", 16, 40)
+        t = p["tuning"]
+        assert t["reached"] and t["recall_lower_bound"] >= 0.9 and t["sample"] == "last rows, added after tuning"
+        assert t["sweep"][str(p["efSearch"])] == t["recall_at_10"]
         assert p["centering"] == vs.centering
 
 
@@ -269,26 +274,45 @@ def test_manifest_round_trip_keeps_plan_and_tuning(auto_index: tuple[Path, FakeE
     m.write(tmp_path)
     again = Manifest.read(tmp_path)
     assert again == m
-    assert json.loads((tmp_path / MANIFEST).read_text())["shards"][0]["index"]["main"]["tuning"]["param"] == "nprobe"
+    assert json.loads((tmp_path / MANIFEST).read_text())["shards"][0]["index"]["main"]["tuning"]["param"] == "efSearch"
 
 
-def test_the_store_applies_the_recorded_nprobe(auto_index: tuple[Path, FakeEncoder], tmp_path: Path) -> None:
+def test_the_store_applies_the_recorded_ef_search(auto_index: tuple[Path, FakeEncoder], tmp_path: Path) -> None:
     import shutil
 
     src = auto_index[0]
     idx = open_index(src)
     m = Manifest.read(src)
     for shard, info in zip(idx.shards, m.shards, strict=True):
-        assert faiss.downcast_index(shard.index).nprobe == info.index["main"]["nprobe"]
+        assert faiss.downcast_index(shard.index).hnsw.efSearch == info.index["main"]["efSearch"]
     # a different recorded value is what the loaded index uses (the manifest is the source of truth)
     copy = tmp_path / "copy"
     shutil.copytree(src, copy)
     raw = json.loads((copy / MANIFEST).read_text())
-    raw["shards"][1]["index"]["main"]["nprobe"] = 3
+    raw["shards"][1]["index"]["main"]["efSearch"] = 333
     (copy / MANIFEST).write_text(json.dumps(raw))
     idx2 = open_index(copy)
-    assert faiss.downcast_index(idx2.shards[1].index).nprobe == 3
-    assert faiss.downcast_index(idx2.shards[0].index).nprobe == m.shards[0].index["main"]["nprobe"]
+    assert faiss.downcast_index(idx2.shards[1].index).hnsw.efSearch == 333
+    assert faiss.downcast_index(idx2.shards[0].index).hnsw.efSearch == m.shards[0].index["main"]["efSearch"]
+
+
+def test_the_store_applies_a_recorded_nprobe(tmp_path: Path) -> None:
+    x = clustered(2000, 8, 10, seed=12)
+    index, _ = build_faiss_index("ivfflat", x, options={"min_docs": 0})
+    faiss.write_index(index, str(tmp_path / "i.faiss"))
+    shard = load_shard_index(tmp_path / "i.faiss", 0, search_params={"type": "ivfflat", "nprobe": 7})
+    assert faiss.downcast_index(shard.index).nprobe == 7
+
+
+def test_a_graph_that_cannot_reach_the_target_falls_back_to_ivf_flat() -> None:
+    x = np.random.default_rng(13).standard_normal((6000, 64)).astype(np.float32)  # uniform: the hardest case
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index, params = build_faiss_index("hnsw", x, options={"M": 4, "efConstruction": 8, "fallback": "ivfflat",
+                                                          "min_docs": 0}, tune=TuneOptions(target_recall=1.0))
+    assert params["type"] == "ivfflat" and params["fallback_from"] == "hnsw"
+    assert not params["hnsw_tuning"]["reached"] and "HNSW reached recall at 10" in params["reason"]
+    assert params["tuning"]["reached"] and index.ntotal == 6000
+    assert isinstance(faiss.downcast_index(index), faiss.IndexIVFFlat)
 
 
 def test_auto_search_finds_what_exact_search_finds(auto_index: tuple[Path, FakeEncoder]) -> None:
