@@ -134,7 +134,7 @@ def index_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="index directory to create")],
     model: Annotated[str, typer.Option("--model", "-m", help="registry name or local folder")] = "e5-small",
     index_type: Annotated[str, typer.Option("--index", help="auto | flat | hnsw | ivfflat | ivfsq8 | ivfpq (auto: "
-                                            "flat below 200k vectors, else IVF-Flat; SQ8/PQ codes when over "
+                                            "flat below 200k vectors, else HNSW, IVF-Flat or SQ8/PQ codes to fit "
                                             "--memory-budget)")] = "auto",
     memory_budget: Annotated[str | None, typer.Option("--memory-budget", help="RAM for the FAISS indexes with "
                                                       "--index auto, e.g. 8G (default: no limit)")] = None,
