@@ -45,7 +45,7 @@ bench-demo: setup
 bench-quality: setup
 	$(PY) -m benchmarks.matrix --out benchmarks/results/matrix.md
 
-# speed benchmarks, one command each (about 10 min for the encoder backends, 2 for BM25, 15-20 for FAISS, ~1 h for
+# speed benchmarks, one command each (about 10 min for the encoder backends, 2 for BM25, about 20 for FAISS, ~1 h for
 # indexing 100k passages, 25 min to build the synthetic 1M index once (cached) + 8 min of load, on 2 cores)
 bench-speed: setup
 	$(PY) -m benchmarks.encoder_speed --out benchmarks/results/encoder_speed.json
