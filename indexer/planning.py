@@ -8,8 +8,8 @@
    if it fits, with ``ivfflat`` as the per-shard fallback when the graph cannot reach the recall target at any
    efSearch (IVF can always: nprobe = nlist is exhaustive); else ``ivfflat`` (nlist ~ 4 sqrt(n)) if that fits.
    Measured at 1M x 384 e5-like vectors on 2 cores (``benchmarks/speed_faiss.py``): both tuned to recall@10 >=
-   0.95, HNSW answered 225 single queries/s against IVF-Flat's 42 (flat: 2) for 2.8x IVF-Flat's build time (330 s
-   vs 120 s, small next to the hours that embedding 1M passages takes on the same machine); under a harsher
+   0.95, HNSW answered 224 single queries/s against IVF-Flat's 65 (flat: 6.7) for 3.9x IVF-Flat's build time (121 s
+   vs 31 s, small next to the day that embedding 1M passages takes on the same machine); under a harsher
    generator (topic structure growing with n) the same graph stopped at recall 0.81, hence the fallback;
 3. if not, compressed codes: ``ivfsq8`` (8-bit scalar quantizer, 4x smaller than float32) if it fits, else ``ivfpq``
    with the largest number of sub-quantizers ``m`` (bytes per vector) that fits; a budget too small for any of them
