@@ -39,6 +39,10 @@ class MiningService:
     def run(self, req: MineRequest) -> MineResponse:
         """Synchronous: validate, mine, shape the response."""
         self.check(req)
+        return self._mine(req)
+
+    def _mine(self, req: MineRequest) -> MineResponse:
+        """Mine an already validated request."""
         opts = MineOptions(k=req.k, margin=req.margin, retrieval=req.retrieval, threshold=req.threshold,
                            one_to_one=req.one_to_one, dedup=req.dedup, centering=req.centering.value)
         res = mine_texts_result(self.encoder, req.src, req.tgt, opts)
@@ -58,6 +62,6 @@ class MiningService:
         if not self._slots.acquire(blocking=False):
             raise Overloaded("a mining job is already running; retry later")
         try:
-            return await asyncio.to_thread(self.run, req)
+            return await asyncio.to_thread(self._mine, req)
         finally:
             self._slots.release()

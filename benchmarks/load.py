@@ -62,6 +62,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.demo_bench import free_port
 from benchmarks.retrieval import latency_summary
 
 REPO = Path(__file__).resolve().parent.parent
@@ -174,14 +175,6 @@ def cpu_seconds(pid: int) -> float | None:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def writable_copy(index: Path, dest: Path) -> Path:

@@ -42,8 +42,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
-import platform
 import random
 import resource
 import shutil
@@ -69,18 +67,6 @@ QA_FILES = {"ar": "ar-arcd-train.json.gz", "en": "en-tydiqa-goldp-train.json.gz"
             "pt": "pt-faquad-train.json.gz", "zh": "zh-cmrc2018-train.json.gz"}
 CONDITIONS = (("ratio", "full"), ("ratio", "off"), ("absolute", "full"), ("absolute", "off"))
 MIN_CHARS = 8
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, no GPU"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -308,16 +294,10 @@ def speed_corpus(data: Path, n: int, folder: Path) -> tuple[Path, Path]:
 
 
 def brute_force_knn(x: np.ndarray, y: np.ndarray, k: int, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """The baseline: blocked ``x @ y.T`` in numpy and argpartition for the top k (then sorted)."""
-    sims = np.empty((len(x), k), dtype=np.float32)
-    ids = np.empty((len(x), k), dtype=np.int64)
-    for start in range(0, len(x), block):
-        s = x[start : start + block] @ y.T
-        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-        ps = np.take_along_axis(s, part, axis=1)
-        order = np.lexsort((part, -ps), axis=1)
-        sims[start : start + block] = np.take_along_axis(ps, order, axis=1)
-        ids[start : start + block] = np.take_along_axis(part, order, axis=1)
+    """The baseline: blocked ``x @ y.T`` in numpy and argpartition for the top k (then sorted), as (sims, ids)."""
+    from benchmarks.centering import top_k
+
+    ids, sims = top_k(x, y, k, chunk=block)
     return sims, ids
 
 
@@ -537,7 +517,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     data = args.data or default_data_dir()
     res: dict[str, Any] = json.loads(args.out.read_text()) if args.out and args.out.is_file() else {}
-    res.update({"machine": machine(), "commit": git_commit(), "model": args.model})
+    from benchmarks.demo_bench import commit, machine
+
+    res.update({"machine": machine(), "commit": commit(), "model": args.model})
     if args.part in ("all", "tatoeba"):
         res["tatoeba"] = run_tatoeba(data, args.model)
     if args.part in ("all", "bucc"):

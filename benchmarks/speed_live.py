@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -127,9 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    res = {"machine": f"{platform.machine()}, {platform.processor() or '?'}, cpus={__import__('os').cpu_count()}",
-           "commit": commit, "bm25": run_bm25(args.n, args.queries, args.delta, args.deleted, args.seed, args.repeats),
+    from benchmarks.demo_bench import commit, machine
+
+    res = {"machine": machine(), "commit": commit(),
+           "bm25": run_bm25(args.n, args.queries, args.delta, args.deleted, args.seed, args.repeats),
            "wal": run_wal(args.commits)}
     b: dict[str, Any] = res["bm25"]  # type: ignore[assignment]
     print(f"BM25, {b['passages']:,} passages, {b['queries']} queries, top 10 (ms/query): bm25s "

@@ -2,8 +2,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -83,3 +87,44 @@ def jsonl_writer(tmp_path: Path) -> Callable[[str, Sequence[dict[str, object]]],
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "data" / "sample"
+
+
+def unit(a: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, float32."""
+    return (a / np.linalg.norm(a, axis=-1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture
+def single_faiss_thread() -> Iterator[None]:
+    """Hundreds of tiny searches: OpenMP start-up per call costs more than the search, and much more on
+    a busy machine, so run them on one thread (restored afterwards)."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+@contextmanager
+def serve_app(app: Any, timeout: float = 30) -> Iterator[str]:
+    """Run an ASGI app with uvicorn in a thread on a free loopback port; yields its base URL once the
+    lifespan has finished starting, and stops the server afterwards."""
+    import uvicorn
+
+    from benchmarks.demo_bench import free_port
+
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while not srv.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                pytest.fail("the test server did not start")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=30)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from app.main import create_app
 from app.settings import Settings
 from benchmarks import load
 from benchmarks.load import Sample, parse_levels, parse_mix, read_queries, status_class, summarize
-from tests.conftest import FakeEncoder
+from tests.conftest import FakeEncoder, serve_app
 from tests.test_load import QUERIES, build_fake_index
 
 
@@ -63,28 +61,13 @@ def test_status_classes_and_summary() -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    import uvicorn
-
-    from benchmarks.load import free_port
-
     index = build_fake_index(tmp_path_factory.mktemp("bench-load"), n=100)
     app = create_app(Settings(index=index, warmup=False, reload_interval=0), encoder=FakeEncoder())
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
-    for mode in ("dense", "hybrid"):  # load language ID and compile BM25 before anything is timed
-        assert httpx.post(f"{base}/search", json={"query": "river city", "mode": mode}, timeout=60).status_code == 200
-    try:
+    with serve_app(app) as base:
+        for mode in ("dense", "hybrid"):  # load language ID and compile BM25 before anything is timed
+            assert httpx.post(f"{base}/search", json={"query": "river city", "mode": mode},
+                              timeout=60).status_code == 200
         yield base
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=30)
 
 
 def test_cli_run_against_a_server(server: str, tmp_path: Path) -> None:

@@ -6,8 +6,6 @@ error must have the one error body ``{"error", "detail"}``.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +15,7 @@ from hypothesis import HealthCheck, settings
 
 from app.main import create_app
 from app.settings import Settings
-from benchmarks.load import free_port
-from tests.conftest import FakeEncoder
+from tests.conftest import FakeEncoder, serve_app
 from tests.test_load import build_fake_index
 
 # the schema only: building the app loads nothing (the index and encoder are loaded by the lifespan)
@@ -27,25 +24,12 @@ schema = schemathesis.openapi.from_dict(create_app(Settings(index=Path("unused")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    import uvicorn
-
     index = build_fake_index(tmp_path_factory.mktemp("fuzz"), n=60)
     app = create_app(Settings(index=index, warmup=False, reload_interval=0, max_body_bytes=64 * 1024,
                               mine_max_sentences=50, embed_max_texts=16),
                      encoder=FakeEncoder())
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the fuzz server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=30)
+    with serve_app(app) as url:
+        yield url
 
 
 @pytest.mark.slow  # about a minute on 2 busy cores

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import pytest
 
@@ -23,21 +22,10 @@ from indexer.mining import (
     mine,
 )
 from indexer.mining_job import mine_files, mine_texts, read_sentences
+from tests.conftest import unit
 from xlir.errors import CorpusError
 
-
-@pytest.fixture(autouse=True)
-def single_faiss_thread() -> Iterator[None]:
-    """Hundreds of tiny searches: OpenMP start-up per call costs more than the search, and much more on
-    a busy machine, so run them on one thread (restored afterwards)."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
-
-
-def unit(a: np.ndarray) -> np.ndarray:
-    return (a / np.linalg.norm(a, axis=-1, keepdims=True)).astype(np.float32)
+pytestmark = pytest.mark.usefixtures("single_faiss_thread")
 
 
 def rand_unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import faiss
@@ -23,18 +23,9 @@ from indexer.mining_search import (
     plan_search,
     search_rows,
 )
+from tests.conftest import unit
 
-
-@pytest.fixture(autouse=True)
-def single_faiss_thread() -> Iterator[None]:
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
-
-
-def unit(a: np.ndarray) -> np.ndarray:
-    return (a / np.linalg.norm(a, axis=-1, keepdims=True)).astype(np.float32)
+pytestmark = pytest.mark.usefixtures("single_faiss_thread")
 
 
 def parallel_sides(n: int, m: int, d: int = 16, shared: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
-import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -16,9 +13,10 @@ import pytest
 
 from benchmarks import retrieval
 from benchmarks.datasets import Query, RetrievalDataset
+from benchmarks.demo_bench import free_port
 from indexer.readers import Document
 from indexer.store import Index, open_index
-from tests.conftest import FakeEncoder
+from tests.conftest import FakeEncoder, serve_app
 
 DOCS = [
     ("en", "e1", "The cat sleeps on the warm mat all day"),
@@ -178,40 +176,16 @@ def test_monolingual_returns_only_same_language_docs(
     assert [q.qid for q in mono.queries] == [q.qid for q in ds.queries]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(built: tuple[RetrievalDataset, FakeEncoder, Path, Index]) -> Iterator[str]:
-    import uvicorn
-
     from app.main import create_app
     from app.settings import Settings
 
     _, _, path, _ = built
     app = create_app(Settings(index=path, warmup=False), encoder=FakeEncoder(), reranker=OverlapReranker())
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or not thread.is_alive():
-            srv.should_exit = True
-            pytest.fail("the test server did not become ready")
-        time.sleep(0.05)
-    yield url
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serve_app(app, timeout=20) as url:
+        assert httpx.get(f"{url}/ready", timeout=5).status_code == 200, "the test server is not ready"
+        yield url
 
 
 @pytest.mark.parametrize("monolingual", [False, True])
@@ -269,7 +243,7 @@ def test_bad_input_is_a_clear_error(built: tuple[RetrievalDataset, FakeEncoder, 
     with pytest.raises(XlirError, match="reranker"):
         retrieval.run_inprocess(index, enc, ds, {"mode": "hybrid", "rerank": True}, cache_dir=None)
     with pytest.raises(XlirError, match="cannot reach"):
-        retrieval.server_info(f"http://127.0.0.1:{_free_port()}", timeout=2)
+        retrieval.server_info(f"http://127.0.0.1:{free_port()}", timeout=2)
     with pytest.raises(DatasetError, match="miracl-corpus"):
         retrieval.main(["--dataset", "miracl", "--lang", "sw"])
 
