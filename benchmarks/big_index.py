@@ -38,7 +38,7 @@ from indexer.readers import Document
 from models.encoders import ProgressFn, folder_checksum
 from models.registry import resolve_model, xlir_home
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the HNSW plan above 200k vectors and the recalibrated generator
 DIM = 384
 
 
