@@ -49,25 +49,43 @@ class BM25Builder:
         return len(self.doc_ids)
 
     def save(self, directory: Path) -> None:
+        """Write the bm25s index (per-posting scores, vocabulary, parameters) and the term frequencies.
+
+        The scores are computed here from the term-frequency matrix in a few vectorised numpy passes, exactly as
+        bm25s's ``index`` computes them (it loops over documents in Python, 2-3x slower), and saved with bm25s's
+        own ``save``, so :class:`BM25Searcher` loads them with bm25s."""
         import bm25s
-        from bm25s.tokenization import Tokenized
 
         vocab = dict(self.vocab)
         # bm25s needs one token for documents without any (an empty text): give them a reserved one
         empty = vocab.setdefault("", len(vocab))
         ids = [d if d else [empty] for d in self.doc_ids]
+        tf = term_frequencies(ids, len(vocab))
         retriever = bm25s.BM25(k1=self.k1, b=self.b, method=self.method, backend="numba")
-        retriever.index(Tokenized(ids=ids, vocab=vocab), show_progress=False, create_empty_token=False)
+        retriever.scores = score_matrix(tf, self.k1, self.b, self.method, dtype=retriever.dtype)
+        retriever.vocab_dict = vocab
+        retriever.nonoccurrence_array = None
         retriever.save(str(directory), show_progress=False)
-        save_postings(directory, ids, len(vocab))
+        write_postings(directory, tf)
 
 
 TF_FILES = ("tf.indptr.npy", "tf.indices.npy", "tf.data.npy", "doc_len.npy")
 
 
-def save_postings(directory: Path, doc_ids: Sequence[Sequence[int]], vocab_size: int, chunk: int = 65_536) -> None:
-    """Term x document frequencies (CSC: per term, the documents holding it and how often) and document lengths,
-    counted exactly as bm25s counts them (duplicates included; an empty document holds the reserved token)."""
+@dataclass
+class TermFrequencies:
+    """Term x document counts in CSC form (per term, the documents holding it, ascending, and how often) and
+    each document's length in tokens, duplicates included."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+    doc_len: np.ndarray
+
+
+def term_frequencies(doc_ids: Sequence[Sequence[int]], vocab_size: int, chunk: int = 65_536) -> TermFrequencies:
+    """Count token ids per document exactly as bm25s counts them (an empty document must already hold the
+    reserved token)."""
     import scipy.sparse as sp
 
     blocks = []
@@ -81,11 +99,32 @@ def save_postings(directory: Path, doc_ids: Sequence[Sequence[int]], vocab_size:
     mat = (sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, vocab_size), dtype=np.int32)).tocsc()
     mat.sum_duplicates()
     mat.sort_indices()
+    return TermFrequencies(mat.indptr.astype(np.int64), mat.indices.astype(np.int32), mat.data.astype(np.int32),
+                           np.asarray([len(d) for d in doc_ids], dtype=np.int32))
+
+
+def score_matrix(tf: TermFrequencies, k1: float = K1, b: float = B, method: str = METHOD,
+                 dtype: str = "float32") -> dict[str, Any]:
+    """bm25s's score matrix (``data/indices/indptr/num_docs``, CSC over terms) from term frequencies: each
+    posting holds ``idf(t) * tf / (tf + k1 (1 - b + b dl / avgdl))`` with the Lucene idf ``ln(1 + (N - df + 0.5)
+    / (df + 0.5))``, N, avgdl and df over these documents."""
+    if method != "lucene":
+        raise ValueError(f"BM25 method {method!r}: only 'lucene' is built here")
+    n_docs = len(tf.doc_len)
+    df = np.diff(tf.indptr).astype(np.float64)
+    idf = np.log1p((n_docs - df + 0.5) / (df + 0.5)).astype(dtype).astype(np.float64)  # bm25s keeps idf in dtype
+    avgdl = float(np.mean(tf.doc_len, dtype=np.float64)) if n_docs else 1.0
+    norm = k1 * ((1 - b) + b * tf.doc_len.astype(np.float64) / avgdl)
+    tff = tf.data.astype(np.float64)
+    terms = np.repeat(np.arange(len(df), dtype=np.int64), np.diff(tf.indptr))
+    data = (idf[terms] * tff / (norm[tf.indices] + tff)).astype(dtype)
+    return {"data": data, "indices": tf.indices.copy(), "indptr": tf.indptr.astype(np.int64), "num_docs": n_docs}
+
+
+def write_postings(directory: Path, tf: TermFrequencies) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    np.save(directory / TF_FILES[0], mat.indptr.astype(np.int64))
-    np.save(directory / TF_FILES[1], mat.indices.astype(np.int32))
-    np.save(directory / TF_FILES[2], mat.data.astype(np.int32))
-    np.save(directory / TF_FILES[3], np.asarray([len(d) for d in doc_ids], dtype=np.int32))
+    for name, arr in zip(TF_FILES, (tf.indptr, tf.indices, tf.data, tf.doc_len), strict=True):
+        np.save(directory / name, arr)
 
 
 @dataclass

@@ -82,3 +82,38 @@ def test_topk_agree_tolerates_tie_order_only() -> None:
     cut = np.array([3.0, 1.0, 1.0])
     assert topk_agree((cut, np.array([1, 5, 6])), (cut, np.array([1, 5, 7])))  # a tie cut by the top-k boundary
     assert not topk_agree((s[:3], np.array([1, 2, 3])), (s, np.array([1, 2, 3, 4])))
+
+
+def test_vectorised_build_equals_bm25s_index(tmp_path: Path) -> None:
+    """``BM25Builder.save`` computes bm25s's score matrix itself: the saved arrays equal those of bm25s's own
+    ``index`` bit for bit (awkward corpus: repeated tokens, empty documents, terms in every document)."""
+    import bm25s
+    from bm25s.tokenization import Tokenized
+
+    rng = np.random.default_rng(7)
+    docs = [[f"t{int(t)}" for t in rng.integers(0, 40, size=int(rng.integers(0, 25)))] + ["all"] * int(i % 3 > 0)
+            for i in range(257)]
+    docs[5] = []
+    builder = BM25Builder()
+    for d in docs:
+        builder.add(d)
+    builder.save(tmp_path / "ours")
+
+    vocab = dict(builder.vocab)
+    empty = vocab.setdefault("", len(vocab))
+    ref = bm25s.BM25(k1=K1, b=B, method="lucene", backend="numba")
+    ref.index(Tokenized(ids=[d if d else [empty] for d in builder.doc_ids], vocab=vocab), show_progress=False,
+              create_empty_token=False)
+    ref.save(str(tmp_path / "ref"), show_progress=False)
+
+    for name in ("data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy"):
+        a, b = np.load(tmp_path / "ours" / name), np.load(tmp_path / "ref" / name)
+        assert a.dtype == b.dtype and np.array_equal(a, b), name
+    for name in ("vocab.index.json", "params.index.json"):
+        assert json.loads((tmp_path / "ours" / name).read_text()) == json.loads((tmp_path / "ref" / name).read_text())
+    ours = BM25Searcher(tmp_path / "ours")
+    for q in (["t1", "t2"], ["all"], ["t3", "t3", "nope"]):
+        s1, r1 = ours.search(q, 10)
+        s2 = np.asarray(ref.get_scores([vocab[t] for t in q if t in vocab]), dtype=np.float32)
+        assert np.array_equal(ours.scores(q), s2)
+        assert len(r1) and s1[0] == s2.max()
