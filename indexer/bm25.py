@@ -37,13 +37,9 @@ class BM25Builder:
 
     def add(self, tokens: Sequence[str]) -> None:
         vocab = self.vocab
-        ids = []
-        for tok in tokens:
-            tid = vocab.get(tok)
-            if tid is None:
-                tid = vocab[tok] = len(vocab)
-            ids.append(tid)
-        self.doc_ids.append(ids)
+        setdefault = vocab.setdefault
+        # len(vocab) is read before setdefault inserts: a new token gets the next id
+        self.doc_ids.append([setdefault(tok, len(vocab)) for tok in tokens])
 
     def __len__(self) -> int:
         return len(self.doc_ids)
