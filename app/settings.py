@@ -24,7 +24,8 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto = CUDA when torch sees a GPU, else CPU")
     backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
         "auto", description="encoder runtime of the serving model: auto = torch (fp16) on a GPU, on a CPU the "
-        "backend measured fastest at equal quality (README, Encoder backends); onnx-int8 trades some quality for speed")
+        "backend measured fastest at equal quality for single queries (README, Encoder backends); onnx-int8 trades "
+        "some quality for speed")
     reranker: Path | None = Field(None, description="local sentence-transformers CrossEncoder folder")
     centroid_table: Path | None = Field(
         None, description="centroids for query languages missing from the index; default: the table that "

@@ -12,6 +12,8 @@ alike; speed is reported as the median over rounds and as a ratio against torch 
 - **Indexing**: ``encode_passages(batch_size=32)`` (token-budget batches) on real passages of about 100 tokens:
   XQuAD-R paragraphs (:func:`benchmarks.datasets.load_xquad_r`, ``level="paragraph"``, languages in turn) cut
   after their 100th token (the model's tokenizer, before the ``passage:`` prefix and special tokens); sentences/s.
+- **Short sentences** (the mining workload): ``encode_passages(batch_size=32)`` on Tatoeba sentences (both
+  sides of the 9 pairs in turn); sentences/s.
 - **Single queries**: ``encode_queries([q])`` one question at a time (XQuAD-R questions, languages in turn):
   p50/p95 latency and queries/s.
 - **Quality**, as a delta against torch fp32: Tatoeba accuracy (9 pairs xx-eng, 1000 lines, both directions,
@@ -72,8 +74,9 @@ def interleave(groups: dict[str, list[str]], n: int) -> list[str]:
     return out
 
 
-def speed_inputs(data: Path, tokenizer: Any, n_passages: int, n_queries: int) -> tuple[list[str], list[str]]:
-    """~100-token passages and single questions from XQuAD-R, languages in turn."""
+def speed_inputs(data: Path, tokenizer: Any, n_passages: int, n_queries: int,
+                 n_sentences: int) -> tuple[list[str], list[str], list[str]]:
+    """~100-token passages and single questions from XQuAD-R, short Tatoeba sentences, languages in turn."""
     ds = load_xquad_r(data, level="paragraph")
     paras: dict[str, list[str]] = {}
     for d in ds.docs:
@@ -82,7 +85,10 @@ def speed_inputs(data: Path, tokenizer: Any, n_passages: int, n_queries: int) ->
     questions: dict[str, list[str]] = {}
     for q in ds.queries:
         questions.setdefault(q.lang, []).append(q.text)
-    return interleave(cut, n_passages), interleave(questions, n_queries)
+    sentences: dict[str, list[str]] = {}
+    for pair, (xx, en) in load_tatoeba(data, TATOEBA_PAIRS).items():
+        sentences[pair] = [s for both in zip(xx, en, strict=True) for s in both]
+    return interleave(cut, n_passages), interleave(questions, n_queries), interleave(sentences, n_sentences)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -94,7 +100,7 @@ def percentile(values: Sequence[float] | np.ndarray, q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
-def time_passages(enc: Any, passages: Sequence[str]) -> float:
+def time_batched(enc: Any, passages: Sequence[str]) -> float:
     t0 = time.perf_counter()
     enc.encode_passages(passages, batch_size=BATCH)
     return time.perf_counter() - t0
@@ -109,19 +115,26 @@ def time_queries(enc: Any, queries: Sequence[str]) -> list[float]:
     return out
 
 
-def measure_speed(encoders: dict[str, Any], passages: list[str], queries: list[str], rounds: int) -> dict[str, Any]:
+def measure_speed(encoders: dict[str, Any], passages: list[str], queries: list[str], rounds: int,
+                  sentences: Sequence[str] = ()) -> dict[str, Any]:
     """Backends in turns within each round; warm-up first (not timed)."""
     for enc in encoders.values():
         enc.encode_passages(passages[:BATCH], batch_size=BATCH)
+        if sentences:
+            enc.encode_passages(list(sentences[:BATCH]), batch_size=BATCH)
         time_queries(enc, queries[:20])
     passage_seconds: dict[str, list[float]] = {b: [] for b in encoders}
+    sentence_seconds: dict[str, list[float]] = {b: [] for b in encoders}
     query_seconds: dict[str, list[float]] = {b: [] for b in encoders}
     for r in range(rounds):
         order = list(encoders) if r % 2 == 0 else list(reversed(encoders))
         for b in order:
-            passage_seconds[b].append(time_passages(encoders[b], passages))
+            passage_seconds[b].append(time_batched(encoders[b], passages))
+            if sentences:
+                sentence_seconds[b].append(time_batched(encoders[b], sentences))
             query_seconds[b].extend(time_queries(encoders[b], queries))
-            print(f"  round {r + 1}/{rounds} {b}: {len(passages) / passage_seconds[b][-1]:.1f} passages/s, "
+            extra = f"{len(sentences) / sentence_seconds[b][-1]:.1f} sentences/s, " if sentences else ""
+            print(f"  round {r + 1}/{rounds} {b}: {len(passages) / passage_seconds[b][-1]:.1f} passages/s, {extra}"
                   f"query p50 {1000 * statistics.median(query_seconds[b][-len(queries):]):.1f} ms", file=sys.stderr)
     out: dict[str, Any] = {}
     for b in encoders:
@@ -132,6 +145,41 @@ def measure_speed(encoders: dict[str, Any], passages: list[str], queries: list[s
             "query_ms_p50": 1000 * percentile(lat, 50), "query_ms_p95": 1000 * percentile(lat, 95),
             "query_ms_mean": 1000 * float(np.mean(lat)), "queries_per_s": len(lat) / float(np.sum(lat)),
         }
+        if sentences:
+            per_round = [len(sentences) / s for s in sentence_seconds[b]]
+            out[b].update(sentences_per_s=statistics.median(per_round), sentences_per_s_rounds=per_round)
+    return out
+
+
+# speed figure of each ``models.encoders.WORKLOADS`` entry, higher is faster
+WORKLOAD_FIGURES = {"queries": "queries_per_s", "passages": "passages_per_s", "sentences": "sentences_per_s"}
+# a backend whose quality is this close to torch fp32 (points of every quality figure) counts as lossless
+LOSSLESS_POINTS = 0.05
+
+
+def auto_choice(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per workload, the fastest backend among those with torch's quality (every figure within
+    :data:`LOSSLESS_POINTS`), against what ``backend="auto"`` loads on a CPU (``CPU_AUTO_BACKEND``)."""
+    from models.encoders import CPU_AUTO_BACKEND
+
+    base = res["backends"]["torch"]
+    lossless = []
+    for b, r in res["backends"].items():
+        if b != "torch" and "quality" in r:
+            q, q0 = r["quality"], base["quality"]
+            if any(abs(100 * (q[m][c]["mean"] - q0[m][c]["mean"])) > LOSSLESS_POINTS for m in q for c in q[m]):
+                continue
+        elif b != "torch":  # no quality measured: only the speed can be compared, not chosen
+            continue
+        lossless.append(b)
+    out = {}
+    for workload, key in WORKLOAD_FIGURES.items():
+        if not all(key in res["backends"][b]["speed"] for b in lossless):
+            continue
+        speeds = {b: res["backends"][b]["speed"][key] for b in lossless}
+        best = max(speeds, key=lambda b: speeds[b])
+        out[workload] = {"measured_best": best, "ratio_to_torch": speeds[best] / speeds["torch"],
+                         "auto": CPU_AUTO_BACKEND[workload], "agrees": CPU_AUTO_BACKEND[workload] == best}
     return out
 
 
@@ -258,9 +306,14 @@ def render(res: dict[str, Any]) -> str:
          f"Machine: {res['machine']}; commit {res['commit']}; {res['threads']} threads; {res['rounds']} rounds, "
          f"backends in turns, median over rounds. Passages: {res['passages']} XQuAD-R paragraphs cut at "
          f"{PASSAGE_TOKENS} tokens ({res['passage_tokens_mean']:.1f} tokens each with prefix and special tokens), "
-         f"batch_size {BATCH}, token budget {res['token_budget']}; single queries: {res['queries']} XQuAD-R questions "
+         f"batch_size {BATCH}, token budget {res['token_budget']}; "
+         + (f"short sentences: {res['sentences']} Tatoeba sentences ({res['sentence_tokens_mean']:.1f} tokens each), "
+            f"batch_size {BATCH}; " if res.get("sentences") else "")
+         + f"single queries: {res['queries']} XQuAD-R questions "
          f"x {res['rounds']} rounds, one per call.", ""]
-    head = ["backend", "passages/s", "x torch", "query p50 ms", "p95 ms", "queries/s", "x torch", "load s"]
+    sent = "sentences_per_s" in base["speed"]
+    head = ["backend", "passages/s", "x torch"] + (["short sentences/s", "x torch"] if sent else [])
+    head += ["query p50 ms", "p95 ms", "queries/s", "x torch", "load s"]
     qual = "quality" in base
     if qual:
         head += ["Tatoeba acc", "Δ pts", "XQuAD-R mAP@20", "Δ pts", "full: Tatoeba", "Δ", "full: mAP@20", "Δ",
@@ -268,8 +321,10 @@ def render(res: dict[str, Any]) -> str:
     L += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for b, r in res["backends"].items():
         s, s0 = r["speed"], base["speed"]
-        row = [b, f"{s['passages_per_s']:.1f}", f"{s['passages_per_s'] / s0['passages_per_s']:.2f}",
-               f"{s['query_ms_p50']:.1f}", f"{s['query_ms_p95']:.1f}", f"{s['queries_per_s']:.1f}",
+        row = [b, f"{s['passages_per_s']:.1f}", f"{s['passages_per_s'] / s0['passages_per_s']:.2f}"]
+        if sent:
+            row += [f"{s['sentences_per_s']:.1f}", f"{s['sentences_per_s'] / s0['sentences_per_s']:.2f}"]
+        row += [f"{s['query_ms_p50']:.1f}", f"{s['query_ms_p95']:.1f}", f"{s['queries_per_s']:.1f}",
                f"{s['queries_per_s'] / s0['queries_per_s']:.2f}", f"{r['load_seconds']:.1f}"]
         if qual:
             q, q0 = r["quality"], base["quality"]
@@ -288,6 +343,13 @@ def render(res: dict[str, Any]) -> str:
               "`off` without centring, `full` with each language's mean removed (the product default on a "
               "multilingual index and for mining). Δ in points against torch fp32. min/mean cos: each backend's "
               "vectors against torch's for the same texts.", ""]
+    choice = res.get("auto_choice") or {}
+    if choice:
+        L += ["`backend=auto` on a CPU, per workload (fastest backend with torch's quality, every quality figure "
+              f"within {LOSSLESS_POINTS} points): "
+              + "; ".join(f"{w}: measured best {c['measured_best']} (x{c['ratio_to_torch']:.2f} torch), auto loads "
+                          f"{c['auto']}" + ("" if c["agrees"] else " **(disagrees: update CPU_AUTO_BACKEND)**")
+                          for w, c in choice.items()) + ".", ""]
     files = res.get("onnx_files", {})
     if files:
         L += ["ONNX files: " + "; ".join(f"{b} {v['megabytes']:.0f} MB ({v['path']})" for b, v in files.items())
@@ -321,12 +383,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          for b, e in encoders.items() if hasattr(e, "model_path")}
 
     tok = AutoTokenizer.from_pretrained(str(resolve_model(args.model).path), local_files_only=True)
-    passages, queries = speed_inputs(args.data, tok, args.passages, args.queries)
+    passages, queries, sentences = speed_inputs(args.data, tok, args.passages, args.queries, args.sentences)
     first = encoders[args.backends[0]]
-    res.update(passages=len(passages), queries=len(queries),
-               passage_tokens_mean=float(np.mean(first.token_lengths(["passage: " + p for p in passages]))))
-    print(f"speed: {len(passages)} passages, {len(queries)} queries, {args.rounds} rounds", file=sys.stderr)
-    speed = measure_speed(encoders, passages, queries, args.rounds)
+    res.update(passages=len(passages), queries=len(queries), sentences=len(sentences),
+               passage_tokens_mean=float(np.mean(first.token_lengths(["passage: " + p for p in passages]))),
+               sentence_tokens_mean=float(np.mean(first.token_lengths(["passage: " + p for p in sentences]))))
+    print(f"speed: {len(passages)} passages, {len(sentences)} sentences, {len(queries)} queries, {args.rounds} "
+          "rounds", file=sys.stderr)
+    speed = measure_speed(encoders, passages, queries, args.rounds, sentences)
     for b in encoders:
         res["backends"][b]["speed"] = speed[b]
 
@@ -348,6 +412,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if "torch" in vecs:
             for b in vecs:
                 res["backends"][b]["agreement"] = agreement(vecs["torch"], vecs[b])
+            res["auto_choice"] = auto_choice(res)
     return res
 
 
@@ -358,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated; torch first (the baseline)")
     ap.add_argument("--passages", type=int, default=1024, help="~100-token passages per indexing round")
     ap.add_argument("--queries", type=int, default=300, help="single queries per round")
+    ap.add_argument("--sentences", type=int, default=2048, help="short Tatoeba sentences per round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--limit", type=int, default=None,
                     help="quick runs: quality on the first N Tatoeba lines and about N/100 XQuAD-R articles")
@@ -368,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [b for b in args.backends if b not in BACKENDS]
     if unknown or not args.backends or args.backends[0] != "torch":
         ap.error(f"--backends: a comma-separated list of {', '.join(BACKENDS)} starting with torch (the baseline)")
-    if min(args.passages, args.queries, args.rounds) < 1 or (args.limit is not None and args.limit < 1):
+    if min(args.passages, args.queries, args.sentences, args.rounds) < 1 or (args.limit is not None and args.limit < 1):
         ap.error("--passages, --queries, --rounds and --limit must be >= 1")
     res = run(args)
     text = render(res)

@@ -134,7 +134,7 @@ def run(n: int, *, model: str, backend: str, index_type: str, batch_size: int, s
     if not skip_encoder:
         from models.encoders import load_encoder
 
-        encoder = load_encoder(model, device="cpu", backend=backend)
+        encoder = load_encoder(model, device="cpu", backend=backend, workload="passages")
         res["model"] = model
         res["backend"] = getattr(encoder, "backend", backend)
         res["encoder"] = run_build(corpus, workdir / "real", encoder, index_type, batch_size)

@@ -178,7 +178,7 @@ def f1_at(score: np.ndarray, src: np.ndarray, tgt: np.ndarray, gold: set[tuple[i
 def _encoder(model: str, backend: str = "torch") -> Any:
     from models.encoders import load_encoder
 
-    return load_encoder(model, backend=backend)
+    return load_encoder(model, backend=backend, workload="sentences")
 
 
 def run_bucc(data: Path, model: str, noise: int, pairs: Sequence[str] | None = None,

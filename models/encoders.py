@@ -26,11 +26,15 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[int], None]
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
-# What ``backend="auto"`` runs on a CPU: measured by ``python -m benchmarks.encoder_speed`` (README, "Encoder
-# backends"): ONNX fp32 gives torch's vectors (cos >= 0.9999, same Tatoeba and XQuAD-R scores) and answers single
-# queries about 3x faster; int8 is faster still but costs 0.5-1.7 points, so it is opt-in. On a GPU ``auto`` is
-# always torch in fp16.
-CPU_AUTO_BACKEND = "onnx"
+# The workloads ``backend="auto"`` is chosen for: one query at a time (the server), batches of ~100-token
+# passages (``xlir index``, centroid tables) and batches of short sentences (``xlir mine``).
+WORKLOADS = ("queries", "passages", "sentences")
+# What ``backend="auto"`` runs on a CPU, per workload, as measured by ``python -m benchmarks.encoder_speed`` on a
+# quiet machine (benchmarks/RESULTS.md section 5.1): ONNX fp32 gives torch's vectors (cos >= 0.9999, same Tatoeba
+# and XQuAD-R scores) and answers single queries 2x faster, but batches of 100-token passages run 8% slower than
+# torch, so indexing stays on torch; int8 is faster still but costs 0.5-1.7 points, so it is opt-in. On a GPU
+# ``auto`` is always torch in fp16.
+CPU_AUTO_BACKEND: dict[str, str] = {"queries": "onnx", "passages": "torch", "sentences": "onnx"}
 # Token budget of one encoder call: rows x padded length (the longest text of the batch) stays under it.
 DEFAULT_TOKEN_BUDGET = 8192
 
@@ -201,31 +205,36 @@ class SentenceTransformerEncoder:
         return self._encode_batched([prefix + t for t in texts], batch_size, progress)
 
 
-def choose_backend(backend: str, device: str) -> str:
-    """``auto | torch | onnx | onnx-int8`` and the resolved device -> the backend to load.
+def choose_backend(backend: str, device: str, workload: str = "queries") -> str:
+    """``auto | torch | onnx | onnx-int8``, the resolved device and the workload -> the backend to load.
 
-    ``auto`` is torch on a GPU (fp16) and :data:`CPU_AUTO_BACKEND` on a CPU, as measured.
+    ``auto`` is torch on a GPU (fp16) and, on a CPU, what :data:`CPU_AUTO_BACKEND` records as measured fastest
+    for the workload (``queries``, ``passages`` or ``sentences``).
     """
     if backend not in BACKENDS:
         raise ModelInvalid(f"unknown encoder backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if workload not in WORKLOADS:
+        raise ValueError(f"unknown encoder workload {workload!r}; choose from {', '.join(WORKLOADS)}")
     if backend != "auto":
         return backend
-    return "torch" if device.startswith("cuda") else CPU_AUTO_BACKEND
+    return "torch" if device.startswith("cuda") else CPU_AUTO_BACKEND[workload]
 
 
 def load_encoder(
     name_or_path: str, *, device: str = "auto", home: Path | None = None, backend: str = "auto",
+    workload: str = "queries",
 ) -> SentenceTransformerEncoder | OnnxEncoder:
-    """Registry name or local folder -> ready encoder on the chosen backend (see :func:`choose_backend`).
+    """Registry name or local folder -> ready encoder on the chosen backend (see :func:`choose_backend`; the
+    ``workload`` only matters for ``backend="auto"``).
 
     Raises ``ModelNotFound`` with the fix to apply, ``ModelInvalid`` for an unknown backend or an ONNX backend
     without onnxruntime installed.
     """
     if backend not in BACKENDS:  # before anything is loaded
-        choose_backend(backend, "cpu")
+        choose_backend(backend, "cpu", workload)
     resolved = resolve_model(name_or_path, home)
     dev = resolve_device(device)
-    chosen = choose_backend(backend, dev)
+    chosen = choose_backend(backend, dev, workload)
     if chosen == "torch":
         return SentenceTransformerEncoder(resolved, device=dev)
     from models.onnx_backend import OnnxEncoder, onnx_available

@@ -329,11 +329,16 @@ def test_an_old_file_without_its_record_is_not_used(tiny: ResolvedModel, tmp_pat
 
 
 def test_choose_backend() -> None:
-    assert choose_backend("auto", "cuda") == "torch" and choose_backend("auto", "cuda:1") == "torch"
-    assert choose_backend("auto", "cpu") == encoders.CPU_AUTO_BACKEND
-    assert choose_backend("onnx-int8", "cpu") == "onnx-int8" and choose_backend("torch", "cpu") == "torch"
+    assert choose_backend("auto", "cuda") == "torch" and choose_backend("auto", "cuda:1", "passages") == "torch"
+    for workload in encoders.WORKLOADS:
+        assert choose_backend("auto", "cpu", workload) == encoders.CPU_AUTO_BACKEND[workload]
+        assert choose_backend("onnx-int8", "cpu", workload) == "onnx-int8"
+        assert choose_backend("torch", "cpu", workload) == "torch"
+    assert choose_backend("auto", "cpu") == encoders.CPU_AUTO_BACKEND["queries"]  # the server's workload
     with pytest.raises(ModelInvalid, match="unknown encoder backend 'onnx8'.*auto, torch, onnx, onnx-int8"):
         choose_backend("onnx8", "cpu")
+    with pytest.raises(ValueError, match="unknown encoder workload 'batch'"):
+        choose_backend("auto", "cpu", "batch")
     with pytest.raises(ModelInvalid, match="unknown encoder backend"):
         load_encoder("minilm-en", device="cpu", backend="tensorrt")
 
@@ -344,16 +349,20 @@ def test_missing_onnxruntime_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, t
         with pytest.raises(ModelInvalid, match=r"need onnxruntime and onnx: pip install 'xlir\[onnx\]'"):
             load_encoder("minilm-en", device="cpu", home=tmp_path, backend=backend)
     # auto never fails for it: it falls back to torch
-    monkeypatch.setattr(encoders, "CPU_AUTO_BACKEND", "onnx")
+    monkeypatch.setitem(encoders.CPU_AUTO_BACKEND, "queries", "onnx")
     assert isinstance(load_encoder("minilm-en", device="cpu", home=tmp_path), SentenceTransformerEncoder)
     assert not (tmp_path / "onnx").exists()
 
 
-def test_auto_on_cpu_loads_the_measured_backend(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
-    enc = load_encoder("minilm-en", device="cpu", home=home)
-    assert enc.backend == encoders.CPU_AUTO_BACKEND
-    monkeypatch.setattr(encoders, "CPU_AUTO_BACKEND", "onnx-int8")
-    assert load_encoder("minilm-en", device="cpu", home=home).backend == "onnx-int8"
+def test_auto_on_cpu_loads_the_measured_backend_per_workload(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    measured = {"queries": "onnx", "passages": "torch", "sentences": "onnx-int8"}
+    monkeypatch.setattr(encoders, "CPU_AUTO_BACKEND", measured)
+    assert load_encoder("minilm-en", device="cpu", home=home).backend == "onnx"
+    assert load_encoder("minilm-en", device="cpu", home=home, workload="queries").backend == "onnx"
+    assert load_encoder("minilm-en", device="cpu", home=home, workload="passages").backend == "torch"
+    assert load_encoder("minilm-en", device="cpu", home=home, workload="sentences").backend == "onnx-int8"
+    # an explicit backend wins over the workload
+    assert load_encoder("minilm-en", device="cpu", home=home, backend="torch", workload="queries").backend == "torch"
 
 
 # --------------------------------------------------------------------------------------------------

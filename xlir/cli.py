@@ -22,7 +22,8 @@ app.add_typer(bench_app, name="bench")
 HomeOpt = Annotated[Path | None, typer.Option("--home", envvar="XLIR_HOME", help="model cache (default ~/.cache/xlir)")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N]")]
 BackendOpt = Annotated[str, typer.Option("--backend", envvar="XLIR_BACKEND", help="encoder runtime: auto | torch | "
-                                         "onnx | onnx-int8 (auto: torch fp16 on GPU, the measured best on CPU)")]
+                                         "onnx | onnx-int8 (auto: torch fp16 on GPU; on CPU the backend measured "
+                                         "fastest at equal quality for the command's workload)")]
 
 
 def parse_bytes(text: str) -> int:
@@ -119,7 +120,7 @@ def models_centroids(
             code = normalize_lang(lang)
         except ValueError as exc:
             fail(str(exc))
-    enc = load_encoder(model, device=device, home=home)
+    enc = load_encoder(model, device=device, home=home, workload="passages")
     table = build_table(enc, files, lang=code, max_per_lang=max_per_lang)
     target = out or default_table_path(home or xlir_home(), enc.checksum)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -167,7 +168,7 @@ def index_cmd(
     for p in corpus:
         if not p.exists():
             fail(f"{p}: no such file or directory")
-    enc = load_encoder(model, device=device, home=home, backend=backend)
+    enc = load_encoder(model, device=device, home=home, backend=backend, workload="passages")
     if append:
         from indexer.live import append_files
 
@@ -381,7 +382,7 @@ def mine_cmd(
     for p in (src, tgt):
         if not p.is_file():
             fail(f"{p}: no such file")
-    enc = load_encoder(model, device=device, home=home, backend=backend)
+    enc = load_encoder(model, device=device, home=home, backend=backend, workload="sentences")
     try:
         rep = mine_files(enc, src, tgt, out, opts, progress=progress, work_dir=work_dir,
                          cache_dir=(home / "cache" / "mining") if home else None)
