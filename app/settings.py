@@ -26,6 +26,9 @@ class Settings(BaseSettings):
         "auto", description="encoder runtime of the serving model: auto = torch (fp16) on a GPU, on a CPU the "
         "backend measured fastest at equal quality for single queries (README, Encoder backends); onnx-int8 trades "
         "some quality for speed")
+    onnx_spin: bool = Field(
+        False, description="let ONNX Runtime's threads busy-wait between encoder calls: about 2.5 ms less per single "
+        "query encoding on 2 cores, but a core burnt while BM25 and FAISS run (more CPU per request under load)")
     reranker: Path | None = Field(None, description="local sentence-transformers CrossEncoder folder")
     centroid_table: Path | None = Field(
         None, description="centroids for query languages missing from the index; default: the table that "

@@ -66,7 +66,7 @@ def load_state(
                                f"this xlir has {ANALYZER_NAME!r}: rebuild the index")
         if encoder is None:
             encoder = load_encoder(settings.model or index.vector_set.encoder, device=settings.device,
-                                   home=settings.home, backend=settings.backend)
+                                   home=settings.home, backend=settings.backend, spin=settings.onnx_spin)
         check_encoder(index, encoder)
         live.encoder_checksum = encoder.checksum  # generations published later must match it too
         if reranker is None and settings.reranker is not None:

@@ -95,13 +95,15 @@ def documents(n: int, seed: int = 0, data_dir: Path | None = None) -> Iterator[D
         yield Document(id=p.id, text=p.text, title="", lang=p.lang)
 
 
-def cache_dir(n: int, seed: int, checksum: str, index_type: str, home: Path | None = None) -> Path:
+def cache_dir(n: int, seed: int, checksum: str, index_type: str, home: Path | None = None,
+              centering: str = "auto") -> Path:
     root = (home or xlir_home()) / "cache" / "big-index"
-    return root / f"synth-n{n}-s{seed}-{index_type}-{checksum[:16]}-v{CACHE_VERSION}"
+    tag = "" if centering == "auto" else f"-c{centering}"
+    return root / f"synth-n{n}-s{seed}-{index_type}{tag}-{checksum[:16]}-v{CACHE_VERSION}"
 
 
 def build(n: int, out: Path, *, seed: int = 0, model: str = "e5-small", index_type: str = "auto",
-          home: Path | None = None, progress: bool = True) -> Manifest:
+          home: Path | None = None, progress: bool = True, centering: str = "auto") -> Manifest:
     """Build the synthetic index of ``n`` passages at ``out`` (overwritten) and label it in its manifest."""
     from benchmarks.speed_faiss import synth_vectors
 
@@ -110,7 +112,7 @@ def build(n: int, out: Path, *, seed: int = 0, model: str = "e5-small", index_ty
     vectors, _ = synth_vectors(n, DIM, seed=seed)
     t_vec = time.perf_counter() - t0
     encoder = StandInEncoder(name, checksum, vectors)
-    opts = BuildOptions(index_type=index_type, overwrite=True, progress=progress, chunk_docs=8192)
+    opts = BuildOptions(index_type=index_type, overwrite=True, progress=progress, chunk_docs=8192, centering=centering)
     manifest = build_index([], out, encoder, opts, documents=documents(n, seed))
     if encoder.cursor != n:
         raise RuntimeError(f"the build embedded {encoder.cursor} documents, expected {n}")
@@ -126,12 +128,13 @@ def build(n: int, out: Path, *, seed: int = 0, model: str = "e5-small", index_ty
 
 
 def cached(n: int, *, seed: int = 0, model: str = "e5-small", index_type: str = "auto", home: Path | None = None,
-           progress: bool = True) -> Path:
+           progress: bool = True, centering: str = "auto") -> Path:
     """The cached synthetic index of ``n`` passages, built first if missing."""
     _, checksum = model_identity(model, home)
-    out = cache_dir(n, seed, checksum, index_type, home)
+    out = cache_dir(n, seed, checksum, index_type, home, centering)
     if not (out / MANIFEST).is_file():
-        build(n, out, seed=seed, model=model, index_type=index_type, home=home, progress=progress)
+        build(n, out, seed=seed, model=model, index_type=index_type, home=home, progress=progress,
+              centering=centering)
     return out
 
 
@@ -149,13 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default="e5-small", help="the encoder whose identity the index records")
     ap.add_argument("--index", default="auto", help="FAISS kind (auto: the product's plan)")
+    ap.add_argument("--centering", default="auto", help="auto (the product default: full on this multilingual "
+                    "index) | off | offset | full; the stand-in vectors carry no language signal, so centring only "
+                    "removes their common direction")
     ap.add_argument("--rebuild", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     _, checksum = model_identity(args.model)
-    out = cache_dir(args.n, args.seed, checksum, args.index)
+    out = cache_dir(args.n, args.seed, checksum, args.index, centering=args.centering)
     if args.rebuild or not (out / MANIFEST).is_file():
-        build(args.n, out, seed=args.seed, model=args.model, index_type=args.index, progress=not args.no_progress)
+        build(args.n, out, seed=args.seed, model=args.model, index_type=args.index, progress=not args.no_progress,
+              centering=args.centering)
     print(json.dumps(summary(out), indent=1, default=str))
     return 0
 

@@ -565,7 +565,8 @@ def markdown(res: Mapping[str, Any]) -> str:
     if syn:
         head[-1:-1] = [f"**Synthetic index** (benchmarks/big_index.py): real multilingual passage texts for BM25, "
                        f"stand-in vectors (e5-like statistics, not embeddings of the texts) under a FAISS "
-                       f"`{syn['index_type']}` index ({_shard_params(syn['shards'])}); queries are encoded by the real "
+                       f"`{syn['index_type']}` index ({_shard_params(syn['shards'])}), centring "
+                       f"`{syn.get('centering')}`; queries are encoded by the real "
                        "model, so latency includes real query encoding, dense search and BM25 at this size."]
     body: list[str] = []
     if "unbatched" in res:
@@ -593,6 +594,9 @@ def parser() -> argparse.ArgumentParser:
                        "passages (benchmarks/big_index.py: real texts, stand-in vectors; built first if missing)")
     ap.add_argument("--synthetic-kind", default="auto", help="with --synthetic: the FAISS kind of that index "
                     "(auto: the product's plan; flat: exact)")
+    ap.add_argument("--synthetic-centering", default="auto", help="with --synthetic: the centring that index is "
+                    "built with (auto: the product default, full on this multilingual index; off: the stand-in "
+                    "vectors as generated)")
     ap.add_argument("--pid", type=int, default=None, help="with --target: the server's process id, for its RSS")
     ap.add_argument("--concurrency", default="1,8,32", help="levels, e.g. 1,8,32")
     ap.add_argument("--duration", type=float, default=30.0, help="counted seconds per level")
@@ -638,7 +642,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.synthetic is not None:
         from benchmarks import big_index
 
-        args.index = big_index.cached(args.synthetic, index_type=args.synthetic_kind)
+        args.index = big_index.cached(args.synthetic, index_type=args.synthetic_kind,
+                                      centering=args.synthetic_centering)
         print(f"synthetic index of {args.synthetic:,} passages: {args.index}", flush=True)
     if args.compare_batching and args.index is None:
         print("error: --compare-batching starts its own servers: give --index, not --target", file=sys.stderr)

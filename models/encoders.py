@@ -222,10 +222,11 @@ def choose_backend(backend: str, device: str, workload: str = "queries") -> str:
 
 def load_encoder(
     name_or_path: str, *, device: str = "auto", home: Path | None = None, backend: str = "auto",
-    workload: str = "queries",
+    workload: str = "queries", spin: bool = True,
 ) -> SentenceTransformerEncoder | OnnxEncoder:
     """Registry name or local folder -> ready encoder on the chosen backend (see :func:`choose_backend`; the
-    ``workload`` only matters for ``backend="auto"``).
+    ``workload`` only matters for ``backend="auto"``; ``spin=False`` stops ONNX Runtime's threads from
+    busy-waiting between calls, for a process that does other work between encodings: the server).
 
     Raises ``ModelNotFound`` with the fix to apply, ``ModelInvalid`` for an unknown backend or an ONNX backend
     without onnxruntime installed.
@@ -242,4 +243,4 @@ def load_encoder(
     if backend == "auto" and not onnx_available():
         log.warning("onnxruntime is not installed: encoding with torch (pip install 'xlir[onnx]' for %s)", chosen)
         return SentenceTransformerEncoder(resolved, device=dev)
-    return OnnxEncoder(resolved, quantized=chosen == "onnx-int8", device=dev, home=home)
+    return OnnxEncoder(resolved, quantized=chosen == "onnx-int8", device=dev, home=home, spin=spin)

@@ -408,7 +408,7 @@ class OnnxEncoder:
 
     def __init__(self, resolved: ResolvedModel, *, quantized: bool = False, device: str = "cpu",
                  home: Path | None = None, threads: int | None = None,
-                 token_budget: int = DEFAULT_TOKEN_BUDGET) -> None:
+                 token_budget: int = DEFAULT_TOKEN_BUDGET, spin: bool = True) -> None:
         _require_onnx()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -449,6 +449,11 @@ class OnnxEncoder:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        # ONNX Runtime's threads busy-wait for the next call by default: right for back-to-back batches, but in the
+        # server they would burn a core while BM25 and FAISS run between encodings (measured: 33 ms of CPU per query
+        # instead of 25 ms with 10 ms of other work per call, for 2.5 ms more latency per single encoding)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        self.spin = spin
         try:
             self._session = ort.InferenceSession(str(self.model_path), opts, providers=providers)
         except Exception as exc:

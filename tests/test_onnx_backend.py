@@ -246,6 +246,15 @@ def test_local_folder_matches_torch_with_the_registry_prefixes(tiny: ResolvedMod
     assert not (tmp_path / "home").exists()
 
 
+def test_spinning_is_a_session_option_with_the_same_vectors(tiny: ResolvedModel, tmp_path: Path) -> None:
+    spin = OnnxEncoder(tiny, home=tmp_path / "home")
+    calm = OnnxEncoder(tiny, home=tmp_path / "home", spin=False)
+    key = "session.intra_op.allow_spinning"
+    assert spin.spin and spin._session.get_session_options().get_session_config_entry(key) == "1"
+    assert not calm.spin and calm._session.get_session_options().get_session_config_entry(key) == "0"
+    np.testing.assert_array_equal(spin.encode_queries(TEXTS), calm.encode_queries(TEXTS))
+
+
 def test_cache_is_reused_and_exported_again_when_stale(tiny: ResolvedModel, tmp_path: Path,
                                                        counted: dict[str, int]) -> None:
     first = OnnxEncoder(tiny, quantized=True, home=tmp_path)
@@ -432,3 +441,30 @@ def test_cli_backend_option(tmp_path: Path) -> None:
     # all-MiniLM is English-only: the cross-lingual check fails (exit 1), but it ran on the int8 export
     assert "backend onnx-int8" in res.stdout, res.stderr
     assert (tmp_path / "onnx").is_dir() and "Traceback" not in res.stderr
+
+
+def test_the_server_loads_a_calm_onnx_encoder_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``XLIR_ONNX_SPIN`` (default false) reaches the encoder the server loads."""
+    from types import SimpleNamespace
+
+    from app import state as app_state
+    from app.settings import Settings
+    from indexer.text import ANALYZER_NAME
+
+    seen: list[dict[str, object]] = []
+
+    def fake_load(name: str, **kw: object) -> None:
+        seen.append(kw)
+        raise ModelInvalid("stop here")
+
+    index = SimpleNamespace(manifest=SimpleNamespace(bm25=SimpleNamespace(analyzer=ANALYZER_NAME)),
+                            vector_set=SimpleNamespace(encoder="e5-small"))
+    monkeypatch.setattr(app_state, "load_encoder", fake_load)
+    monkeypatch.setattr(app_state, "LiveStore", lambda *a, **k: SimpleNamespace(main=index))
+    for env, expected in ((None, False), ("true", True)):
+        if env is None:
+            monkeypatch.delenv("XLIR_ONNX_SPIN", raising=False)
+        else:
+            monkeypatch.setenv("XLIR_ONNX_SPIN", env)
+        state = app_state.load_state(Settings(index=Path("/nonexistent")))
+        assert seen[-1]["spin"] is expected and state.error == "stop here"
