@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a temporary one)")
     ap.add_argument("--out", type=Path, default=None, help="JSON results (and a .md report beside it)")
     args = ap.parse_args(argv)
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="xlir-index-speed-", dir=args.workdir) as tmp:
         res = run(args.n, model=args.model, backend=args.backend, index_type=args.index, batch_size=args.batch_size,
                   seed=args.seed, workdir=Path(tmp), skip_encoder=args.zero_cost_only)
