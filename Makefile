@@ -45,15 +45,17 @@ bench-demo: setup
 bench-quality: setup
 	$(PY) -m benchmarks.matrix --out benchmarks/results/matrix.md
 
-# speed benchmarks, one command each (about 10 min for the encoder backends, 2 for BM25, about 20 for FAISS, ~1 h for
-# indexing 100k passages, 25 min to build the synthetic 1M index once (cached) + 8 min of load, on 2 cores)
+# speed benchmarks, one command each, on a quiet machine (about 4 min for the encoder backends, 2 for BM25, 10 for
+# FAISS, 45 for indexing 100k passages, 7 to build each synthetic 1M index once (cached) + 4 of load each, on 2 cores)
 bench-speed: setup
 	$(PY) -m benchmarks.encoder_speed --out benchmarks/results/encoder_speed.json
 	$(PY) -m benchmarks.speed_bm25 --out benchmarks/results/speed_bm25.json
 	$(PY) -m benchmarks.speed_faiss --out benchmarks/results/speed_faiss.json
-	$(PY) -m benchmarks.index_speed --n 100000 --backend onnx --out benchmarks/results/index_speed.json
+	$(PY) -m benchmarks.index_speed --n 100000 --backend auto --out benchmarks/results/index_speed.json
 	$(PY) -m benchmarks.load --synthetic 1000000 --concurrency 1,8,32 --duration 30 --mode hybrid \
 		--compare-batching --env XLIR_BACKEND=onnx --out benchmarks/results/load_1m.json
+	$(PY) -m benchmarks.load --synthetic 1000000 --synthetic-centering off --concurrency 1,8,32 --duration 30 \
+		--mode hybrid --compare-batching --env XLIR_BACKEND=onnx --out benchmarks/results/load_1m_off.json
 
 # the load and fault run of issue 6: 60 s at concurrency 32, 20% upserts (on a copy), lost writes, RSS (~3 min)
 bench-load: setup
