@@ -84,7 +84,7 @@ def term_frequencies(doc_ids: Sequence[Sequence[int]], vocab_size: int, chunk: i
     reserved token)."""
     import scipy.sparse as sp
 
-    blocks = []
+    blocks, lengths = [], []
     for start in range(0, len(doc_ids), chunk):
         part = doc_ids[start : start + chunk]
         lens = np.fromiter((len(d) for d in part), dtype=np.int64, count=len(part))
@@ -92,11 +92,13 @@ def term_frequencies(doc_ids: Sequence[Sequence[int]], vocab_size: int, chunk: i
         rows = np.repeat(np.arange(len(part), dtype=np.int64), lens)
         blocks.append(sp.csr_matrix((np.ones(len(cols), dtype=np.int32), (rows, cols)),
                                     shape=(len(part), vocab_size)))
+        lengths.append(lens)
     mat = (sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, vocab_size), dtype=np.int32)).tocsc()
     mat.sum_duplicates()
     mat.sort_indices()
-    return TermFrequencies(mat.indptr.astype(np.int64), mat.indices.astype(np.int32), mat.data.astype(np.int32),
-                           np.asarray([len(d) for d in doc_ids], dtype=np.int32))
+    doc_len = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+    return TermFrequencies(mat.indptr.astype(np.int64, copy=False), mat.indices.astype(np.int32, copy=False),
+                           mat.data.astype(np.int32, copy=False), doc_len.astype(np.int32))
 
 
 def score_matrix(tf: TermFrequencies, k1: float = K1, b: float = B, method: str = METHOD,
@@ -114,7 +116,7 @@ def score_matrix(tf: TermFrequencies, k1: float = K1, b: float = B, method: str 
     tff = tf.data.astype(np.float64)
     terms = np.repeat(np.arange(len(df), dtype=np.int64), np.diff(tf.indptr))
     data = (idf[terms] * tff / (norm[tf.indices] + tff)).astype(dtype)
-    return {"data": data, "indices": tf.indices.copy(), "indptr": tf.indptr.astype(np.int64), "num_docs": n_docs}
+    return {"data": data, "indices": tf.indices, "indptr": tf.indptr, "num_docs": n_docs}  # shared: only saved
 
 
 def write_postings(directory: Path, tf: TermFrequencies) -> None:
