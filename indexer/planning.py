@@ -7,10 +7,11 @@
 2. otherwise the default ANN index :data:`DEFAULT_ANN` = ``hnsw`` with :data:`AUTO_HNSW` (M=16, efConstruction=40)
    if it fits, with ``ivfflat`` as the per-shard fallback when the graph cannot reach the recall target at any
    efSearch (IVF can always: nprobe = nlist is exhaustive); else ``ivfflat`` (nlist ~ 4 sqrt(n)) if that fits.
-   Measured at 1M x 384 e5-like vectors on 2 cores (``benchmarks/speed_faiss.py``): both tuned to recall@10 >=
-   0.95, HNSW answered 224 single queries/s against IVF-Flat's 65 (flat: 6.7) for 3.9x IVF-Flat's build time (121 s
-   vs 31 s, small next to the day that embedding 1M passages takes on the same machine); under a harsher
-   generator (topic structure growing with n) the same graph stopped at recall 0.81, hence the fallback;
+   Measured at 1M x 384 e5-like vectors on 2 cores (``benchmarks/speed_faiss.py``, benchmarks/RESULTS.md 5.3): both
+   tuned to recall@10 >= 0.95, HNSW answered 238 single queries/s against IVF-Flat's 69 (flat: 6.6) for 4.3x
+   IVF-Flat's build time (123 s vs 28.5 s, small next to the 5 hours that embedding 1M passages takes on the same
+   machine); under a harsher generator (topic structure growing with n) the same graph stopped at recall 0.81,
+   hence the fallback;
 3. if not, compressed codes: ``ivfsq8`` (8-bit scalar quantizer, 4x smaller than float32) if it fits, else ``ivfpq``
    with the largest number of sub-quantizers ``m`` (bytes per vector) that fits; a budget too small for any of them
    is an error.
