@@ -100,9 +100,9 @@ def percentile(values: Sequence[float] | np.ndarray, q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
-def time_batched(enc: Any, passages: Sequence[str]) -> float:
+def time_batched(enc: Any, texts: Sequence[str]) -> float:
     t0 = time.perf_counter()
-    enc.encode_passages(passages, batch_size=BATCH)
+    enc.encode_passages(texts, batch_size=BATCH)
     return time.perf_counter() - t0
 
 
@@ -162,16 +162,16 @@ def auto_choice(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
     :data:`LOSSLESS_POINTS`), against what ``backend="auto"`` loads on a CPU (``CPU_AUTO_BACKEND``)."""
     from models.encoders import CPU_AUTO_BACKEND
 
-    base = res["backends"]["torch"]
-    lossless = []
-    for b, r in res["backends"].items():
-        if b != "torch" and "quality" in r:
-            q, q0 = r["quality"], base["quality"]
-            if any(abs(100 * (q[m][c]["mean"] - q0[m][c]["mean"])) > LOSSLESS_POINTS for m in q for c in q[m]):
-                continue
-        elif b != "torch":  # no quality measured: only the speed can be compared, not chosen
-            continue
-        lossless.append(b)
+    q0 = res["backends"]["torch"].get("quality")
+
+    def is_lossless(b: str, r: dict[str, Any]) -> bool:
+        if b == "torch":
+            return True
+        q = r.get("quality")  # without quality figures a backend can be timed, not chosen
+        return q is not None and q0 is not None and all(
+            abs(100 * (q[m][c]["mean"] - q0[m][c]["mean"])) <= LOSSLESS_POINTS for m in q for c in q[m])
+
+    lossless = [b for b, r in res["backends"].items() if is_lossless(b, r)]
     out = {}
     for workload, key in WORKLOAD_FIGURES.items():
         if not all(key in res["backends"][b]["speed"] for b in lossless):

@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hnsw-m", type=int, default=AUTO_HNSW["M"])
     ap.add_argument("--hnsw-ef-construction", type=int, default=AUTO_HNSW["efConstruction"])
     ap.add_argument("--threshold", type=int, default=200_000,
-                    help="also measure flat and IVF-Flat at this size (0: skip)")
+                    help="also measure flat, HNSW and IVF-Flat at this size (0: skip)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--growth", type=float, default=SynthParams.growth,
                     help="how topic counts grow with n: 0 fixed, 1 proportional (default 0.5)")
