@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -23,7 +24,8 @@ import numpy as np
 import pytest
 
 from app.batching import QueryBatcher
-from benchmarks.load import Plan, Server, free_port, rss_bytes, run_levels, verify_writes
+from benchmarks.demo_bench import free_port
+from benchmarks.load import Plan, Server, rss_bytes, run_levels, verify_writes
 from indexer.build import BuildOptions, build_index
 from models.encoders import ProgressFn
 from tests.conftest import FakeEncoder, write_jsonl
@@ -335,14 +337,6 @@ def test_batched_and_unbatched_servers_rank_alike(fake_index: Path) -> None:
     assert answers[True] == answers[False]
 
 
-def run(coro):  # noqa: ANN001, ANN201
-    return asyncio.run(coro)
-
-
-if __name__ == "__main__":
-    serve()
-
-
 # ------------------------------------------------------------------------------- GET /documents/{id}
 
 
@@ -359,8 +353,6 @@ def test_get_document_follows_upserts_deletes_and_compaction(tmp_path: Path) -> 
     with TestClient(create_app(settings, encoder=FakeEncoder())) as c:
         r = c.get("/documents/d3", headers=read)  # a document of the built generation
         assert r.status_code == 200 and r.json()["id"] == "d3" and r.json()["generation"] == "g000000"
-        import json
-
         corpus = {d["id"]: d for d in map(json.loads, (tmp_path / "corpus.jsonl").read_text().splitlines())}
         assert {k: r.json()[k] for k in ("text", "title", "lang")} == \
             {k: corpus["d3"][k] for k in ("text", "title", "lang")}
@@ -382,3 +374,11 @@ def test_get_document_follows_upserts_deletes_and_compaction(tmp_path: Path) -> 
         assert r.json()["text"] == "d4 replaced" and r.json()["generation"] == "g000001"
         assert c.get("/documents/d5", headers=read).status_code == 404
         assert c.get("/documents/d6", headers=read).json()["title"] == "doc 6"
+
+
+def run(coro):  # noqa: ANN001, ANN201
+    return asyncio.run(coro)
+
+
+if __name__ == "__main__":
+    serve()

@@ -417,8 +417,13 @@ def test_settings_backend_reaches_load_encoder(monkeypatch: pytest.MonkeyPatch, 
 
     monkeypatch.setattr(app.state, "load_encoder", fake_load)
     monkeypatch.setenv("XLIR_BACKEND", "onnx-int8")
+    monkeypatch.delenv("XLIR_ONNX_SPIN", raising=False)
     state = app.state.load_state(Settings(index=tmp_path / "idx", warmup=False))
     assert state.ready and seen["backend"] == "onnx-int8" and seen["name"] == "fake"
+    assert seen["spin"] is False  # the server's ONNX threads do not busy-wait unless XLIR_ONNX_SPIN says so
+    monkeypatch.setenv("XLIR_ONNX_SPIN", "true")
+    app.state.load_state(Settings(index=tmp_path / "idx", warmup=False))
+    assert seen["spin"] is True
     monkeypatch.delenv("XLIR_BACKEND")
     assert Settings(index=tmp_path / "idx").backend == "auto"
     from pydantic import ValidationError
@@ -442,29 +447,3 @@ def test_cli_backend_option(tmp_path: Path) -> None:
     assert "backend onnx-int8" in res.stdout, res.stderr
     assert (tmp_path / "onnx").is_dir() and "Traceback" not in res.stderr
 
-
-def test_the_server_loads_a_calm_onnx_encoder_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``XLIR_ONNX_SPIN`` (default false) reaches the encoder the server loads."""
-    from types import SimpleNamespace
-
-    from app import state as app_state
-    from app.settings import Settings
-    from indexer.text import ANALYZER_NAME
-
-    seen: list[dict[str, object]] = []
-
-    def fake_load(name: str, **kw: object) -> None:
-        seen.append(kw)
-        raise ModelInvalid("stop here")
-
-    index = SimpleNamespace(manifest=SimpleNamespace(bm25=SimpleNamespace(analyzer=ANALYZER_NAME)),
-                            vector_set=SimpleNamespace(encoder="e5-small"))
-    monkeypatch.setattr(app_state, "load_encoder", fake_load)
-    monkeypatch.setattr(app_state, "LiveStore", lambda *a, **k: SimpleNamespace(main=index))
-    for env, expected in ((None, False), ("true", True)):
-        if env is None:
-            monkeypatch.delenv("XLIR_ONNX_SPIN", raising=False)
-        else:
-            monkeypatch.setenv("XLIR_ONNX_SPIN", env)
-        state = app_state.load_state(Settings(index=Path("/nonexistent")))
-        assert seen[-1]["spin"] is expected and state.error == "stop here"
