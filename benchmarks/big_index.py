@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from indexer.build import BuildOptions, build_index
+from indexer.centering import AUTO, MODES
 from indexer.manifest import MANIFEST, Manifest
 from indexer.readers import Document
 from models.encoders import ProgressFn, folder_checksum
@@ -152,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default="e5-small", help="the encoder whose identity the index records")
     ap.add_argument("--index", default="auto", help="FAISS kind (auto: the product's plan)")
-    ap.add_argument("--centering", default="auto", help="auto (the product default: full on this multilingual "
+    ap.add_argument("--centering", default="auto", choices=(AUTO, *MODES),
+                    help="auto (the product default: full on this multilingual "
                     "index) | off | offset | full; the stand-in vectors carry no language signal, so centring only "
                     "removes their common direction")
     ap.add_argument("--rebuild", action="store_true")

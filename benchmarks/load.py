@@ -64,6 +64,9 @@ import numpy as np
 
 from benchmarks.demo_bench import free_port
 from benchmarks.retrieval import latency_summary
+from indexer.centering import AUTO, MODES
+
+CENTERING_CHOICES = (AUTO, *MODES)
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_CORPUS = REPO / "data" / "sample" / "corpus.jsonl"
@@ -594,7 +597,8 @@ def parser() -> argparse.ArgumentParser:
                        "passages (benchmarks/big_index.py: real texts, stand-in vectors; built first if missing)")
     ap.add_argument("--synthetic-kind", default="auto", help="with --synthetic: the FAISS kind of that index "
                     "(auto: the product's plan; flat: exact)")
-    ap.add_argument("--synthetic-centering", default="auto", help="with --synthetic: the centring that index is "
+    ap.add_argument("--synthetic-centering", default="auto", choices=CENTERING_CHOICES,
+                    help="with --synthetic: the centring that index is "
                     "built with (auto: the product default, full on this multilingual index; off: the stand-in "
                     "vectors as generated)")
     ap.add_argument("--pid", type=int, default=None, help="with --target: the server's process id, for its RSS")

@@ -127,3 +127,18 @@ def test_compare_batching_starts_both_servers_and_leaves_the_index_as_it_was(tmp
     assert max(lv.get("mean_batch_size", 1) for lv in res["unbatched"]["levels"]) == 1.0
     assert "| 4 |" in out.with_suffix(".md").read_text()
     assert sorted(p.relative_to(index) for p in index.rglob("*")) == before  # the writes went to copies
+
+
+def test_a_bad_synthetic_centering_is_refused_before_anything_is_built(capsys: pytest.CaptureFixture[str],
+                                                                       tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XLIR_HOME", str(tmp_path))
+    with pytest.raises(SystemExit) as exc:
+        load.main(["--synthetic", "1000", "--synthetic-centering", "fulll"])
+    assert exc.value.code == 2 and "invalid choice: 'fulll'" in capsys.readouterr().err
+    from benchmarks import big_index
+
+    with pytest.raises(SystemExit) as exc:
+        big_index.main(["--n", "1000", "--centering", "fulll"])
+    assert exc.value.code == 2 and "invalid choice: 'fulll'" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
