@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path
 from fastapi.responses import JSONResponse
 
 from app.deps import DocumentsDep, MiningDep, ServiceDep, StateDep
 from app.schemas import (
     DeleteResponse,
+    DocId,
     DocumentOut,
     EmbedRequest,
     EmbedResponse,
@@ -67,15 +70,19 @@ async def upsert_documents(req: UpsertRequest, documents: DocumentsDep) -> Upser
     return await documents.upsert(req)
 
 
-@router.get("/documents/{doc_id}", response_model=DocumentOut, responses=ERRORS,
+# `:path`: an id may hold `/` (sent percent-encoded, %2F, like any other reserved character)
+DocIdPath = Annotated[DocId, Path(description="the document id, percent-encoded (any id POST /documents accepts)")]
+
+
+@router.get("/documents/{doc_id:path}", response_model=DocumentOut, responses=ERRORS,
             summary="Read a document as the index serves it now (live updates included)")
-async def get_document(doc_id: str, documents: DocumentsDep) -> DocumentOut:
+async def get_document(doc_id: DocIdPath, documents: DocumentsDep) -> DocumentOut:
     return await documents.get(doc_id)
 
 
-@router.delete("/documents/{doc_id}", response_model=DeleteResponse, responses=ERRORS, dependencies=WRITE,
+@router.delete("/documents/{doc_id:path}", response_model=DeleteResponse, responses=ERRORS, dependencies=WRITE,
                summary="Delete a document (durable before the answer)")
-async def delete_document(doc_id: str, documents: DocumentsDep) -> DeleteResponse:
+async def delete_document(doc_id: DocIdPath, documents: DocumentsDep) -> DeleteResponse:
     return await documents.delete(doc_id)
 
 

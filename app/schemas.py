@@ -1,13 +1,48 @@
-"""Request and response models of the REST API (they are also the OpenAPI documentation)."""
+"""Request and response models of the REST API (they are also the OpenAPI documentation).
+
+Every request field is typed with one of the reusable annotated types below, so each rule lives once:
+:data:`Text` (any text field: refuses lone surrogates, which JSON's ``\\ud800`` escapes can carry and UTF-8 cannot
+encode), :data:`DocId` (the document id rule shared with the corpus readers) and strict numbers and booleans
+(:data:`Int`, :data:`Float`, :data:`Bool`: ``true`` is not 1, ``"5"`` is not 5; floats take integers).
+"""
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, Strict, field_validator
 
 from indexer.langid import known_lang, normalize_lang
+from indexer.readers import ID_RULE, MAX_ID_CHARS, doc_id_problem
+
+
+def utf8_text(value: object) -> object:
+    """Refuse a string that cannot be encoded as UTF-8 (a lone surrogate); other inputs go on to the type check."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"not valid Unicode text: the character at position {exc.start} is a lone surrogate "
+                             f"(U+{ord(value[exc.start]):04X}), which cannot be encoded as UTF-8") from None
+    return value
+
+
+def valid_doc_id(value: str) -> str:
+    problem = doc_id_problem(value)
+    if problem is not None:
+        raise ValueError(f"{problem} ({ID_RULE})")
+    return value
+
+
+Text = Annotated[str, BeforeValidator(utf8_text)]
+"""Any text of a request: a string that can be encoded as UTF-8."""
+DocId = Annotated[str, BeforeValidator(utf8_text), AfterValidator(valid_doc_id)]
+"""A document id (``indexer.readers.doc_id_problem``: the same rule as ids in corpora)."""
+Int = Annotated[int, Strict()]
+Bool = Annotated[bool, Strict()]
+Float = Annotated[float, Strict(), AllowInfNan(False)]
+"""A finite number: integers are taken, booleans and strings are not."""
 
 
 class Mode(StrEnum):
@@ -42,8 +77,8 @@ class SearchRequest(BaseModel):
         ]},
     )
 
-    query: str = Field(description="free text in any language")
-    k: int = Field(10, ge=1, le=1000, description="number of results")
+    query: Text = Field(description="free text in any language")
+    k: Int = Field(10, ge=1, le=1000, description="number of results")
     mode: Mode = Field(
         Mode.auto,
         description="dense, bm25, hybrid (both, fused) or auto: dense on a multilingual index (BM25 only matches "
@@ -51,13 +86,15 @@ class SearchRequest(BaseModel):
         "index (+1.6 nDCG@10 over dense); see benchmarks/RESULTS.md",
     )
     fusion: Fusion = Field(Fusion.weighted, description="hybrid only: weighted (default) or rrf")
-    rrf_k: float = Field(60.0, ge=0, le=10_000, description="RRF constant: score = sum 1/(rrf_k + rank)")
-    alpha: float = Field(0.7, ge=0, le=1, description="weighted fusion: alpha*dense + (1-alpha)*bm25 (min-max); "
+    rrf_k: Float = Field(60.0, ge=0, le=10_000, description="RRF constant: score = sum 1/(rrf_k + rank)")
+    alpha: Float = Field(0.7, ge=0, le=1, description="weighted fusion: alpha*dense + (1-alpha)*bm25 (min-max); "
                          "0.7 was best on the XQuAD-R dev split of single-language indexes")
-    langs: list[str] | None = Field(None, description="only return documents in these languages (ISO 639-1)")
-    rerank: bool = Field(False, description="rescore the top rerank_depth with the configured cross-encoder")
-    rerank_depth: int = Field(50, ge=1, le=1000)
-    lang: str | None = Field(None, description="language of the query (ISO 639-1); detected when omitted")
+    langs: list[Text] | None = Field(
+        None, description="only return documents in these languages (ISO 639-1; each must be one of the index's)")
+    rerank: Bool = Field(False, description="rescore the top rerank_depth with the configured cross-encoder")
+    rerank_depth: Int = Field(50, ge=1, le=1000, description="checked even without rerank; default 50 or "
+                              "XLIR_MAX_RERANK_DEPTH if lower")
+    lang: Text | None = Field(None, description="language of the query (ISO 639-1); detected when omitted")
     centering: Centering | None = Field(
         None, description="language centring of dense scores: off, offset (mu_lang - mu_all) or full (mu_lang); "
         "default: the mode the index was built with")
@@ -123,10 +160,10 @@ class EmbedRequest(BaseModel):
         extra="forbid",
         json_schema_extra={"examples": [{"texts": ["Wie spät ist es?", "What time is it?"], "kind": "query"}]},
     )
-    texts: list[str] = Field(min_length=1, description="texts to embed")
+    texts: list[Text] = Field(min_length=1, description="texts to embed")
     kind: EmbedKind = Field(EmbedKind.query, description="query or passage (the encoder's prefixes differ)")
-    centered: bool = Field(False, description="remove each text's language centroid (the index's)")
-    lang: str | None = Field(None, description="language of all texts when centered; detected per text if omitted")
+    centered: Bool = Field(False, description="remove each text's language centroid (the index's)")
+    lang: Text | None = Field(None, description="language of all texts when centered; detected per text if omitted")
     centering: Centering | None = Field(None, description="offset or full; default: the index's mode")
 
     @field_validator("lang")
@@ -164,10 +201,11 @@ class Ready(BaseModel):
 
 class DocumentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    id: str = Field(min_length=1, max_length=1000, description="document id; an existing id is replaced")
-    text: str = Field(description="passage text (embedded and BM25-indexed with the title)")
-    title: str = ""
-    lang: str | None = Field(None, description="ISO 639-1 (or a code normalised to it); detected when omitted")
+    id: DocId = Field(description=f"document id; an existing id is replaced. Rule: {ID_RULE}",
+                      json_schema_extra={"minLength": 1, "maxLength": MAX_ID_CHARS})
+    text: Text = Field(description="passage text (embedded and BM25-indexed with the title)")
+    title: Text = ""
+    lang: Text | None = Field(None, description="ISO 639-1 (or a code normalised to it); detected when omitted")
 
 
 class DocumentOut(BaseModel):
@@ -223,18 +261,18 @@ class MineRequest(BaseModel):
             "tgt": ["Green apples are what I like.", "Today the weather is lovely.", "The train leaves at noon."],
             "k": 2, "threshold": 1.0}]},
     )
-    src: list[str] = Field(min_length=1, description="source sentences (at most XLIR_MINE_MAX_SENTENCES)")
-    tgt: list[str] = Field(min_length=1, description="target sentences (at most XLIR_MINE_MAX_SENTENCES)")
-    k: int = Field(4, ge=1, le=64, description="neighbourhood size of the margin")
+    src: list[Text] = Field(min_length=1, description="source sentences (at most XLIR_MINE_MAX_SENTENCES)")
+    tgt: list[Text] = Field(min_length=1, description="target sentences (at most XLIR_MINE_MAX_SENTENCES)")
+    k: Int = Field(4, ge=1, le=64, description="neighbourhood size of the margin")
     margin: Literal["ratio", "distance", "absolute"] = Field(
         "absolute", description="absolute = cosine (the best BUCC-style F1 with centring here); ratio / distance = "
         "Artetxe & Schwenk margins")
     retrieval: Literal["fwd", "bwd", "max", "intersect"] = "max"
-    threshold: float | None = Field(None, allow_inf_nan=False, description="keep pairs scoring at least this")
-    one_to_one: bool = Field(False, description="each sentence in at most one pair (max/intersect always are)")
-    dedup: bool = Field(False, description="mine repeated sentences once, reported at their first index")
+    threshold: Float | None = Field(None, description="keep pairs scoring at least this")
+    one_to_one: Bool = Field(False, description="each sentence in at most one pair (max/intersect always are)")
+    dedup: Bool = Field(False, description="mine repeated sentences once, reported at their first index")
     centering: Centering = Field(Centering.full, description="remove each side's mean vector first")
-    texts: bool = Field(True, description="echo the sentences of each pair in the response")
+    texts: Bool = Field(True, description="echo the sentences of each pair in the response")
 
 
 class MinedPairOut(BaseModel):

@@ -186,7 +186,11 @@ class SearchService:
             return given, "request"
         return self.detector.detect(text), "detected"
 
-    def validate(self, req: SearchRequest) -> None:
+    def validate(self, req: SearchRequest, index: Index | None = None) -> SearchRequest:
+        """Check every field whatever the others say (``rerank_depth`` without ``rerank`` too; ``langs`` against the
+        languages of ``index``, default the one served); returns the request with a defaulted ``rerank_depth``
+        lowered to ``XLIR_MAX_RERANK_DEPTH``."""
+        index = self.index if index is None else index
         if not req.query.strip():
             raise BadQuery("query is empty")
         if len(req.query) > self.limits.max_query_chars:
@@ -198,12 +202,21 @@ class SearchService:
                 "--reranker PATH (or XLIR_RERANKER) pointing to a local sentence-transformers CrossEncoder folder")
         if req.k > self.limits.max_k:
             raise BadQuery(f"k={req.k} is over the limit {self.limits.max_k}")
-        if req.rerank and req.rerank_depth > self.limits.max_rerank_depth:
-            raise BadQuery(f"rerank_depth {req.rerank_depth} is over the limit {self.limits.max_rerank_depth}")
+        if req.rerank_depth > self.limits.max_rerank_depth:
+            if "rerank_depth" in req.model_fields_set:
+                raise BadQuery(f"rerank_depth {req.rerank_depth} is over the limit {self.limits.max_rerank_depth}")
+            req = req.model_copy(update={"rerank_depth": self.limits.max_rerank_depth})
+        if req.langs:
+            present = index.languages
+            missing = [code for code in req.langs if code not in present]
+        req = self.validate(req, index)
+            if missing:
+                raise BadQuery(f"langs: {', '.join(map(repr, missing))} not in this index; its languages are "
+                               f"{', '.join(sorted(present)) or 'none'}")
+        return req
 
     async def search(self, req: SearchRequest) -> SearchResponse:
         t0 = time.perf_counter()
-        self.validate(req)
         index = self.index  # one snapshot for the whole request: live writes and reloads swap self.index
         req = resolve_mode(index, req)
         depth = candidate_depth(req, self.limits)

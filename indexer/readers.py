@@ -2,6 +2,10 @@
 
 Every reader yields :class:`Document` and raises :class:`CorpusError` naming the file and line of
 the first bad record, so a user can fix the input instead of reading a traceback.
+
+Document ids follow one rule wherever they come from (corpora here, ``POST /documents`` through
+``app.schemas.DocId``): :func:`doc_id_problem`. Every id it accepts can be addressed as
+``/documents/{id}`` once percent-encoded (``/``, ``%``, ``?``, ``#``, spaces and any script included).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import csv
 import gzip
 import io
 import json
+import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +24,47 @@ from xlir.errors import CorpusError
 
 ID_KEYS = ("id", "_id", "docid", "doc_id")
 TEXT_KEYS = ("text", "contents", "passage")
+
+MAX_ID_CHARS = 1000
+ID_RULE = (f"a document id is 1 to {MAX_ID_CHARS} characters of Unicode text without control characters or line "
+           "breaks, without leading or trailing whitespace, and not '.' or '..'")
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})  # controls, lone surrogates, line/paragraph separators
+
+
+def doc_id_problem(doc_id: str) -> str | None:
+    """Why ``doc_id`` breaks :data:`ID_RULE` (None when it is a valid id): the one id rule of corpora and the API.
+
+    Ids are taken as given (no normalisation), so what is stored is what a client addresses. '.' and '..' are
+    refused because clients resolve them as path segments before sending.
+    """
+    if not doc_id:
+        return "the id is empty"
+    if len(doc_id) > MAX_ID_CHARS:
+        return f"the id has {len(doc_id)} characters; the limit is {MAX_ID_CHARS}"
+    for i, ch in enumerate(doc_id):
+        if unicodedata.category(ch) in _FORBIDDEN_CATEGORIES:
+            return f"the id holds the control character U+{ord(ch):04X} at position {i}"
+    if doc_id != doc_id.strip():
+        return "the id has leading or trailing whitespace"
+    if doc_id in (".", ".."):
+        return f"the id {doc_id!r} cannot be addressed in a URL"
+    return None
+
+
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` can be encoded as UTF-8: false only for lone surrogates, which JSON escapes can carry."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_id(path: Path, lineno: int, doc_id: str) -> str:
+    problem = doc_id_problem(doc_id)
+    if problem is not None:
+        raise CorpusError(f"{path}:{lineno}: bad document id {doc_id[:60]!r}: {problem} ({ID_RULE})")
+    return doc_id
 
 
 @dataclass(slots=True)
@@ -63,13 +109,20 @@ def read_jsonl(path: Path, default_lang: str | None = None) -> Iterator[Document
         if not isinstance(rec, dict):
             raise CorpusError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
         doc_id, text = _first(rec, ID_KEYS), _first(rec, TEXT_KEYS)
-        if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
+        if doc_id is None:
             raise CorpusError(f"{path}:{lineno}: missing document id (one of {', '.join(ID_KEYS)})")
+        if isinstance(doc_id, bool) or not isinstance(doc_id, str | int):
+            raise CorpusError(f"{path}:{lineno}: the document id must be a string or an integer, "
+                              f"got {type(doc_id).__name__}")
         if not isinstance(text, str):
             raise CorpusError(f"{path}:{lineno}: missing or non-string text (one of {', '.join(TEXT_KEYS)})")
         title = rec.get("title") or ""
         lang = rec.get("lang") or rec.get("language") or default_lang
-        yield Document(str(doc_id), text, str(title), str(lang) if lang else None)
+        for name, value in (("text", text), ("title", title), ("lang", lang)):
+            if isinstance(value, str) and not is_utf8(value):
+                raise CorpusError(f"{path}:{lineno}: the {name} holds a lone surrogate (a \\ud800-style escape), "
+                                  "which is not Unicode text")
+        yield Document(_check_id(path, lineno, str(doc_id)), text, str(title), str(lang) if lang else None)
 
 
 def read_tsv(path: Path, default_lang: str | None = None) -> Iterator[Document]:
@@ -96,9 +149,7 @@ def read_tsv(path: Path, default_lang: str | None = None) -> Iterator[Document]:
             idx = columns.get(name)
             return row[idx].strip() if idx is not None and idx < len(row) else ""
 
-        if not col("id"):
-            raise CorpusError(f"{path}:{lineno}: empty document id")
-        yield Document(col("id"), col("text"), col("title"), col("lang") or default_lang)
+        yield Document(_check_id(path, lineno, col("id")), col("text"), col("title"), col("lang") or default_lang)
 
 
 def _corpus_files(directory: Path) -> list[Path]:
