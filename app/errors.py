@@ -65,11 +65,11 @@ HEADERS: dict[int, dict[str, str]] = {
 
 
 def error_response(status: int, code: str, detail: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": code, "detail": detail}, headers=HEADERS.get(status))
-
     # a detail may quote the request (a field name, a value), which can hold lone surrogates: escape them, or
     # encoding the body as UTF-8 would fail
     detail = detail.encode("utf-8", "backslashreplace").decode("utf-8")
+    return JSONResponse(status_code=status, content={"error": code, "detail": detail}, headers=HEADERS.get(status))
+
 
 def xlir_error_response(exc: XlirError) -> JSONResponse:
     """The answer to a domain error (also for middlewares, which run outside the exception handlers)."""
@@ -94,8 +94,6 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "validation_error", "; ".join(parts))
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
 def _unparsable_body(cause: BaseException) -> str:
     if isinstance(cause, RecursionError):
         return "body: the JSON is nested too deeply"
@@ -104,10 +102,12 @@ def _unparsable_body(cause: BaseException) -> str:
     return f"body: the request body cannot be parsed as JSON ({type(cause).__name__}: {str(cause)[:200]})"
 
 
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, str(exc.detail))
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI could not parse the body (json.loads raised)
         return error_response(422, "validation_error", _unparsable_body(exc.__cause__))
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -209,7 +209,6 @@ class SearchService:
         if req.langs:
             present = index.languages
             missing = [code for code in req.langs if code not in present]
-        req = self.validate(req, index)
             if missing:
                 raise BadQuery(f"langs: {', '.join(map(repr, missing))} not in this index; its languages are "
                                f"{', '.join(sorted(present)) or 'none'}")
@@ -218,6 +217,7 @@ class SearchService:
     async def search(self, req: SearchRequest) -> SearchResponse:
         t0 = time.perf_counter()
         index = self.index  # one snapshot for the whole request: live writes and reloads swap self.index
+        req = self.validate(req, index)
         req = resolve_mode(index, req)
         depth = candidate_depth(req, self.limits)
         mask = index.lang_mask(req.langs)
