@@ -2,6 +2,7 @@
 
 The same code as ``xlir mine`` (:func:`indexer.mining_job.mine_texts_result`); large jobs belong to the CLI,
 so the lists are capped (``XLIR_MINE_MAX_SENTENCES`` per side) and a second job while one runs answers 429.
+A job holds its slot until its worker thread has finished, even when the client that asked went away.
 """
 
 from __future__ import annotations
@@ -56,12 +57,33 @@ class MiningService:
         return MineResponse(pairs=pairs, src_count=len(req.src), tgt_count=len(req.tgt), search=search,
                             embed_ms=round(res.embed_seconds * 1000, 1), mine_ms=round(res.mine_seconds * 1000, 1))
 
+    def _mine_in_slot(self, req: MineRequest) -> MineResponse:
+        """Runs in the worker thread, which alone releases the slot: when the work has really ended."""
+        try:
+            return self._mine(req)
+        finally:
+            self._slots.release()
+
     async def mine(self, req: MineRequest) -> MineResponse:
-        """:meth:`run` in a worker thread; ``Overloaded`` (429) at once when every job slot is taken."""
+        """:meth:`run` in a worker thread; ``Overloaded`` (429) at once when every job slot is taken.
+
+        A cancelled request (the client disconnected) stops waiting, not the job: the thread is shielded from the
+        cancellation (an executor job cancelled before it starts would never release its slot) and keeps the slot
+        until it returns.
+        """
         self.check(req)
         if not self._slots.acquire(blocking=False):
             raise Overloaded("a mining job is already running; retry later")
         try:
-            return await asyncio.to_thread(self._mine, req)
-        finally:
+            job = asyncio.get_running_loop().run_in_executor(None, self._mine_in_slot, req)
+        except BaseException:  # never submitted (executor shut down): the slot is still ours to give back
             self._slots.release()
+            raise
+        job.add_done_callback(_consume)
+        return await asyncio.shield(job)
+
+
+def _consume(job: asyncio.Future[MineResponse]) -> None:
+    """Retrieve the outcome of a job nobody awaits any more (its client left), so asyncio does not warn about it."""
+    if not job.cancelled():
+        job.exception()

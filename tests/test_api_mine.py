@@ -120,3 +120,71 @@ def test_a_second_job_while_one_runs_gets_429(index_dir: Path) -> None:
         assert results == [200]
         time.sleep(0.05)
         assert c.post("/mine", json={"src": SRC, "tgt": TGT}).status_code == 200  # the slot is free again
+
+
+def test_a_cancelled_request_keeps_its_slot_until_the_mining_thread_ends() -> None:
+    """Issue 17.9: the client goes away (its coroutine is cancelled) while the job's thread still mines; the slot
+    stays taken, so a second job is refused until that thread has really finished."""
+    import asyncio
+
+    from app.mining import MiningService
+    from app.schemas import MineRequest
+    from xlir.errors import Overloaded
+
+    enc = SlowEncoder()
+    svc = MiningService(enc, max_jobs=1)
+    req = MineRequest(src=SRC, tgt=TGT)
+    finished = threading.Event()
+    real_mine = svc._mine
+
+    def mine_and_note(r: MineRequest) -> object:
+        try:
+            return real_mine(r)
+        finally:
+            finished.set()
+
+    svc._mine = mine_and_note  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(svc.mine(req))
+        assert await asyncio.to_thread(enc.started.wait, 10)
+        first.cancel()  # what the server does to a request whose client disconnected
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert not finished.is_set()  # the thread is still in the encoder
+        with pytest.raises(Overloaded):
+            await svc.mine(req)
+        enc.release.set()
+        assert await asyncio.to_thread(finished.wait, 10)
+        for _ in range(100):  # the slot is released in the thread's own `finally`, right after `finished`
+            try:
+                res = await svc.mine(req)
+                break
+            except Overloaded:
+                await asyncio.sleep(0.01)
+        else:
+            pytest.fail("the slot was never released after the job ended")
+        assert res.src_count == len(SRC)
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_job_releases_its_slot() -> None:
+    import asyncio
+
+    from app.mining import MiningService
+    from app.schemas import MineRequest
+
+    class Broken(FakeEncoder):
+        def encode_passages(self, texts: Sequence[str], *, batch_size: int = 32,
+                            progress: object = None) -> np.ndarray:
+            raise RuntimeError("encoder exploded")
+
+    svc = MiningService(Broken(dim=8), max_jobs=1)
+
+    async def twice() -> None:
+        for _ in range(2):  # the second call would be 429 if the first had kept the slot
+            with pytest.raises(RuntimeError, match="encoder exploded"):
+                await svc.mine(MineRequest(src=SRC, tgt=TGT))
+
+    asyncio.run(twice())
