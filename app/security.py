@@ -6,6 +6,8 @@
   digests with ``hmac.compare_digest``, against every configured key (no early exit). No keys = open server.
 - Every route of the API router needs ``read`` except ``/health`` and ``/ready`` (:func:`authorize`, a router
   dependency, so new routes are protected by default); write routes add ``Depends(require_scope("write"))``.
+- The API documentation (``/docs``, ``/redoc``, ``/openapi.json``): :class:`DocsGuard` asks for a read key when keys
+  are configured, unless ``XLIR_PUBLIC_DOCS=true``.
 - :class:`BodyLimit`: a pure ASGI middleware that counts the bytes actually received (not only Content-Length)
   and answers 413 past ``XLIR_MAX_BODY_BYTES``.
 - :func:`confine_path`: a client- or CLI-given path must resolve (symlinks included) inside the data directory.
@@ -181,6 +183,51 @@ async def metrics_access(request: Request, keys: KeysDep, key: KeyDep) -> None:
         keys.authorize(key, "read")
 
 
+def key_from_headers(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The API key of raw ASGI headers, read as :func:`presented_key` reads it (a Bearer token, else X-API-Key)."""
+    bearer = api_key = None
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token:
+                bearer = token
+        elif name == b"x-api-key":
+            api_key = value.decode("latin-1")
+    return bearer if bearer is not None else api_key
+
+
+def docs_paths(app: FastAPI) -> frozenset[str]:
+    """The paths FastAPI serves its documentation on (``/docs``, its OAuth2 redirect, ``/redoc``, ``/openapi.json``)."""
+    paths = (app.docs_url, app.swagger_ui_oauth2_redirect_url if app.docs_url else None, app.redoc_url,
+             app.openapi_url)
+    return frozenset(p for p in paths if p)
+
+
+def docs_are_public(settings: Settings, keys: ApiKeys) -> bool:
+    """``XLIR_PUBLIC_DOCS`` unset: open only without keys; with no keys configured there is nothing to ask for."""
+    return keys.open or bool(settings.public_docs)
+
+
+class DocsGuard:
+    """A read key for the documentation routes (FastAPI adds them as plain routes, outside the API router)."""
+
+    def __init__(self, app: ASGIApp, keys: ApiKeys, paths: frozenset[str]) -> None:
+        self.app = app
+        self.keys = keys
+        self.paths = paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in self.paths:
+            try:
+                self.keys.authorize(key_from_headers(scope["headers"]), "read")
+            except (Unauthorized, Forbidden) as exc:
+                from app.errors import xlir_error_response
+
+                await xlir_error_response(exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class BodyLimit:
     """Reject request bodies over ``max_bytes`` with 413, counting the bytes received.
 
@@ -254,10 +301,13 @@ def confine_path(base: Path, user_path: str | Path) -> Path:
 
 
 def install(app: FastAPI, settings: Settings) -> None:
-    """Keys, body limit and (only when origins are configured) CORS."""
+    """Keys, body limit, the documentation's access (``XLIR_PUBLIC_DOCS``) and (only when origins are configured)
+    CORS."""
     app.state.api_keys = ApiKeys.from_spec(settings.api_keys.get_secret_value() if settings.api_keys else None)
     app.state.metrics_auth = settings.metrics_auth
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if not docs_are_public(settings, app.state.api_keys):
+        app.add_middleware(DocsGuard, keys=app.state.api_keys, paths=docs_paths(app))
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "X-API-Key"])

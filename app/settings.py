@@ -61,6 +61,9 @@ class Settings(BaseSettings):
         None, description="API keys with scopes, `KEY:read,KEY2:write` or JSON {\"KEY\": \"read\"}; write implies "
         "read; unset = every endpoint open")
     metrics_auth: bool = Field(False, description="GET /metrics needs a read key too (default: open)")
+    public_docs: bool | None = Field(
+        None, description="/docs, /redoc and /openapi.json without a key: unset = open only when no API keys are "
+        "configured (with keys they need a read key); true = always open; false = a read key whenever keys are set")
     max_body_bytes: int = Field(1 << 20, ge=1, description="larger request bodies answer 413")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="origins allowed by CORS (comma-separated or JSON list); empty = CORS off")

@@ -123,7 +123,7 @@ def test_write_routes_need_the_write_scope(secured: TestClient) -> None:
 
 def test_every_api_route_but_health_ready_metrics_needs_a_key(secured: TestClient) -> None:
     """Router-wide: a route added later (e.g. /mine) is protected without declaring anything."""
-    paths = secured.get("/openapi.json").json()["paths"]
+    paths = secured.get("/openapi.json", headers=bearer(READ)).json()["paths"]
     assert {"/search", "/embed", "/health", "/ready", "/metrics"} <= set(paths)
     for path, operations in paths.items():
         if path == "/write-probe":
@@ -144,7 +144,7 @@ def test_metrics_can_require_a_read_key(index_dir: Path) -> None:
 
 
 def test_openapi_documents_both_key_headers(secured: TestClient) -> None:
-    schemes = secured.get("/openapi.json").json()["components"]["securitySchemes"]
+    schemes = secured.get("/openapi.json", headers=bearer(READ)).json()["components"]["securitySchemes"]
     assert {s["type"] for s in schemes.values()} == {"http", "apiKey"}
 
 
@@ -157,6 +157,43 @@ def test_without_keys_everything_is_open_and_the_log_says_so(index_dir: Path, ca
     with caplog.at_level(logging.INFO, logger="app.security"), TestClient(make_app(index_dir, api_keys=KEYS)):
         pass
     assert any("1 read-only, 1 with write" in r.message for r in caplog.records)
+
+
+# --- API documentation (XLIR_PUBLIC_DOCS) ----------------------------------------------------------------------
+
+DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+
+
+def test_docs_need_a_read_key_when_keys_are_set(secured: TestClient) -> None:
+    for path in DOCS_PATHS:
+        for headers in ({}, bearer("wrong"), {"X-API-Key": "wrong"}, {"Authorization": f"Basic {READ}"}):
+            r = secured.get(path, headers=headers)
+            assert r.status_code == 401, (path, headers)
+            assert r.json()["error"] == "unauthorized" and r.headers["WWW-Authenticate"].startswith("Bearer")
+        for headers in (bearer(READ), {"X-API-Key": READ}, {"Authorization": f"bearer {WRITE}"}):
+            assert secured.get(path, headers=headers).status_code == 200, (path, headers)
+    assert "paths" not in secured.get("/openapi.json").json()  # nothing of the API is revealed
+    assert secured.get("/health").status_code == 200 and secured.get("/ready").status_code == 200
+
+
+def test_public_docs_setting(index_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with TestClient(make_app(index_dir, api_keys=KEYS, public_docs=True)) as c:
+        for path in DOCS_PATHS:
+            assert c.get(path).status_code == 200, path
+        assert c.post("/search", json={"query": "apples"}).status_code == 401  # only the docs are opened
+    with TestClient(make_app(index_dir)) as c:  # no keys: the default opens them
+        for path in DOCS_PATHS:
+            assert c.get(path).status_code == 200, path
+    with TestClient(make_app(index_dir, public_docs=False)) as c:  # no keys to ask for: open like everything else
+        assert c.get("/openapi.json").status_code == 200
+    with TestClient(make_app(index_dir, api_keys=KEYS, public_docs=False)) as c:
+        assert c.get("/docs").status_code == 401
+    monkeypatch.setenv("XLIR_PUBLIC_DOCS", "true")
+    assert Settings().public_docs is True
+    monkeypatch.setenv("XLIR_PUBLIC_DOCS", "false")
+    assert Settings().public_docs is False
+    monkeypatch.delenv("XLIR_PUBLIC_DOCS")
+    assert Settings().public_docs is None
 
 
 # --- body size -------------------------------------------------------------------------------------------------
