@@ -135,7 +135,8 @@ class CenteringInfo(BaseModel):
     mode: Centering = Field(description="centring applied to the dense scores of documents")
     query_lang: str | None = Field(description="the query's language: given, or detected")
     lang_source: str | None = Field(description="request or detected")
-    applied: bool = Field(description="whether the query vector was centred")
+    applied: bool = Field(description="whether the query was centred on a centroid of its language (else it took "
+                                      "the fallback shift of its language's documents: see note)")
     source: str | None = Field(description="where the query's centroid came from: index or table")
     note: str | None = None
 

@@ -36,7 +36,7 @@ from app.schemas import (
 )
 from indexer.build import passage_text
 from indexer.centering import Centroids, center
-from indexer.langid import UNDETERMINED, LanguageDetector
+from indexer.langid import LanguageDetector
 from indexer.live import LiveStore, generation_label, main_id_map, prepare_documents
 from indexer.store import Index
 from models.encoders import Encoder
@@ -85,24 +85,16 @@ def fuse(req: SearchRequest, runs: dict[str, fusion.Run], k: int) -> list[fusion
 def center_query(
     index: Index, table: Centroids | None, qvec: np.ndarray, mode: str, lang: str | None, lang_source: str | None
 ) -> tuple[np.ndarray, CenteringInfo]:
-    """Shift a raw query vector by its language's centroid under ``mode`` (index centroids first, then the
-    encoder's centroid table); without a centroid for the language the query stays as it is, and says so."""
+    """Shift a raw query vector under ``mode`` by the rule of :mod:`indexer.centering` (as the index's documents
+    of its language are); the info says where the centroid came from, or that the fallback was taken."""
     info = CenteringInfo(mode=Centering(mode), query_lang=lang, lang_source=lang_source, applied=False, source=None)
     if mode == "off":
         return qvec, info
-    centroids = index.require_centroids(mode)
-    shift, source = None, None
-    if lang and lang != UNDETERMINED:
-        for name, tab in (("index", centroids), ("table", table)):
-            shift = tab.shift(mode, lang) if tab is not None else None
-            if shift is not None:
-                source = name
-                break
-    if shift is None:
-        info.note = (f"no centroid for the query language {lang!r} in the index or the centroid table: "
-                     "the query was not centred (pass `lang` to name it)")
-        return qvec, info
-    info.applied, info.source = True, source
+    shift, info.source = index.require_centroids(mode).query_shift(mode, lang, table, index.languages)
+    info.applied = info.source is not None
+    if not info.applied:
+        info.note = (f"no centroid for the query language {lang!r} in the index or the centroid table: the query took "
+                     f"the shift of such documents ({'the global mean' if mode == 'full' else 'none'}; pass `lang`)")
     return center(qvec, shift), info
 
 

@@ -179,10 +179,8 @@ def index_shard(root: Path, info: ShardInfo, dim: int, index_type: str, mode: st
     sdir = root / info.name
     raw = np.memmap(sdir / f"{VECTOR_SET}.f32", dtype="<f4", mode="r", shape=(info.count, dim)) if info.count \
         else np.zeros((0, dim), dtype=np.float32)
-    shifts = centroids.shifts(mode)
-    to_row = np.asarray([centroids.langs.index(code) if code in centroids else 0 for code in lang_codes],
-                        dtype=np.int64)
-    rows = to_row[np.load(sdir / LANGS_FILE)] if info.count else np.zeros(0, dtype=np.int64)
+    shifts = centroids.lookup(mode, lang_codes)[0]  # rows of ``lang_codes``, as ``langs.npy`` holds them
+    rows = np.load(sdir / LANGS_FILE) if info.count else np.zeros(0, dtype=np.int64)
 
     def transform(block: np.ndarray, idx: np.ndarray) -> np.ndarray:
         return block if mode == "off" else center_by_lang(block, rows[idx], shifts)

@@ -10,15 +10,21 @@ the (unit-norm) passage embeddings and the global mean ``mu_all``, a vector ``x`
   single-language index is unchanged by construction
 - ``full``:   ``normalize(x - mu_l)``: removes the whole language mean
 
-Queries are shifted with the centroid of their own language (from the index, else from a centroid table built
-for the encoder). Everything here is pure numpy over embeddings; the indexer streams ``CentroidStats`` per shard
-and merges them exactly.
+This module alone decides what is subtracted (:meth:`Centroids.lookup`), for documents (build, live delta,
+exact re-scoring) and queries (server, ``xlir search``, benchmarks, ``/embed``) alike. **The rule**: a vector of
+language ``l`` is shifted by ``l``'s mean in the index's centroids when ``l`` has at least ``MIN_CENTROID_DOCS``
+documents there; otherwise (a rare language, or one the generation's centroids do not hold) by the fallback: the
+global mean under ``full``, nothing under ``offset``. So a document and a query of the same language always take
+the same shift. The encoder's centroid table (:mod:`indexer.centroid_table`) only serves a query in a language
+the index holds no document of (none can be shifted differently): its mean there, else the fallback.
+Everything here is pure numpy over embeddings; the indexer streams ``CentroidStats`` per shard and merges them
+exactly.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,9 +36,8 @@ MODES = ("off", "offset", "full")
 AUTO = "auto"
 # an index is "multilingual" for `auto` when at least two languages each hold this share of its documents
 AUTO_MIN_SHARE = 0.01
-# a language with fewer documents has no reliable mean (with one document, `full` would erase it): its
-# documents are shifted by the global mean under `full` and left alone under `offset`; its queries look
-# for a centroid in the encoder's table instead
+# a language with fewer documents has no reliable mean (with one document, `full` would erase it): the rule's
+# fallback applies to it
 MIN_CENTROID_DOCS = 10
 
 
@@ -104,31 +109,36 @@ class Centroids:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_row", {lang: i for i, lang in enumerate(self.langs)})
 
-    def __contains__(self, lang: object) -> bool:
-        return lang in self._row  # type: ignore[attr-defined]
-
-    def reliable(self, lang: str) -> bool:
+    def _own(self, mode: str, lang: str) -> np.ndarray | None:
         row = self._row.get(lang)  # type: ignore[attr-defined]
-        return row is not None and int(self.counts[row]) >= MIN_CENTROID_DOCS
-
-    def shift(self, mode: str, lang: str) -> np.ndarray | None:
-        """The vector subtracted from a query of ``lang`` under ``mode`` (None: no reliable centroid here)."""
-        check_mode(mode)
-        if mode == "off":
-            return np.zeros(self.means.shape[1], dtype=np.float32)
-        if not self.reliable(lang):
+        if row is None or int(self.counts[row]) < MIN_CENTROID_DOCS:
             return None
-        return self.shifts(mode)[self._row[lang]]  # type: ignore[attr-defined]
+        return self.means[row] if mode == "full" else self.means[row] - self.global_mean
+
+    def lookup(self, mode: str, langs: Sequence[str],
+               table: Centroids | None = None) -> tuple[np.ndarray, list[str | None]]:
+        """What is subtracted under ``mode`` from vectors of ``langs`` (n x d, the module's rule), and where each
+        shift came from: ``index`` (a reliable mean here), ``table`` (one in ``table``) or None (the fallback)."""
+        check_mode(mode)
+        fallback = self.global_mean if mode == "full" else np.zeros_like(self.global_mean)
+        found: dict[str, tuple[np.ndarray, str | None]] = {}
+        for lang in dict.fromkeys(langs):
+            found[lang] = (np.zeros_like(fallback), None) if mode == "off" else next(
+                ((s, name) for name, tab in (("index", self), ("table", table))
+                 if tab is not None and (s := tab._own(mode, lang)) is not None), (fallback, None))
+        shifts = np.stack([found[x][0] for x in langs]) if len(langs) else np.zeros((0, len(fallback)))
+        return shifts.astype(np.float32), [found[x][1] for x in langs]
 
     def shifts(self, mode: str) -> np.ndarray:
-        """L x d: what is subtracted from documents of each language of the table, in ``langs`` order."""
-        check_mode(mode)
-        if mode == "off":
-            return np.zeros_like(self.means)
-        small = self.counts < MIN_CENTROID_DOCS
-        if mode == "full":
-            return np.where(small[:, None], self.global_mean[None, :], self.means).astype(np.float32)
-        return np.where(small[:, None], 0.0, self.means - self.global_mean).astype(np.float32)
+        """L x d: :meth:`lookup` for this table's own languages, in ``langs`` order."""
+        return self.lookup(mode, self.langs)[0]
+
+    def query_shift(self, mode: str, lang: str | None, table: Centroids | None,
+                    held: Collection[str]) -> tuple[np.ndarray, str | None]:
+        """The shift of a query (or an ``/embed`` text) of ``lang`` and its source; ``held``: the languages the
+        index holds documents of (the table serves only the others)."""
+        shifts, sources = self.lookup(mode, [lang or ""], None if lang in held else table)
+        return shifts[0], sources[0]
 
     def save(self, path: Path, encoder_checksum: str) -> None:
         tmp = path.with_name(path.name + ".tmp.npz")
@@ -195,16 +205,25 @@ def centered_norms(raw: np.ndarray, lang_rows: np.ndarray, table_shifts: np.ndar
     return np.sqrt(np.maximum(sq, 1e-12)).astype(np.float32)
 
 
-def center_sides(x: np.ndarray, y: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """Bitext mining: each side is one language, centred on its own mean (``full``) or on its offset from
-    the mean of both sides (``offset``). A side with fewer than ``MIN_CENTROID_DOCS`` sentences has no
-    reliable mean: then neither side is changed."""
+def side_shifts(mode: str, src: Iterable[np.ndarray], tgt: Iterable[np.ndarray],
+                dim: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Bitext mining: each side (given as blocks of rows) is one language, centred on its own mean (``full``)
+    or on its offset from the mean of both sides (``offset``). A side with fewer than ``MIN_CENTROID_DOCS``
+    sentences has no reliable mean: then None, and neither side is changed."""
     check_mode(mode)
-    if mode == "off" or min(len(x), len(y)) < MIN_CENTROID_DOCS:
-        return x, y
-    stats = CentroidStats(x.shape[1])
-    stats.add(["src"] * len(x), x)
-    stats.add(["tgt"] * len(y), y)
-    c = stats.centroids()
-    shifts = c.means if mode == "full" else (c.means - c.global_mean).astype(np.float32)
-    return center(x, shifts[c.langs.index("src")]), center(y, shifts[c.langs.index("tgt")])
+    if mode == "off":
+        return None
+    stats = CentroidStats(dim)
+    for label, blocks in (("src", src), ("tgt", tgt)):
+        for block in blocks:
+            stats.add([label] * len(block), block)
+        if stats.counts.get(label, 0) < MIN_CENTROID_DOCS:
+            return None
+    s, t = stats.centroids().lookup(mode, ["src", "tgt"])[0]
+    return s, t
+
+
+def center_sides(x: np.ndarray, y: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`side_shifts` applied to two in-memory sides."""
+    shifts = side_shifts(mode, [x], [y], x.shape[1])
+    return (x, y) if shifts is None else (center(x, shifts[0]), center(y, shifts[1]))

@@ -37,7 +37,7 @@ import numpy as np
 from indexer import wal
 from indexer.bm25 import Postings, Segment, lucene_scores, top_k
 from indexer.build import VECTOR_SET, passage_text
-from indexer.centering import Centroids, center, resolve_auto
+from indexer.centering import center, resolve_auto
 from indexer.dense import merge_topk
 from indexer.store import CURRENT, Hits, Index, open_index, verify_index
 from xlir.errors import BadQuery, DocumentNotFound, IndexInvalid, IndexNotReady
@@ -273,20 +273,6 @@ class DeltaView:
         return self.langs[: self.n]
 
 
-def delta_shifts(centroids: Centroids | None, mode: str, langs: Sequence[str], dim: int) -> np.ndarray:
-    """n x d: what is subtracted from each delta vector under ``mode``, with the generation's frozen centroids.
-    A language the centroids do not hold is treated like one with too few documents (the global mean under
-    ``full``, nothing under ``offset``), as a fresh build treats a rare language."""
-    if mode == "off" or centroids is None or not len(langs):
-        return np.zeros((len(langs), dim), dtype=np.float32)
-    table = centroids.shifts(mode)
-    fallback = centroids.global_mean if mode == "full" else np.zeros(dim, dtype=np.float32)
-    ext = np.vstack([table, fallback[None, :]]).astype(np.float32)
-    rows = np.asarray([centroids.langs.index(lang) if lang in centroids else len(table) for lang in langs],
-                      dtype=np.int64)
-    return ext[rows]
-
-
 # ---------------------------------------------------------------------------------------------------- snapshot
 
 
@@ -353,13 +339,9 @@ class LiveIndex(Index):
         key = f"dense:{mode}"
         with v._lock:
             if key not in v._cache:
-                if mode == "off":
-                    norms = np.linalg.norm(v.vecs, axis=1, keepdims=True)
-                    v._cache[key] = (v.vecs / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-                else:
-                    cents = self.require_centroids(mode)
-                    shifts = delta_shifts(cents, mode, v.lang_codes(), v.vecs.shape[1])
-                    v._cache[key] = center(v.vecs, shifts)
+                off = mode == "off"  # else the rule of indexer.centering, with the generation's frozen centroids
+                v._cache[key] = center(v.vecs, np.zeros(1, np.float32) if off else
+                                       self.require_centroids(mode).lookup(mode, v.lang_codes())[0])
             mat: np.ndarray = v._cache[key]
         return mat
 

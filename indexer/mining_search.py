@@ -28,7 +28,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from indexer.centering import CentroidStats, center
+from indexer.centering import center, side_shifts
 from indexer.mining import MinedArrays, MineOptions, _candidates, _select, mine_neighbours
 
 IVF_SQ8_SHARE = 0.6  # use SQ8 codes when flat codes would take more than this share of the budget
@@ -268,24 +268,11 @@ def search_rows(
 # --------------------------------------------------------------------------------------------------
 
 
-def side_shifts(src: RowSource, tgt: RowSource, mode: str, *, chunk: int = 65_536,
-                min_rows: int = 10) -> tuple[np.ndarray, np.ndarray] | None:
-    """Per-side shift vectors for centring (streamed means; see :func:`indexer.centering.center_sides`),
-    or None when the mode is ``off`` or a side is too small for a reliable mean."""
-    if mode == "off" or min(src.shape[0], tgt.shape[0]) < min_rows:
-        return None
-    stats = CentroidStats(src.shape[1])
-    for label, rows in (("src", src), ("tgt", tgt)):
-        for _, block in iter_chunks(rows, chunk):
-            stats.add([label] * len(block), block)
-    c = stats.centroids()
-    shifts = c.means if mode == "full" else (c.means - c.global_mean).astype(np.float32)
-    return shifts[c.langs.index("src")].astype(np.float32), shifts[c.langs.index("tgt")].astype(np.float32)
-
-
 def centred_sources(src: ArrayRows | F32Rows, tgt: ArrayRows | F32Rows, mode: str,
                     chunk: int = 65_536) -> tuple[ArrayRows | F32Rows, ArrayRows | F32Rows]:
-    shifts = side_shifts(src, tgt, mode, chunk=chunk)
+    """Both sides centred as they are read, with :func:`indexer.centering.side_shifts` from streamed means."""
+    shifts = side_shifts(mode, (b for _, b in iter_chunks(src, chunk)), (b for _, b in iter_chunks(tgt, chunk)),
+                         src.shape[1])
     if shifts is None:
         return src, tgt
     s_shift, t_shift = shifts

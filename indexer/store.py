@@ -74,13 +74,7 @@ class Index:
         self._lang_id = {code: i for i, code in enumerate(manifest.lang_codes)}
         vs = manifest.vector_sets[VECTOR_SET]
         self.centering: str = vs.centering
-        self.centroids: Centroids | None = None
-        self.lang_rows = np.zeros(len(self.langs), dtype=np.int64)
-        if vs.centroids is not None:
-            self.centroids = Centroids.load(directory / vs.centroids)
-            to_row = np.asarray([self.centroids.langs.index(c) if c in self.centroids else 0
-                                 for c in manifest.lang_codes], dtype=np.int64)
-            self.lang_rows = to_row[self.langs] if len(self.langs) else self.lang_rows
+        self.centroids = None if vs.centroids is None else Centroids.load(directory / vs.centroids)
         self._raw: list[np.ndarray] | None = None
         self._norms: dict[str, list[np.ndarray]] = {}
 
@@ -145,12 +139,10 @@ class Index:
     def _dense_exact(self, queries: np.ndarray, k: int, mode: str,
                      masks: list[np.ndarray] | None) -> list[Hits]:
         raws = self._raw_vectors()
-        if mode == "off":
-            shifts = np.zeros((1, self.vector_set.dim), dtype=np.float32)
-            rows_of = [np.zeros(len(r), dtype=np.int64) for r in raws]
-        else:
-            shifts = self.require_centroids(mode).shifts(mode)
-            rows_of = [self.lang_rows[s.offset : s.offset + s.size] for s in self.shards]
+        codes = self.manifest.lang_codes  # ``self.langs`` holds rows of it
+        shifts = np.zeros((len(codes), self.vector_set.dim), dtype=np.float32) if mode == "off" else \
+            self.require_centroids(mode).lookup(mode, codes)[0]
+        rows_of = [self.langs[s.offset : s.offset + s.size] for s in self.shards]
         if mode not in self._norms:
             self._norms[mode] = [centered_norms(np.asarray(r), rows, shifts) for r, rows in zip(raws, rows_of,
                                                                                                  strict=True)]

@@ -183,12 +183,12 @@ def test_upserts_use_frozen_centroids_until_compaction(tmp_path: Path) -> None:
     live = store.snapshot
     assert live.centroids is not None  # the delta never moves the generation's centroids
     np.testing.assert_array_equal(live.centroids.means, frozen.means)
-    q = center(enc.encode_queries(["apfel markt"])[0], frozen.shift("full", "de"))
+    q = center(enc.encode_queries(["apfel markt"])[0], frozen.lookup("full", ["de"])[0][0])
     hits = live.dense(q[None, :], len(base) + len(new))[0]
     by_row = dict(zip(hits.rows.tolist(), hits.scores.tolist(), strict=True))
     for j, d in enumerate(new):
         raw = enc.encode_passages([d["text"]])[0]
-        want = float(center(raw, frozen.shift("full", "de")) @ q)
+        want = float(center(raw, frozen.lookup("full", ["de"])[0][0]) @ q)
         assert by_row[len(base) + j] == pytest.approx(want, abs=1e-5)
     compact(tmp_path / "idx")
     store.refresh()
