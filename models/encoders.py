@@ -131,10 +131,11 @@ class SentenceTransformerEncoder:
     upserts, mining). A Hugging Face fast tokenizer is not: every call sets its truncation and padding, and
     ``token_lengths`` (no padding) and ``model.encode`` (padding) ask for different ones, so a call in another
     thread fails: "Unable to create tensor" when padding was switched off under it (~5% of 300 mixed calls in 16
-    threads, tests/test_batching_tokenizer_threads.py), or "Already borrowed". All tokenization of this encoder therefore runs under one lock: it is held for the
-    tokenizer call only (0.2 ms for 8 queries, 9 ms for 32 passages of 300 words with e5-small), not for the
-    forward pass (0.5 to 1.6 s for the same batches on 2 cores), whereas a copy of the tokenizer per thread costs
-    1 s and ~240 MB each (``copy.deepcopy``, measured with e5-small's 250k-piece vocabulary).
+    threads, tests/test_batching_tokenizer_threads.py), or "Already borrowed". All tokenization of this encoder
+    therefore runs under one lock, held for the tokenizer call only (0.2 ms for 8 queries, 9 ms for 32 passages of
+    300 words with e5-small), not for the forward pass (0.5 to 1.6 s for the same batches on 2 cores), whereas a
+    copy of the tokenizer per thread costs 1 s and ~240 MB each (``copy.deepcopy``, e5-small's 250k-piece
+    vocabulary).
     """
 
     backend = "torch"
