@@ -8,6 +8,18 @@ the encoder's ``token_lengths``) a gathered batch is cut, longest first, into en
 calls run shortest first and each resolves its own requests, so short queries do not wait behind a long one.
 ``max_batch=1, max_wait_ms=0`` is no batching: one encoder call per query, in arrival order. A full queue
 answers :class:`Overloaded` at once instead of piling requests up.
+
+**One bad text never fails the others.** When an encoder call fails, its texts are split in halves and each half is
+encoded again, down to single texts (about 2 log2(n) extra calls for one bad text among n; the good halves keep
+their batching). Every request whose text encodes gets its vector; a text that fails alone gets its own error:
+:class:`TextNotEncodable` (422) when the text is to blame (it is not valid UTF-8, or other texts of its batch were
+encoded), else the encoder's exception as it was (a server fault, e.g. a broken model, fails alone texts too).
+
+**Supervision.** The worker loop runs under a supervisor task. If the loop dies (an exception outside the encoder
+call: a bug, a metrics hook that raises), the cause is logged, every request it held or that waits in the queue
+gets :class:`EncoderUnavailable` (503) at once, new requests get it too while the worker is down (``down`` says
+why; ``/ready`` answers 503 with it), and the loop is restarted after ``restart_delay`` seconds, doubling up to
+``max_restart_delay`` while it keeps dying without encoding anything.
 """
 
 from __future__ import annotations
@@ -25,12 +37,36 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from models.encoders import token_budget_batches
-from xlir.errors import Overloaded
+from xlir.errors import EncoderUnavailable, Overloaded, TextNotEncodable, XlirError
 
 log = logging.getLogger(__name__)
 
 EncodeFn = Callable[[Sequence[str]], np.ndarray]
 LengthsFn = Callable[[Sequence[str]], Sequence[int]]
+Item = tuple[str, asyncio.Future[np.ndarray]]
+
+
+def first_unencodable(text: str) -> int | None:
+    """Position of the first character UTF-8 cannot encode (a lone surrogate), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
+def item_error(text: str, exc: BaseException, encoder_works: bool) -> BaseException:
+    """The error to answer a text that failed when encoded alone: a domain error when the text is to blame (not
+    valid UTF-8, a Unicode error, or ``encoder_works``: other texts of its batch were encoded), else ``exc``."""
+    if isinstance(exc, XlirError):
+        return exc
+    pos = first_unencodable(text)
+    if pos is not None:
+        return TextNotEncodable(f"the text cannot be encoded as UTF-8: lone surrogate U+{ord(text[pos]):04X} at "
+                                f"character {pos}")
+    if encoder_works or isinstance(exc, UnicodeError):
+        return TextNotEncodable(f"the encoder cannot encode this text ({type(exc).__name__}: {str(exc)[:200]})")
+    return exc
 
 
 @dataclass
@@ -42,9 +78,12 @@ class BatchStats:
 
 class QueryBatcher:
     def __init__(self, encode: EncodeFn, max_batch: int = 32, max_wait_ms: float = 2.0, max_queue: int = 1024,
-                 *, max_tokens: int | None = None, token_lengths: LengthsFn | None = None) -> None:
+                 *, max_tokens: int | None = None, token_lengths: LengthsFn | None = None,
+                 restart_delay: float = 0.1, max_restart_delay: float = 5.0) -> None:
         if max_batch < 1 or max_queue < 1 or max_wait_ms < 0 or (max_tokens is not None and max_tokens < 1):
             raise ValueError("max_batch, max_queue and max_tokens must be >= 1, max_wait_ms >= 0")
+        if restart_delay < 0 or max_restart_delay < restart_delay:
+            raise ValueError("restart_delay must be >= 0 and <= max_restart_delay")
         self._encode = encode
         self._lengths = token_lengths if max_tokens is not None else None
         self.max_batch = max_batch
@@ -53,14 +92,19 @@ class QueryBatcher:
         self.max_tokens = max_tokens
         self.stats = BatchStats()
         self.on_batch: Callable[[int], None] | None = None  # called with each encoded batch's size (metrics)
-        self._queue: asyncio.Queue[tuple[str, asyncio.Future[np.ndarray]]] | None = None
+        self.restart_delay = restart_delay
+        self.max_restart_delay = max_restart_delay
+        self.restarts = 0
+        self.down: str | None = None  # why the worker is not running (it failed and restarts soon), for /ready
+        self._queue: asyncio.Queue[Item] | None = None
+        self._held: list[Item] = []  # the batch the worker loop has taken off the queue
         self._worker: asyncio.Task[None] | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xlir-encode")
 
     async def start(self) -> None:
         if self._worker is None:
             self._queue = asyncio.Queue(maxsize=self.max_queue)
-            self._worker = asyncio.create_task(self._run(), name="xlir-query-batcher")
+            self._worker = asyncio.create_task(self._supervise(), name="xlir-query-batcher")
 
     async def close(self) -> None:
         if self._worker is not None:
@@ -68,11 +112,7 @@ class QueryBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
             self._worker = None
-        if self._queue is not None:
-            while not self._queue.empty():
-                _, fut = self._queue.get_nowait()
-                if not fut.done():
-                    fut.set_exception(Overloaded("server is shutting down"))
+        self._fail_waiting(Overloaded("server is shutting down"))
         self._pool.shutdown(wait=False)
 
     @property
@@ -82,6 +122,8 @@ class QueryBatcher:
     async def encode(self, text: str) -> np.ndarray:
         if self._queue is None:
             raise RuntimeError("QueryBatcher.start() was not awaited")
+        if self.down is not None:
+            raise EncoderUnavailable(self.down)
         fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait((text, fut))
@@ -89,9 +131,40 @@ class QueryBatcher:
             raise Overloaded(f"query queue is full ({self.max_queue} waiting); retry later") from None
         return await fut
 
-    async def _gather(self) -> list[tuple[str, asyncio.Future[np.ndarray]]]:
+    async def _supervise(self) -> None:
+        """Run the worker loop; when it dies, fail what it held and what waits, then restart it after a delay."""
+        delay = self.restart_delay
+        while True:
+            batches = self.stats.batches
+            error: Exception | None = None
+            try:
+                await self._run()
+                cause = "the worker loop returned"
+            except Exception as exc:  # CancelledError (close) is not an Exception: it ends the supervisor
+                error, cause = exc, f"{type(exc).__name__}: {exc}"
+            if self.stats.batches > batches:  # it had worked since the last restart: not a crash loop
+                delay = self.restart_delay
+            log.error("the query batcher failed (%s); restarting it in %.2f s", cause, delay, exc_info=error)
+            self.down = f"the query encoder worker failed ({cause}) and restarts in {delay:.2f} s; retry shortly"
+            self._fail_waiting(EncoderUnavailable(self.down))
+            await asyncio.sleep(delay)
+            delay = min(max(delay * 2, 0.01), self.max_restart_delay)
+            self.restarts += 1
+            self.down = None
+
+    def _fail_waiting(self, exc: XlirError) -> None:
+        """Every request the worker held or that waits in the queue gets ``exc`` now."""
+        waiting = list(self._held)
+        self._held = []
+        while self._queue is not None and not self._queue.empty():
+            waiting.append(self._queue.get_nowait())
+        for _, fut in waiting:
+            if not fut.done():
+                fut.set_exception(exc)
+
+    async def _gather(self) -> list[Item]:
         assert self._queue is not None
-        batch = [await self._queue.get()]
+        batch = self._held = [await self._queue.get()]  # held from here: a failure of the loop answers them
         deadline = time.monotonic() + self.max_wait
         while len(batch) < self.max_batch:
             try:
@@ -126,29 +199,41 @@ class QueryBatcher:
             if self._lengths is not None and len(live) > 1:
                 try:  # the tokenizer runs in the worker thread too
                     parts = await loop.run_in_executor(self._pool, self._split, [t for t, _ in live])
-                except Exception:  # measuring failed: one call, whose own failure (if any) is reported
-                    log.exception("measuring query lengths failed")
+                except Exception as exc:  # measuring failed: one call, whose own failure (if any) is isolated
+                    log.warning("measuring query lengths failed (%s: %s)", type(exc).__name__, exc)
+            failed: list[tuple[Item, BaseException]] = []
+            encoded = 0
             for part in parts:
-                await self._encode_part([live[i] for i in part])
+                encoded += await self._encode_part([live[i] for i in part], failed)
+            for (text, fut), why in failed:  # once the whole batch is done: did the encoder work for the others?
+                if not fut.done():
+                    fut.set_exception(item_error(text, why, encoder_works=encoded > 0))
+            self._held = []
 
-    async def _encode_part(self, live: list[tuple[str, asyncio.Future[np.ndarray]]]) -> None:
+    async def _encode_part(self, live: list[Item], failed: list[tuple[Item, BaseException]]) -> int:
+        """Encode ``live`` in one call and answer its requests; if the call fails, encode each half again (down
+        to single texts), so only the texts that fail alone end up in ``failed``. Returns how many were encoded."""
         loop = asyncio.get_running_loop()
         try:
             vecs = await loop.run_in_executor(self._pool, self._encode, [t for t, _ in live])
-        except Exception as exc:  # every waiting request gets the failure, the worker keeps going
-            log.exception("query encoding failed")
-            for _, fut in live:
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
+        except Exception as exc:
+            if len(live) == 1:
+                log.warning("query encoding failed for one text: %s: %s", type(exc).__name__, exc)
+                failed.append((live[0], exc))
+                return 0
+            log.warning("query encoding failed for a batch of %d (%s: %s): isolating the failing texts",
+                        len(live), type(exc).__name__, exc)
+            mid = len(live) // 2
+            return await self._encode_part(live[:mid], failed) + await self._encode_part(live[mid:], failed)
+        for (_, fut), vec in zip(live, vecs, strict=True):
+            if not fut.done():
+                fut.set_result(vec)
         self.stats.batches += 1
         self.stats.texts += len(live)
         self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(live))
         if self.on_batch is not None:
             self.on_batch(len(live))
-        for (_, fut), vec in zip(live, vecs, strict=True):
-            if not fut.done():
-                fut.set_result(vec)
+        return len(live)
 
 
 R = TypeVar("R")

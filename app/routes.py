@@ -99,8 +99,8 @@ async def health() -> Health:
 
 @router.get("/ready", response_model=Ready, responses={503: {"model": Ready}}, summary="Readiness: index loaded")
 async def ready(state: StateDep) -> JSONResponse:
-    if state.service is None:
-        return JSONResponse(status_code=503, content=Ready(ready=False, detail=state.error).model_dump())
+    if state.service is None or state.not_ready is not None:
+        return JSONResponse(status_code=503, content=Ready(ready=False, detail=state.not_ready).model_dump())
     svc = state.service
     index = svc.index
     live = state.live.stats() if state.live is not None else {}

@@ -33,6 +33,13 @@ class AppState:
     def ready(self) -> bool:
         return self.service is not None
 
+    @property
+    def not_ready(self) -> str | None:
+        """Why ``/ready`` answers 503 (nothing loaded, or the query batcher's worker is down), or None."""
+        if self.service is None:
+            return self.error or "the index is not loaded yet"
+        return self.service.batcher.down
+
 
 def check_encoder(index: Index, encoder: Encoder) -> None:
     """The index's vectors only make sense with the encoder that produced them."""

@@ -90,25 +90,47 @@ def test_full_queue_answers_overloaded_instead_of_waiting() -> None:
     assert sum(isinstance(r, np.ndarray) for r in res) == 2
 
 
-def test_encoder_failure_reaches_every_waiting_request_and_worker_survives() -> None:
-    calls = {"n": 0}
+def test_a_transient_encoder_failure_is_retried_and_every_request_gets_its_vector() -> None:
+    calls: list[list[str]] = []
 
     def flaky(texts: Sequence[str]) -> np.ndarray:
-        calls["n"] += 1
-        if calls["n"] == 1:
+        calls.append(list(texts))
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return np.array([[float(len(t)), 1.0] for t in texts], np.float32)
+
+    async def main() -> list[np.ndarray]:
+        b = QueryBatcher(flaky, max_batch=8, max_wait_ms=50)
+        await b.start()
+        try:
+            return await asyncio.gather(b.encode("a"), b.encode("bb"))
+        finally:
+            await b.close()
+
+    assert [v.tolist() for v in run(main())] == [[1.0, 1.0], [2.0, 1.0]]
+    assert calls == [["a", "bb"], ["a"], ["bb"]]  # the failed batch was split in halves
+
+
+def test_an_encoder_failing_for_every_text_fails_each_request_with_its_error_and_worker_survives() -> None:
+    broken = {"on": True}
+
+    def encoder(texts: Sequence[str]) -> np.ndarray:
+        if broken["on"]:
             raise RuntimeError("boom")
         return np.ones((len(texts), 2), np.float32)
 
     async def main() -> tuple[list[object], np.ndarray]:
-        b = QueryBatcher(flaky, max_batch=8, max_wait_ms=50)
+        b = QueryBatcher(encoder, max_batch=8, max_wait_ms=50)
         await b.start()
-        res = await asyncio.gather(b.encode("a"), b.encode("b"), return_exceptions=True)
-        after = await b.encode("c")
+        res = await asyncio.gather(b.encode("a"), b.encode("b"), b.encode("c"), return_exceptions=True)
+        broken["on"] = False
+        after = await b.encode("d")
         await b.close()
         return res, after
 
     res, after = run(main())
-    assert all(isinstance(r, RuntimeError) for r in res)
+    # no text encoded: the encoder is broken, not the texts, so the error stays what it is (a server fault)
+    assert all(type(r) is RuntimeError for r in res)
     assert after.tolist() == [1.0, 1.0]
 
 

@@ -91,3 +91,15 @@ class Conflict(XlirError):
     """The operation cannot run now, e.g. a compaction is already running (HTTP 409)."""
 
     code = "conflict"
+
+
+class TextNotEncodable(BadQuery):
+    """A text the encoder fails on while it encodes others (e.g. a lone surrogate): the request's fault (HTTP 422)."""
+
+    code = "text_not_encodable"
+
+
+class EncoderUnavailable(XlirError):
+    """The query encoder's worker failed and is restarting; retry shortly (HTTP 503)."""
+
+    code = "encoder_unavailable"
