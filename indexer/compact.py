@@ -175,12 +175,13 @@ def _fsync_tree(directory: Path) -> None:
         wal.fsync_dir(d)
 
 
-def publish(root: Path, new: str, expected_current: str, wal_start: int | None) -> int:
+def publish(root: Path, new: str, expected_current: str, after_lsn: int | None) -> int:
     """Make generation ``new`` (already complete under ``root``) the current one.
 
-    Under the root's lock: the records of ``expected_current``'s log from byte ``wal_start`` on (None: none, a
-    rebuild replaces everything) are copied into ``new``'s log, then ``CURRENT`` is swapped. Returns how many
-    records were carried. Raises :class:`Conflict` if another generation was published meanwhile.
+    Under the root's lock: the records of ``expected_current``'s log with an LSN above ``after_lsn`` (None: none,
+    a rebuild replaces everything) are copied into ``new``'s log, then ``CURRENT`` is swapped. Returns how many
+    records were carried. Raises :class:`Conflict` if another generation was published meanwhile, and
+    :class:`~indexer.wal.WalCorrupt` (nothing published, the log untouched) if the log is damaged.
     """
     root = Path(root)
     _fsync_tree(root / new)  # the generation is on disk before anything names it (power loss, not only kill -9)
@@ -189,16 +190,14 @@ def publish(root: Path, new: str, expected_current: str, wal_start: int | None) 
         if now != expected_current:
             raise Conflict(f"generation {generation_label(now)} was published while this one was being built")
         old_log = wal_path(root, expected_current)
-        tail = b""
-        carried = 0
-        if wal_start is not None and old_log.exists():
-            tail = wal.tail_bytes(old_log, wal_start)
-            carried = len(wal.read(old_log, wal_start).records)
+        tail: list[wal.Record] = []
+        if after_lsn is not None and old_log.exists():
+            tail = wal.records_after(old_log, after_lsn)
         new_log = wal_path(root, new)
         new_log.parent.mkdir(parents=True, exist_ok=True)
-        wal.create(new_log, raw_tail=tail)
+        wal.create(new_log, tail)
         set_current(root, new)
-    return carried
+    return len(tail)
 
 
 def compact(root: Path, *, progress: bool = False, keep: int = KEEP_PREVIOUS,
@@ -240,7 +239,8 @@ def compact(root: Path, *, progress: bool = False, keep: int = KEEP_PREVIOUS,
             main.close()
         if before_publish is not None:
             before_publish(str(root / new))
-        carried = publish(root, new, old, res.end if log_path.exists() else None)
+        last_lsn = res.records[-1].lsn if res.records else 0
+        carried = publish(root, new, old, last_lsn if log_path.exists() else None)
         _gc(root, keep)
     report = CompactReport(old=generation_label(old), new=generation_label(new), docs=snap.size,
                            from_delta=snap.view.live_delta, tombstones=snap.view.tomb_count,

@@ -434,6 +434,13 @@ class _Ticket:
     error: BaseException | None = None
 
 
+def _write_error(root: Path, exc: BaseException) -> BaseException:
+    """What a failed write answers: an OS error as "not ready" with its reason, anything else as it is."""
+    if isinstance(exc, OSError):
+        return IndexNotReady(f"cannot write the update log of {root}: {exc.strerror or exc}")
+    return exc
+
+
 @dataclass
 class WriteResult:
     count: int
@@ -462,8 +469,12 @@ class LiveStore:
         self._pending: list[_Ticket] = []
         self._writer: wal.WalWriter | None = None
         self._postings_cache: Postings | None = None
-        self._read_end = 0
+        self._read_end = 0  # how far this process has read the log (an offset into the inode below)
+        self._read_ino = 0
         self._failed: str | None = None
+        self._log_failed = False  # reload_error is about the log, not a generation
+        self._verify_lock = threading.Lock()
+        self._verified_main: tuple[str, Index] | None = None
         self.generation = ROOT_GENERATION
         self.reload_error: str | None = None
         self.reloads = 0
@@ -478,20 +489,34 @@ class LiveStore:
         verify_index(gdir, self.encoder_checksum, level=self.verify)
         return open_index(gdir, verify="off")
 
+    def _verified(self, name: str) -> Index:
+        """Generation ``name``, opened after :meth:`_open_main` verified it (under ``verify=full`` the sha256 of
+        every file: seconds on a large index). Called without the write locks: a published generation's files
+        never change, so the check needs no lock, and writers of this and other processes go on meanwhile. One
+        thread verifies at a time and keeps the result until it is swapped in, so a write that needs the
+        generation a refresh is verifying waits for that check instead of making another."""
+        with self._verify_lock:
+            if self._verified_main is not None and self._verified_main[0] == name:
+                return self._verified_main[1]
+            main = self._open_main(name)
+            self._verified_main = (name, main)
+            return main
+
     def _load(self, main: Index, name: str) -> None:
-        """Replay ``name``'s log over ``main`` and make it the store's state (caller holds the locks if any)."""
+        """Replay ``name``'s log over ``main`` and make it the store's state (caller holds the locks if any).
+        A damaged log raises :class:`~indexer.wal.WalCorrupt` before anything changes (the log is only read)."""
         delta = Delta(main)
         path = wal_path(self.root, name)
-        end = 0
+        end = ino = 0
         if path.exists():
             res = wal.read(path)
             for rec in res.records:
                 delta.apply(rec)
-            end = res.end
+            end, ino = res.end, res.ino
         if self._writer is not None:
             self._writer.close()
         self._writer = None
-        self._read_end = end
+        self._read_end, self._read_ino = end, ino
         self.main, self.delta, self.generation = main, delta, name
         self._postings_cache = None
         self._publish()
@@ -512,56 +537,83 @@ class LiveStore:
             if not path.parent.is_dir():
                 path.parent.mkdir(parents=True, exist_ok=True)
                 wal.fsync_dir(self.root)
-            self._writer = wal.WalWriter(path)
+            self._writer = wal.WalWriter(path)  # may rewrite a version-1 log: _catch_up sees the new inode
             self._catch_up()
         return self._writer
 
     def _catch_up(self) -> bool:
-        """Apply records other processes appended since we last read (caller holds both locks)."""
+        """Apply records other processes appended since we last read (caller holds both locks). A log replaced
+        since (rewritten in the current format by a writer) is read again from the start; records already applied
+        are recognised by their LSN."""
         path = wal_path(self.root, self.generation)
         if not path.exists():
             return False
-        res = wal.read(path, self._read_end)
+        res = wal.read(path, self._read_end if path.stat().st_ino == self._read_ino else 0)
         new = [r for r in res.records if r.lsn > self.delta.lsn]
         for rec in new:
             self.delta.apply(rec)
-        self._read_end = res.end
+        self._read_end, self._read_ino = res.end, res.ino
         if self._writer is not None:
             self._writer.end = res.end
             if res.records:
                 self._writer.last_lsn = max(self._writer.last_lsn, res.records[-1].lsn)
         return bool(new)
 
+    def _reload_failed(self, name: str, exc: BaseException) -> None:
+        detail = exc.detail if isinstance(exc, IndexInvalid) else f"{type(exc).__name__}: {exc}"
+        self.reload_error = f"cannot load generation {generation_label(name)}: {detail}"
+        self._failed, self._log_failed = name, False
+        log.error("reload failed, still serving %s: %s", self.generation, self.reload_error)
+
+    def _follow(self, name: str) -> bool:
+        """Serve generation ``name``: verified outside the locks, swapped in (its log replayed) under them.
+        False if the root moved on meanwhile or the generation is already served."""
+        try:
+            main = self._verified(name)
+        except Exception as exc:
+            self._reload_failed(name, exc)
+            raise
+        with self._lock, wal.root_lock(self.root):
+            if current_name(self.root) != name or self.generation == name:
+                return False  # yet another generation (the next refresh takes it), or a write already did
+            try:
+                self._load(main, name)
+            except Exception as exc:  # e.g. its log is damaged: keep serving the current state
+                self._reload_failed(name, exc)
+                raise
+            if self._verified_main is not None and self._verified_main[0] == name:
+                self._verified_main = None  # served now; no lock: _verified may hold it for seconds
+            self.reload_error, self._log_failed = None, False
+            self.reloads += 1
+            log.info("serving generation %s (%d docs)", name, self.snapshot.size)
+        return True
+
     def refresh(self, force: bool = False) -> bool:
         """Follow the root: load a newly published generation, or apply records appended by other processes.
         Returns whether anything changed. A failure to load a new generation keeps the current one serving (and
-        raises); that generation is not tried again until ``force`` (``POST /reload``) or another is published."""
+        raises); that generation is not tried again until ``force`` (``POST /reload``) or another is published.
+        A damaged log keeps the state read so far serving and is reported in ``reload_error``."""
         name = current_name(self.root)
         if name != self.generation and (force or name != self._failed):
-            try:
-                main = self._open_main(name)
-            except Exception as exc:
-                detail = exc.detail if isinstance(exc, IndexInvalid) else f"{type(exc).__name__}: {exc}"
-                self.reload_error = f"cannot load generation {generation_label(name)}: {detail}"
-                self._failed = name
-                log.error("reload failed, still serving %s: %s", self.generation, self.reload_error)
-                raise
-            with self._lock, wal.root_lock(self.root):
-                if current_name(self.root) != name or self.generation == name:
-                    return False  # yet another generation (the next refresh takes it), or a write already did
-                self._load(main, name)
-                self.reload_error = None
-                self.reloads += 1
-                log.info("serving generation %s (%d docs)", name, self.snapshot.size)
-            return True
+            return self._follow(name)
         path = wal_path(self.root, self.generation)
-        if not path.exists() or path.stat().st_size == self._read_end:
+        if not path.exists():
+            return False
+        st = path.stat()
+        if st.st_size == self._read_end and st.st_ino == self._read_ino:
             return False
         with self._lock, wal.root_lock(self.root):
-            if self._catch_up():
+            try:
+                changed = self._catch_up()
+            except wal.WalCorrupt as exc:
+                self.reload_error, self._log_failed = f"cannot apply new updates: {exc.detail}", True
+                log.error("still serving the updates read before: %s", self.reload_error)
+                raise
+            if self._log_failed:
+                self.reload_error, self._log_failed = None, False
+            if changed:
                 self._publish()
-                return True
-        return False
+            return changed
 
     # -- writes
     def upsert(self, docs: Sequence[dict[str, str]], vectors: np.ndarray) -> WriteResult:
@@ -575,26 +627,52 @@ class LiveStore:
         """Delete a document; raises :class:`DocumentNotFound` for an unknown id (nothing is logged)."""
         return self._submit(_Ticket("delete", doc_id))
 
+    def _follow_current(self) -> None:
+        """Before a write: if ``CURRENT`` names another generation (a compaction published), verify it without
+        holding the write locks and swap it in; a generation that already failed to load fails the write."""
+        name = current_name(self.root)
+        if name == self.generation:
+            return
+        if name == self._failed:
+            raise IndexInvalid(self.reload_error or f"generation {generation_label(name)} cannot be loaded")
+        self._follow(name)
+
     def _submit(self, ticket: _Ticket) -> WriteResult:
+        """Queue ``ticket`` and return once it is committed. Invariant: while nobody holds ``_lock``, a ticket
+        not done is in ``_pending`` (a batch that could not be written is put back before the lock is released)."""
         with self._pending_lock:
             self._pending.append(ticket)
-        with self._lock:
-            if not ticket.done:
+        while not ticket.done:
+            try:
+                self._follow_current()
+            except BaseException as exc:
+                with self._lock:
+                    if not ticket.done:  # nobody committed it meanwhile: it fails alone
+                        with self._pending_lock:
+                            self._pending.remove(ticket)
+                        ticket.error, ticket.done = _write_error(self.root, exc), True
+                break
+            with self._lock:
+                if ticket.done:
+                    break
                 with self._pending_lock:
                     batch, self._pending = self._pending, []
-                self._commit(batch)
+                if not self._commit(batch):
+                    with self._pending_lock:
+                        self._pending[:0] = batch
         if ticket.error is not None:
             raise ticket.error
         result: WriteResult = ticket.result
         return result
 
-    def _commit(self, batch: list[_Ticket]) -> None:
+    def _commit(self, batch: list[_Ticket]) -> bool:
+        """Write ``batch`` with one fsync and publish it (caller holds ``_lock``). Returns False, having written
+        nothing and left the tickets as they were, if ``CURRENT`` names another generation than the one served:
+        the caller follows it (verifying outside the locks) and tries again."""
         try:
             with wal.root_lock(self.root):
-                name = current_name(self.root)
-                if name != self.generation:  # a compaction by another process published: follow it first
-                    self._load(self._open_main(name), name)
-                    self.reloads += 1
+                if current_name(self.root) != self.generation:
+                    return False
                 writer = self._wal()
                 self._catch_up()
                 start = writer.end
@@ -612,20 +690,19 @@ class LiveStore:
                 self._read_end = writer.end
         except BaseException as exc:
             log.error("write failed: %s: %s", type(exc).__name__, exc)
-            err: BaseException = exc
-            if isinstance(exc, OSError):
-                err = IndexNotReady(f"cannot write the update log of {self.root}: {exc.strerror or exc}")
+            err = _write_error(self.root, exc)
             for t in batch:
                 if t.error is None:
                     t.error = err
                 t.done = True
-            return
+            return True
         self._publish()
         for t in batch:
             if t.error is None:
                 t.result = WriteResult(count=len(t.result), generation=generation_label(self.generation),
                                        delta_docs=self.delta.live_delta, existed=t.result)
             t.done = True
+        return True
 
     def _apply_batch(self, batch: list[_Ticket], lsn: int) -> list[wal.Record]:
         records: list[wal.Record] = []

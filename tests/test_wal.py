@@ -64,7 +64,8 @@ def test_a_torn_tail_is_dropped_and_truncated_before_the_next_append(tmp_path: P
     assert [r.lsn for r in wal.read(path).records] == [1, 2, 3, 4] and not wal.read(path).torn
 
 
-def test_a_bad_checksum_on_the_last_record_is_a_torn_tail(tmp_path: Path) -> None:
+def test_a_bad_checksum_on_the_last_record_is_corruption_not_a_torn_tail(tmp_path: Path) -> None:
+    """The file is complete, so the last record was written whole (and may have been acknowledged)."""
     path = tmp_path / "w.log"
     w = wal.WalWriter(path)
     w.append(_records(3))
@@ -72,8 +73,11 @@ def test_a_bad_checksum_on_the_last_record_is_a_torn_tail(tmp_path: Path) -> Non
     data = bytearray(path.read_bytes())
     data[-2] ^= 0xFF
     path.write_bytes(bytes(data))
-    got = wal.read(path)
-    assert got.torn and [r.lsn for r in got.records] == [1, 2]
+    with pytest.raises(wal.WalCorrupt, match=r"payload fails its checksum\); no intact record follows it"):
+        wal.read(path)
+    with pytest.raises(wal.WalCorrupt):
+        wal.WalWriter(path)
+    assert path.read_bytes() == bytes(data)
 
 
 def test_a_bad_checksum_in_the_middle_is_corruption(tmp_path: Path) -> None:
@@ -86,12 +90,15 @@ def test_a_bad_checksum_in_the_middle_is_corruption(tmp_path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[middle] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(wal.WalCorrupt, match="fails its checksum and is followed by"):
+    with pytest.raises(wal.WalCorrupt, match=r"damaged at byte 8 \(.*payload fails its checksum\); 2 intact records "
+                                             r"\(LSN 2\.\.3\) follow it") as exc:
         wal.read(path)
+    assert exc.value.offset == 8 and exc.value.following == 2
     with pytest.raises(wal.WalCorrupt):
         wal.WalWriter(path)
+    assert path.read_bytes() == bytes(data)
     path.write_bytes(b"NOTAWAL!" + bytes(data[8:]))
-    with pytest.raises(wal.WalCorrupt, match="bad magic"):
+    with pytest.raises(wal.WalCorrupt, match="not a known log format"):
         wal.read(path)
 
 

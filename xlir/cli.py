@@ -18,6 +18,8 @@ models_app = typer.Typer(no_args_is_help=True, help="Build, list and check encod
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks.")
 app.add_typer(models_app, name="models")
 app.add_typer(bench_app, name="bench")
+wal_app = typer.Typer(no_args_is_help=True, help="Check or salvage an index's write-ahead log (never edited in place).")
+app.add_typer(wal_app, name="wal")
 
 HomeOpt = Annotated[Path | None, typer.Option("--home", envvar="XLIR_HOME", help="model cache (default ~/.cache/xlir)")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N]")]
@@ -443,6 +445,62 @@ def bench_load(ctx: typer.Context) -> None:
     from benchmarks import load
 
     raise typer.Exit(load.main(list(ctx.args)))
+
+
+WalPathArg = Annotated[Path, typer.Argument(help="a log file, or an index directory (its current generation's log)")]
+
+
+def _wal_file(path: Path) -> Path:
+    if path.is_dir():
+        from indexer.live import current_name, wal_path
+
+        log_file = wal_path(path, current_name(path))
+        if not log_file.is_file():
+            fail(f"{path} has no write-ahead log ({log_file} does not exist: the index has taken no update)")
+        return log_file
+    if not path.is_file():
+        fail(f"{path}: no such file or directory")
+    return path
+
+
+@wal_app.command("check")
+def wal_check(path: WalPathArg) -> None:
+    """Exit 0 if the log is intact or only torn at the tail (saying which), 1 if it is damaged."""
+    from indexer.wal import check
+
+    rep = check(_wal_file(path))
+    if rep.status == "corrupt":
+        typer.secho(f"corrupt: {rep.detail}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    if rep.status == "torn":
+        typer.echo(f"{rep.path}: torn tail: {rep.records} intact records, then {rep.torn_bytes} bytes of a record "
+                   "cut short by a crash (never acknowledged; dropped when the log is next opened for writing)")
+    else:
+        typer.echo(f"{rep.path}: intact: {rep.records} records ({rep.size} bytes, format version {rep.version})")
+
+
+@wal_app.command("salvage")
+def wal_salvage(
+    path: WalPathArg,
+    out: Annotated[Path, typer.Option("--out", help="the new log to write (must not exist)")],
+) -> None:
+    """Copy every intact record of a damaged log, those after the damage too, into a new log (current format).
+    PATH is only read."""
+    from indexer.wal import salvage
+
+    src = _wal_file(path)
+    try:
+        rep = salvage(src, out)
+    except FileExistsError as exc:
+        fail(str(exc))
+    typer.echo(f"kept {rep.kept} records of {src} (format version {rep.version}) -> {rep.out}")
+    for start, end, why in rep.skipped:
+        typer.echo(f"skipped bytes {start}..{end} ({end - start} byte{'s' if end - start > 1 else ''}): {why}")
+    for first, last in rep.lsn_gaps:
+        typer.echo(f"lost: LSN {first}..{last} ({last - first + 1} records)" if last > first else f"lost: LSN {first}")
+    if not rep.skipped:
+        typer.echo("nothing was skipped: the log was intact")
+    typer.echo(f"to use it: stop every writer of the index, keep {src} aside, and move {rep.out} to {src}")
 
 
 def print_results(body: dict[str, object]) -> None:
