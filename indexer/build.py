@@ -5,12 +5,20 @@ shard's raw vectors and docstore, and its tokens are added to the BM25 builder. 
 FAISS index is built from the raw vectors (mmap). Everything is written into a temporary sibling of the
 output directory, which is renamed into place only after the manifest is written: an interrupted build
 never leaves a half-built index at ``out``.
+
+``overwrite`` replaces only what :func:`overwrite_target` recognises as an xlir index (or an empty directory);
+anything else is refused before anything is touched. A plain index is replaced by swapping the finished
+temporary directory with ``out`` (:func:`replace_dir`), so readers see the old index or the new one, never a
+missing or half-written one; an index updated live gets a new generation instead (``indexer.compact.rebuild``).
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import itertools
+import json
 import logging
 import os
 import shutil
@@ -26,11 +34,13 @@ import numpy as np
 from tqdm import tqdm
 
 from indexer import bm25 as bm25_mod
+from indexer import wal
 from indexer.centering import AUTO, MODES, Centroids, CentroidStats, center_by_lang, resolve_auto
 from indexer.dense import INDEX_TYPES, build_faiss_index
 from indexer.docstore import DocStoreWriter
 from indexer.langid import LanguageDetector, normalize_lang
 from indexer.manifest import (
+    MANIFEST,
     BM25Info,
     FileInfo,
     Manifest,
@@ -42,7 +52,7 @@ from indexer.planning import FLAT_MAX_VECTORS, IVF_MIN_VECTORS, TARGET_RECALL, T
 from indexer.readers import Document, read_corpus
 from models.encoders import Encoder
 from models.registry import file_sha256
-from xlir.errors import CorpusError, XlirError
+from xlir.errors import CorpusError, OverwriteRefused, XlirError
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +223,171 @@ def _pid_alive(text: str) -> bool:
     return True
 
 
+# What an index root may hold besides the files its manifest lists: the lock files a server or a compaction
+# creates, and the live layout (indexer/live.py: CURRENT, generations/, wal/) with its temporary files.
+_ROOT_EXTRAS = frozenset({wal.LOCK_FILE, "COMPACT.lock", MANIFEST + ".tmp"})
+_LIVE_ENTRIES = _ROOT_EXTRAS | {"CURRENT", "CURRENT.tmp", "generations", "wal"}
+TARGET_ABSENT, TARGET_EMPTY, TARGET_INDEX, TARGET_LIVE = "absent", "empty", "index", "live"
+
+
+def _manifest_tops(directory: Path) -> set[str] | None:
+    """The top-level names of the files listed by ``directory``'s xlir manifest (and the manifest itself), or
+    None when it has no manifest that reads as an xlir one (any format version)."""
+    try:
+        data = json.loads((directory / MANIFEST).read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(data, dict) and isinstance(data.get("format_version"), int)
+            and isinstance(data.get("vector_sets"), dict) and isinstance(data.get("files"), dict)
+            and isinstance(data.get("shards"), list)):
+        return None
+    return {MANIFEST} | {Path(str(rel)).parts[0] for rel in data["files"] if Path(str(rel)).parts}
+
+
+def _refuse(out: Path, why: str) -> OverwriteRefused:
+    return OverwriteRefused(f"--overwrite refused: {out} {why}; nothing was changed")
+
+
+def overwrite_target(out: Path) -> str:
+    """What ``--overwrite`` would replace at ``out``, checked before anything is written or deleted.
+
+    Returns ``"absent"`` (nothing there), ``"empty"`` (an empty directory), ``"index"`` (a plain index: an xlir
+    ``manifest.json`` and only the files it lists) or ``"live"`` (a root updated live: ``CURRENT`` or ``wal/``
+    beside an index, and only the live layout's entries). Raises :class:`OverwriteRefused` for anything else: a
+    file, a symbolic link, ``/``, the home or current directory or one of their parents, a directory that is
+    not an index, or an index that also holds files of its own (they would be deleted with it).
+    """
+    out = Path(out)
+    if not os.path.lexists(out):
+        return TARGET_ABSENT
+    if out.is_symlink():
+        raise _refuse(out, "is a symbolic link: give the index directory itself")
+    resolved = out.resolve()
+    for name, protected in (("the home directory", Path.home()), ("the current directory", Path.cwd())):
+        protected = protected.resolve()
+        if resolved == protected or resolved in protected.parents:
+            raise _refuse(out, f"is {name} or contains it")
+    if resolved == Path(resolved.anchor):
+        raise _refuse(out, "is the root of the file system")
+    if not out.is_dir():
+        raise _refuse(out, "is a file, not an index directory")
+    try:
+        entries = {p.name for p in out.iterdir()}
+    except OSError as exc:
+        raise _refuse(out, f"cannot be listed ({exc.strerror or exc})") from None
+    if not entries:
+        return TARGET_EMPTY
+    known = _manifest_tops(out)
+    live = "CURRENT" in entries or (known is not None and "wal" in entries)
+    if live:
+        from indexer.live import current_name, generation_dir  # indexer.live imports this module
+
+        try:
+            current_name(out)
+            gen_ok = _manifest_tops(generation_dir(out)) is not None
+        except (XlirError, OSError):
+            gen_ok = False
+        if not gen_ok:
+            raise _refuse(out, "has a CURRENT file that names no xlir index generation")
+        known = (known or set()) | _LIVE_ENTRIES
+    if known is None:
+        raise _refuse(out, "is not empty and is not an xlir index (no xlir manifest.json or CURRENT): "
+                           "--overwrite replaces only an xlir index or an empty directory")
+    foreign = sorted(entries - known - _ROOT_EXTRAS)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise _refuse(out, f"is an xlir index but also holds {shown}, which the index does not list "
+                           "(--overwrite would delete them): move them away or choose another --out")
+    return TARGET_LIVE if live else TARGET_INDEX
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _rename_exchange(a: Path, b: Path) -> bool:
+    """Swap the directory entries ``a`` and ``b`` in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+    Returns False where the C library or the file system does not offer it."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _fsync_tree(directory: Path) -> None:
+    for p in sorted(directory.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())
+    for d in sorted({p.parent for p in directory.rglob("*")} | {directory}):
+        wal.fsync_dir(d)
+
+
+def replace_dir(new: Path, out: Path) -> None:
+    """Make the complete directory ``new`` (a sibling of ``out``) the directory ``out``, then delete the old one.
+
+    ``new`` is fsync'd first. On Linux the two are exchanged by one ``renameat2(RENAME_EXCHANGE)``: at every
+    instant ``out`` is the old index or the new one. Elsewhere (or on a file system without it) ``out`` is
+    renamed aside, then ``new`` into place: between those two renames (microseconds) ``out`` does not exist; a
+    process killed there leaves the old index as ``.<out>.replaced-<pid>``, which the next build of ``out`` puts
+    back. Either way a reader that already opened the old files keeps using them (mmaps survive the deletion).
+    """
+    trash = out.parent / f".{out.name}.replaced-{os.getpid()}"
+    _fsync_tree(new)
+    if _rename_exchange(new, out):
+        new.rename(trash)
+    else:
+        out.rename(trash)
+        new.rename(out)
+    wal.fsync_dir(out.parent)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _clean_leftovers(out: Path) -> None:
+    """Remove what killed builds of ``out`` left beside it; an old index a swap left aside with ``out`` missing is
+    put back (see :func:`replace_dir`)."""
+    for stale in sorted(out.parent.glob(f".{out.name}.replaced-*")):
+        if _pid_alive(stale.name.rsplit("-", 1)[-1]):
+            continue
+        if not os.path.lexists(out) and _manifest_tops(stale) is not None:
+            stale.rename(out)
+            log.warning("%s: put back the index a killed overwrite had moved aside", out)
+        else:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _publish(tmp: Path, out: Path, target: str) -> None:
+    """Put the finished build ``tmp`` at ``out`` (``target``: what :func:`overwrite_target` found there)."""
+    if target == TARGET_ABSENT:
+        tmp.rename(out)
+        return
+    if target == TARGET_EMPTY:
+        out.rmdir()  # empty: nothing lost; raises if something appeared meanwhile
+        tmp.rename(out)
+        return
+    # A plain index, maybe served. Writers append to its log under its LOCK: holding it, the index either is
+    # still plain (swap it) or took its first update during the build (publish a generation, as a rebuild of a
+    # live root does; swapping would strand a writer on the old directory's log).
+    with wal.root_lock(out):
+        from indexer.live import is_live_root
+
+        live = is_live_root(out)
+        if not live:
+            replace_dir(tmp, out)
+    if live:
+        from indexer.compact import adopt_generation  # indexer.compact imports this module
+
+        adopt_generation(out, tmp)
+
+
 def build_index(
     paths: Sequence[Path],
     out: Path,
@@ -230,8 +405,17 @@ def build_index(
 
     opts = options or BuildOptions()
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not opts.overwrite:
+    if out.parent.is_dir():
+        _clean_leftovers(out)
+    if opts.overwrite:
+        target = overwrite_target(out)
+        if target == TARGET_LIVE:
+            raise OverwriteRefused(f"{out} is an index updated live: replace it with indexer.compact.rebuild "
+                                   "(what `xlir index --overwrite` does), which publishes a new generation")
+    elif os.path.lexists(out) and not (out.is_dir() and not any(out.iterdir())):
         raise XlirError(f"{out} already exists and is not empty: choose another --out or pass --overwrite")
+    else:
+        target = TARGET_EMPTY if out.is_dir() else TARGET_ABSENT
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.building-{os.getpid()}"
     for stale in out.parent.glob(f".{out.name}.building-*"):
@@ -362,9 +546,7 @@ def build_index(
             },
         )
         manifest.write(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        _publish(tmp, out, target)
         shutil.rmtree(resume_dir, ignore_errors=True)
         return manifest
     except XlirError:  # bad input or options: rerunning as is cannot succeed, nothing worth keeping

@@ -250,6 +250,25 @@ def compact(root: Path, *, progress: bool = False, keep: int = KEEP_PREVIOUS,
     return report
 
 
+def adopt_generation(root: Path, built: Path) -> str:
+    """Publish the complete index directory ``built`` (on the file system of ``root``) as ``root``'s next
+    generation, with an empty log, as :func:`rebuild` does. For ``xlir index --overwrite`` of a plain index that
+    took its first update while the new one was being built: replacing the directory would leave the server
+    writing to the old directory's log; a new generation is followed by every reader and writer."""
+    root = Path(root)
+    with wal.root_lock(root, blocking=False, name=COMPACT_LOCK) as got:
+        if not got:
+            raise Conflict(f"a compaction of {root} is running")
+        cleanup(root)
+        old = current_name(root)
+        new = next_generation(root)
+        (root / GENERATIONS).mkdir(exist_ok=True)
+        Path(built).rename(root / new)
+        publish(root, new, old, None)
+        _gc(root)
+    return new
+
+
 def rebuild(paths: Sequence[Path], root: Path, encoder: Encoder, options: BuildOptions) -> tuple[Manifest, str]:
     """``xlir index --overwrite`` on a live root: build a new generation from ``paths`` and publish it with an
     empty log (a rebuild replaces the whole collection, including updates written since the last one)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import os
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,10 @@ class Index:
         self.centroids = None if vs.centroids is None else Centroids.load(directory / vs.centroids)
         self._raw: list[np.ndarray] | None = None
         self._norms: dict[str, list[np.ndarray]] = {}
+        try:  # mapped now (no read): a directory swapped later (xlir index --overwrite) cannot mix into this one
+            self._raw_vectors()
+        except (OSError, ValueError):
+            self._raw = None
 
     @property
     def multilingual(self) -> bool:
@@ -215,10 +220,38 @@ def verify_index(path: Path, expected_encoder_checksum: str | None = None, level
     return manifest
 
 
+def _dir_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+_OPEN_ATTEMPTS = 5
+
+
 def open_index(directory: Path, mmap: bool = True, verify: str = "size") -> Index:
-    """Open an index for search after ``verify_index`` at ``verify`` (default: sizes only, cheap)."""
-    directory = resolve_generation(Path(directory))
-    return Index(directory, verify_index(directory, level=verify), mmap=mmap)
+    """Open an index for search after ``verify_index`` at ``verify`` (default: sizes only, cheap).
+
+    ``xlir index --overwrite`` replaces a plain index by swapping directories (``indexer.build.replace_dir``):
+    when ``directory`` is swapped while it is being opened, the files read may belong to two builds, so the
+    open is done again (the raw vectors are mapped at open too, so a loaded index reads nothing by path later).
+    """
+    path = Path(directory)
+    for attempt in range(_OPEN_ATTEMPTS):
+        before = _dir_identity(path)
+        try:
+            gdir = resolve_generation(path)
+            index = Index(gdir, verify_index(gdir, level=verify), mmap=mmap)
+        except (IndexInvalid, OSError):
+            if attempt + 1 < _OPEN_ATTEMPTS and _dir_identity(path) != before:
+                continue
+            raise
+        if _dir_identity(path) == before:
+            return index
+        index.close()
+    raise IndexInvalid(f"{path} was replaced {_OPEN_ATTEMPTS} times while it was being opened; open it again")
 
 
 def verify_checksums(directory: Path) -> list[str]:

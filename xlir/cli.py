@@ -145,8 +145,9 @@ def index_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     lang: Annotated[str | None, typer.Option("--lang", help="language of documents without a lang field "
                                              "(default: detect)")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing index (an index updated "
-                                            "live gets a new generation, published atomically)")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing xlir index or empty "
+                                            "directory, atomically (an index updated live gets a new generation); "
+                                            "anything else is refused")] = False,
     append: Annotated[bool, typer.Option("--append", help="upsert the documents into the existing index OUT "
                                          "through its write-ahead log (a running server picks them up)")] = False,
     centering: Annotated[str, typer.Option("--centering", help="auto | off | offset | full: language "
@@ -157,7 +158,7 @@ def index_cmd(
     backend: BackendOpt = "auto",
 ) -> None:
     """Build an index: FAISS shards + docstore + BM25 + manifest."""
-    from indexer.build import BuildOptions, build_index
+    from indexer.build import TARGET_LIVE, BuildOptions, build_index, overwrite_target
     from indexer.planning import parse_bytes
     from models.encoders import load_encoder
 
@@ -170,6 +171,7 @@ def index_cmd(
     for p in corpus:
         if not p.exists():
             fail(f"{p}: no such file or directory")
+    target = overwrite_target(out) if overwrite and not append else None  # refuses before the model loads
     enc = load_encoder(model, device=device, home=home, backend=backend, workload="passages")
     if append:
         from indexer.live import append_files
@@ -178,9 +180,7 @@ def index_cmd(
         typer.echo(f"appended {rep.count} documents ({rep.replaced} replaced, {rep.skipped_empty} empty skipped) "
                    f"to {out} [generation {rep.generation}, {rep.delta_docs} documents in the delta]")
         return
-    from indexer.live import is_live_root
-
-    if overwrite and is_live_root(out):
+    if target == TARGET_LIVE:
         from indexer.compact import rebuild
 
         m, _ = rebuild(corpus, out, enc, opts)

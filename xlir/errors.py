@@ -81,6 +81,12 @@ class PathNotAllowed(XlirError):
     code = "path_not_allowed"
 
 
+class OverwriteRefused(XlirError):
+    """``--overwrite`` pointed at something that is not an xlir index or an empty directory (CLI exit 2)."""
+
+    code = "overwrite_refused"
+
+
 class DocumentNotFound(XlirError):
     """No live document has the given id (HTTP 404)."""
 
