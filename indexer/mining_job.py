@@ -206,7 +206,7 @@ def mine_texts_result(
     t1 = time.perf_counter()
     mined, rep = mine_rows(ArrayRows(x), ArrayRows(y), opts)
     # back to rows of the caller's lists (first occurrence); the order is unchanged
-    mined = MinedArrays(score=mined.score, src=src_map[mined.src], tgt=tgt_map[mined.tgt])
+    mined = dataclasses.replace(mined, src=src_map[mined.src], tgt=tgt_map[mined.tgt])
     return TextsResult(mined=mined, src_unique=len(src_u), tgt_unique=len(tgt_u), fwd_plan=rep.fwd,
                        bwd_plan=rep.bwd, embed_seconds=t1 - t0, mine_seconds=time.perf_counter() - t1)
 

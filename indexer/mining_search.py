@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from indexer.centering import center, side_shifts
-from indexer.mining import MinedArrays, MineOptions, _candidates, _select, mine_neighbours
+from indexer.mining import MinedArrays, MineOptions, _candidates, _select, effective_k, mine_neighbours
 
 IVF_SQ8_SHARE = 0.6  # use SQ8 codes when flat codes would take more than this share of the budget
 TRAIN_PER_LIST = 40  # training vectors per IVF list (FAISS warns below 39)
@@ -242,7 +242,7 @@ def search_rows(
     """Top-``k`` of ``index`` for every query row, a chunk at a time. With ``work``, each finished chunk is
     saved as ``<work>/<name>-<start>.npz`` and reused when the search is run again."""
     n = queries.shape[0]
-    kk = min(k, index.ntotal)
+    kk = effective_k(k, index.ntotal)
     sims = np.empty((n, kk), dtype=np.float32)
     ids = np.empty((n, kk), dtype=np.int64)
     with _bar(name, n, "query", progress) as bar:

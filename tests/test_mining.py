@@ -14,6 +14,7 @@ import pytest
 from indexer import mining_job
 from indexer.mining import (
     MARGINS,
+    MIN_RATIO_DENOMINATOR,
     RETRIEVALS,
     MinedPair,
     apply_margin,
@@ -42,8 +43,8 @@ def ref_margin_matrix(x: np.ndarray, y: np.ndarray, k: int, margin: str) -> np.n
     fwd_avg = -np.sort(-sim, axis=1)[:, :kf].mean(axis=1)
     bwd_avg = -np.sort(-sim.T, axis=1)[:, :kb].mean(axis=1)
     denom = (fwd_avg[:, None] + bwd_avg[None, :]) / 2
-    if margin == "ratio":
-        return sim / denom
+    if margin == "ratio":  # the denominator is floored (random vectors often have a neighbourhood mean <= 0)
+        return sim / np.maximum(denom, MIN_RATIO_DENOMINATOR)
     if margin == "distance":
         return sim - denom
     return sim
