@@ -59,7 +59,7 @@ class Metrics:
     def observe_state(self, state: AppState) -> None:
         """Gauges that describe what is loaded now (called at each scrape, so a reloaded index shows at once)."""
         svc = state.service
-        self.ready.set(1 if svc is not None else 0)
+        self.ready.set(1 if state.ready else 0)
         self.lang_docs.clear()
         if svc is None:
             self.queue_depth.set(0)

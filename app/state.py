@@ -31,7 +31,7 @@ class AppState:
 
     @property
     def ready(self) -> bool:
-        return self.service is not None
+        return self.not_ready is None
 
     @property
     def not_ready(self) -> str | None:

@@ -123,6 +123,7 @@ def test_ready_is_503_with_the_cause_while_the_batcher_is_down_and_searches_work
     ready = client.get("/ready")
     assert ready.status_code == 503 and ready.json()["ready"] is False
     assert "injected failure of the worker loop" in ready.json()["detail"]
+    assert "xlir_ready 0.0" in client.get("/metrics").text  # the gauge agrees with /ready
     assert client.post("/search", json=body).status_code == 503  # refused at once while down
     assert client.post("/search", json={**body, "mode": "bm25"}).status_code == 200  # BM25 does not need it
 
@@ -132,4 +133,5 @@ def test_ready_is_503_with_the_cause_while_the_batcher_is_down_and_searches_work
         time.sleep(0.1)
     r = client.post("/search", json=body)
     assert r.status_code == 200 and r.json()["results"][0]["id"].startswith("d")
+    assert "xlir_ready 1.0" in client.get("/metrics").text
     assert batcher.restarts == 1

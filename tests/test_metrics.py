@@ -91,7 +91,7 @@ def test_batch_sizes_index_size_and_languages(client: TestClient) -> None:
 def test_queue_depth_is_read_from_the_batcher_at_scrape_time() -> None:
     m = Metrics()
     index = SimpleNamespace(size=3, languages={"en": 3}, manifest=SimpleNamespace(files={}))
-    state = SimpleNamespace(service=SimpleNamespace(batcher=SimpleNamespace(depth=7), index=index))
+    state = SimpleNamespace(service=SimpleNamespace(batcher=SimpleNamespace(depth=7), index=index), ready=True)
     text = m.scrape(state).decode()  # type: ignore[arg-type]
     assert "xlir_queue_depth 7.0" in text and 'xlir_index_documents_by_language{lang="en"} 3.0' in text
     index.languages = {"de": 3}  # a reloaded index: the old language label goes away
