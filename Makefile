@@ -42,8 +42,10 @@ lint: install
 bench-demo: setup
 	$(XLIR) bench demo --out benchmarks/results/demo.json
 
+# the quality matrix, checked against benchmarks/matrix.yaml (exit 1 when a cell is off by more than its tolerance;
+# the file is never written): RECORD=new.yaml also writes this run's figures to a new file, for a reviewed commit
 bench-quality: setup
-	$(PY) -m benchmarks.matrix --out benchmarks/results/matrix.md
+	$(PY) -m benchmarks.matrix --out benchmarks/results/matrix.md $(if $(RECORD),--record $(RECORD))
 
 # speed benchmarks, one command each, on a quiet machine (about 4 min for the encoder backends, 2 for BM25, 10 for
 # FAISS, 45 for indexing 100k passages, 7 to build each synthetic 1M index once (cached) + 4 of load each, on 2 cores)

@@ -9,16 +9,18 @@ language is cut into sentences by :func:`split_sentences`; a question's relevant
 language, the sentence(s) overlapping the answer span ``[answer_start, answer_start + len(text))`` of the same
 question id. ``level="paragraph"``: the candidates are whole paragraphs, a question's relevant ones its paragraph
 in every loaded language. Articles ``data[i]`` with ``i`` even are **dev**, odd **test** (the question's split;
-the article index is the second part of a doc id, see :func:`doc_article`). The splitter and the qrels follow the
-rules of :mod:`benchmarks.centering` (same candidates, same qrels), re-implemented here without its heavy imports.
-An answer whose ``answer_start`` does not point at its text in the context is skipped and counted in
-``notes["skipped_answers"]`` (and ``notes["skipped_answers:{lang}"]``).
+the article index is the second part of a doc id, see :func:`doc_article`); ``articles=N`` keeps the first N
+articles (small pools for quick runs). An answer whose ``answer_start`` does not point at its text in the context
+is skipped and counted in ``notes["skipped_answers"]`` (and ``notes["skipped_answers:{lang}"]``).
 
 **MIRACL**: a corpus directory (``docs-*.jsonl[.gz]``) or one JSONL file (``docid``, ``title``, ``text``), a
 topics TSV (``qid<TAB>query``, no header) and TREC qrels (``qid Q0 docid rel``). Topics without any qrels line are
 dropped (counted in ``notes["topics_without_qrels"]``).
 
 **Tatoeba** (``tatoeba.{xx}-eng.{xx}`` and ``tatoeba.{xx}-eng.eng``): aligned lines, split on ``\\n`` only.
+
+**Sample** (``data/sample``): the shipped corpus and its 10 cross-lingual probes (``probes.jsonl``: ``query``,
+``query_lang``, ``relevant`` = the one relevant passage id, in another language), all in the test split.
 
 ``data_dir`` may be the data root (holding ``xquad-r/`` and ``tatoeba/``) or the dataset's own folder.
 """
@@ -40,7 +42,7 @@ from xlir.errors import CorpusError
 
 __all__ = [
     "SPLITS", "TATOEBA_PAIRS", "XQUAD_LANGS", "XQUAD_LEVELS", "DatasetError", "Query", "RetrievalDataset",
-    "answer_sentences", "default_data_dir", "doc_article", "load_miracl", "load_tatoeba", "load_xquad_r",
+    "answer_sentences", "default_data_dir", "doc_article", "load_miracl", "load_sample", "load_tatoeba", "load_xquad_r",
     "split_sentences",
 ]
 
@@ -150,7 +152,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Sentence splitting (the rules of benchmarks.centering.split_sentences)
+# Sentence splitting
 # --------------------------------------------------------------------------------------------------
 
 # A run of terminators, then any closing quotes or brackets.
@@ -317,7 +319,8 @@ def _answer_matches(context: str, ans: _Answer) -> bool:
     return ans.start >= 0 and context[ans.start: ans.start + len(ans.text)] == ans.text
 
 
-def load_xquad_r(data_dir: Path, level: str = "sentence", langs: Sequence[str] | None = None) -> RetrievalDataset:
+def load_xquad_r(data_dir: Path, level: str = "sentence", langs: Sequence[str] | None = None,
+                 articles: int | None = None) -> RetrievalDataset:
     """XQuAD-R as a multilingual pool of sentences (LAReQA) or paragraphs; see the module docstring.
 
     Doc ids ``{lang}/{article}/{para}/{sent}`` (sentences) or ``{lang}/{article}/{para}`` (paragraphs), title the
@@ -334,7 +337,7 @@ def load_xquad_r(data_dir: Path, level: str = "sentence", langs: Sequence[str] |
     skipped: Counter[str] = Counter()
     for lang in chosen:
         path = folder / f"{lang}.json"
-        for a, article in enumerate(_read_squad(path)):
+        for a, article in enumerate(_read_squad(path)[:articles]):
             split = SPLITS[a % 2]
             for p, para in enumerate(article.paragraphs):
                 prefix = f"{lang}/{a}/{p}"
@@ -451,6 +454,23 @@ def load_miracl(corpus: Path, topics: Path, qrels: Path, lang: str, split: str =
         raise DatasetError(f"{qrels}: no qrels for any topic of {topics}")
     notes = {"topics_without_qrels": len(topic_map) - len(queries)}
     return RetrievalDataset(f"miracl-{code}", docs, queries, {q.qid: judged[q.qid] for q in queries}, notes)
+
+
+def load_sample(folder: Path) -> RetrievalDataset:
+    """The shipped sample corpus with its cross-lingual probes as test queries (see the module docstring)."""
+    docs = list(read_corpus([Path(folder) / "corpus.jsonl"]))
+    queries: list[Query] = []
+    qrels: dict[str, dict[str, int]] = {}
+    path = Path(folder) / "probes.jsonl"
+    for lineno, line in _lines(path):
+        try:
+            probe = json.loads(line)
+            queries.append(Query(f"probe-{lineno}", probe["query"], normalize_lang(probe["query_lang"]), "test"))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DatasetError(f"{path}:{lineno}: expected a JSON object with query, query_lang, relevant ({exc})"
+                               ) from exc
+        qrels[queries[-1].qid] = {str(probe["relevant"]): 1}
+    return RetrievalDataset("sample", docs, queries, qrels)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Encoder backends (issue 5.1): speed and quality of torch, onnx and onnx-int8 on one model (default e5-small).
 
 Run: ``python -m benchmarks.encoder_speed --out benchmarks/results/encoder_speed.json`` (about 10 minutes on 2
-cores when the torch embeddings of the quality sets are cached by ``benchmarks.centering``, a few more otherwise;
+cores when the torch embeddings of the quality sets are cached by ``benchmarks.embeddings``, a few more otherwise;
 ``--passages/--queries/--limit`` for quick runs). Writes the JSON and a Markdown report beside it (``.md``).
 
 Every figure goes through the :class:`models.encoders.Encoder` protocol, tokenization included, with the
@@ -17,11 +17,12 @@ alike; speed is reported as the median over rounds and as a ratio against torch 
 - **Single queries**: ``encode_queries([q])`` one question at a time (XQuAD-R questions, languages in turn):
   p50/p95 latency and queries/s.
 - **Quality**, as a delta against torch fp32: Tatoeba accuracy (9 pairs xx-eng, 1000 lines, both directions,
-  cosine nearest neighbour, :func:`benchmarks.centering.bitext_accuracy`, without and with each side centred) and
-  the XQuAD-R pool mAP@20 (LAReQA, all 7 languages and articles, :func:`benchmarks.centering.ap_at_k` over
-  :func:`benchmarks.centering.pool_slice`, centring ``off`` and ``full`` with the true query language), plus the
-  cosine between each backend's vectors and torch's for the same sentences. Embeddings come from
-  :func:`benchmarks.centering.embed` and its cache (``$XLIR_HOME/cache/embeddings``), keyed per backend.
+  cosine nearest neighbour, :func:`benchmarks.matrix.bitext_accuracy`, without and with each side centred) and
+  the XQuAD-R pool mAP@20 of the sentences' vectors (LAReQA, all 7 languages and articles, no titles: a delta
+  between backends' vectors, not a retrieval figure, which is the matrix's; :func:`benchmarks.retrieval.ap_at_k`
+  over the exact top 20, centring ``off`` and ``full`` with the true query language), plus the cosine between
+  each backend's vectors and torch's for the same sentences. Embeddings come from
+  :func:`benchmarks.embeddings.embed` and its cache (``$XLIR_HOME/cache/embeddings``), keyed per backend.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import centering
-from benchmarks.datasets import TATOEBA_PAIRS, XQUAD_LANGS, default_data_dir, load_tatoeba, load_xquad_r
+from benchmarks.datasets import TATOEBA_PAIRS, RetrievalDataset, default_data_dir, load_tatoeba, load_xquad_r
+from benchmarks.embeddings import EmbedStats, embed, embed_by_group
 from models.encoders import ProgressFn
 
 REPO = Path(__file__).resolve().parent.parent
@@ -213,7 +214,7 @@ class CacheKeyed:
 
 
 def cache_tag(backend: str) -> str:
-    """torch keeps the key of ``benchmarks.centering`` (its cached embeddings are reused); ONNX ones add the
+    """torch keeps the plain key of ``benchmarks.embeddings`` (its cached embeddings are reused); ONNX ones add the
     backend and the onnxruntime version."""
     if backend == "torch":
         return ""
@@ -224,58 +225,62 @@ def cache_tag(backend: str) -> str:
 
 @dataclass
 class QualityData:
-    pool: centering.Pool
+    pool: RetrievalDataset
     tatoeba: dict[str, tuple[list[str], list[str]]]
 
 
 def quality_data(data: Path, limit: int | None) -> QualityData:
-    squads = {lang: json.loads((data / "xquad-r" / f"{lang}.json").read_text(encoding="utf-8"))
-              for lang in XQUAD_LANGS}
-    if limit is not None:  # quick runs: the first articles only
-        squads = {lang: {**sq, "data": sq["data"][: max(2, limit // 100)]} for lang, sq in squads.items()}
+    pool = load_xquad_r(data, articles=None if limit is None else max(2, limit // 100))  # quick runs: first articles
     tatoeba = load_tatoeba(data, TATOEBA_PAIRS)
     if limit is not None:
         tatoeba = {k: (xx[:limit], en[:limit]) for k, (xx, en) in tatoeba.items()}
-    return QualityData(centering.build_pool(squads), tatoeba)
+    return QualityData(pool, tatoeba)
 
 
-def embed_all(enc: Any, qd: QualityData, stats: centering.EmbedStats) -> dict[str, Any]:
-    cache = centering.embedding_cache_dir()
+def embed_all(enc: Any, qd: QualityData, stats: EmbedStats) -> dict[str, Any]:
     pool = qd.pool
     return {
-        "cands": centering.embed_by_group(enc, "passage", pool.cand_texts, pool.cand_langs, cache,
-                                          "xquad sentences", stats),
-        "queries": centering.embed_by_group(enc, "query", pool.query_texts, pool.query_langs, cache,
-                                            "xquad questions", stats),
-        "tatoeba": {code: (centering.embed(enc, "passage", xx, cache, f"tatoeba {code}", stats),
-                           centering.embed(enc, "passage", en, cache, f"tatoeba {code}-eng", stats))
+        "cands": embed_by_group(enc, "passage", [d.text for d in pool.docs], [str(d.lang) for d in pool.docs],
+                                "xquad sentences", stats),
+        "queries": embed_by_group(enc, "query", [q.text for q in pool.queries], [q.lang for q in pool.queries],
+                                  "xquad questions", stats),
+        "tatoeba": {code: (embed(enc, "passage", xx, None, f"tatoeba {code}", stats),
+                           embed(enc, "passage", en, None, f"tatoeba {code}-eng", stats))
                     for code, (xx, en) in qd.tatoeba.items()},
     }
 
 
-def xquad_map20(pool: centering.Pool, cands: np.ndarray, queries: np.ndarray, mode: str) -> dict[str, float]:
+def xquad_map20(pool: RetrievalDataset, cands: np.ndarray, queries: np.ndarray, mode: str) -> dict[str, float]:
     """mAP@20 over the whole pool (all articles), per query language and their mean; ``full`` uses the true
-    query language's centroid."""
-    crow, qrow, c_ids, c_langs, keys, q_langs, qrels = centering.pool_slice(pool, "all", None)
-    table = centering.pool_centroids(cands[crow], c_langs)
-    c = centering.centred_pool(table, mode, cands[crow], c_langs)
-    q = queries[qrow]
+    query language's centroid (the pool's per-language means)."""
+    from benchmarks.retrieval import ap_at_k
+    from indexer.centering import CentroidStats, center, center_by_lang
+    from indexer.planning import exact_topk
+
+    c_langs = [str(d.lang) for d in pool.docs]
+    q_langs = [q.lang for q in pool.queries]
     if mode != "off":
-        shifts, _ = centering.query_shifts(table, mode, q_langs)
-        q = centering.center(q, shifts)
-    rows, _ = centering.top_k(q, c, 20)
-    aps = np.asarray([centering.ap_at_k(qrels[k], [c_ids[i] for i in r], 20) for k, r in zip(keys, rows, strict=True)])
-    return centering.by_lang(aps, keys, q_langs)
+        stats = CentroidStats(cands.shape[1])
+        stats.add(c_langs, cands)
+        table = stats.centroids()
+        cands = center_by_lang(cands, np.asarray([table.langs.index(x) for x in c_langs]), table.shifts(mode))
+        queries = center(queries, np.stack([table.shifts(mode)[table.langs.index(x)] for x in q_langs]))
+    rows = exact_topk(cands, queries, 20)
+    aps = np.asarray([ap_at_k(pool.qrels[q.qid], [pool.docs[i].id for i in r], 20)
+                      for q, r in zip(pool.queries, rows, strict=True)])
+    out = {lang: float(aps[np.asarray(q_langs) == lang].mean()) for lang in sorted(set(q_langs))}
+    return {**out, "mean": float(np.mean(list(out.values())))}
 
 
 def tatoeba_accuracy(sides: dict[str, tuple[np.ndarray, np.ndarray]], mode: str) -> dict[str, float]:
     """Cosine nearest-neighbour accuracy per pair (mean of xx->en and en->xx) and the mean over pairs."""
+    from benchmarks.matrix import bitext_accuracy
     from indexer.centering import center_sides
 
     out: dict[str, float] = {}
     for code, (xx, en) in sides.items():
         a, b = center_sides(xx, en, mode)
-        out[code] = (centering.bitext_accuracy(a, b, "absolute") + centering.bitext_accuracy(b, a, "absolute")) / 2
+        out[code] = (bitext_accuracy(a, b, "absolute") + bitext_accuracy(b, a, "absolute")) / 2
     out["mean"] = float(np.mean([out[c] for c in sides]))
     return out
 
@@ -396,11 +401,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if not args.skip_quality:
         qd = quality_data(args.data, args.limit)
-        res.update(pool_candidates=len(qd.pool.cand_texts), pool_queries=len(qd.pool.query_texts),
+        res.update(pool_candidates=len(qd.pool.docs), pool_queries=len(qd.pool.queries),
                    tatoeba_lines=len(next(iter(qd.tatoeba.values()))[0]))
         vecs: dict[str, Any] = {}
         for b, enc in encoders.items():
-            stats = centering.EmbedStats()
+            stats = EmbedStats()
             t0 = time.perf_counter()
             vecs[b] = embed_all(CacheKeyed(enc, cache_tag(b)), qd, stats)
             res["backends"][b]["quality"] = quality(vecs[b], qd)

@@ -183,17 +183,16 @@ def _encoder(model: str, backend: str = "torch") -> Any:
 
 def run_bucc(data: Path, model: str, noise: int, pairs: Sequence[str] | None = None,
              tatoeba_noise: bool = True) -> dict[str, Any]:
-    from benchmarks.centering import EmbedStats, embed, embedding_cache_dir
+    from benchmarks.embeddings import EmbedStats, embed
 
     enc = _encoder(model)
     tatoeba = load_tatoeba(data)
     stats = EmbedStats()
-    cache = embedding_cache_dir()
     sources = noise_sources(data, tatoeba)
     vector_of: dict[str, np.ndarray] = {}
     for name, texts in sources.items():
         if texts:
-            vecs = embed(enc, "passage", texts, cache, name, stats)
+            vecs = embed(enc, "passage", texts, None, name, stats)
             vector_of.update(zip(texts, vecs, strict=True))
     res: dict[str, Any] = {"model": model, "noise_cap": noise, "tatoeba_noise": tatoeba_noise, "pairs": {}}
     curves: dict[str, dict[str, Any]] = {}
@@ -244,15 +243,16 @@ def run_bucc(data: Path, model: str, noise: int, pairs: Sequence[str] | None = N
 
 def run_tatoeba(data: Path, model: str) -> dict[str, Any]:
     """Accuracy of xx->en and en->xx, nearest target by cosine vs by ratio margin (k=4), centring off/full."""
-    from benchmarks.centering import EmbedStats, bitext_accuracy, embed, embedding_cache_dir
+    from benchmarks.embeddings import EmbedStats, embed
+    from benchmarks.matrix import bitext_accuracy
     from indexer.centering import center_sides
 
     enc = _encoder(model)
     stats = EmbedStats()
     out: dict[str, Any] = {}
     for pair, (xx_s, en_s) in sorted(load_tatoeba(data).items()):
-        xx = embed(enc, "passage", xx_s, embedding_cache_dir(), f"tatoeba {pair}", stats)
-        en = embed(enc, "passage", en_s, embedding_cache_dir(), f"tatoeba {pair} en", stats)
+        xx = embed(enc, "passage", xx_s, None, f"tatoeba {pair}", stats)
+        en = embed(enc, "passage", en_s, None, f"tatoeba {pair} en", stats)
         vals = {}
         for centering in ("off", "full"):
             cx, ce = center_sides(xx, en, centering)
@@ -294,11 +294,11 @@ def speed_corpus(data: Path, n: int, folder: Path) -> tuple[Path, Path]:
 
 
 def brute_force_knn(x: np.ndarray, y: np.ndarray, k: int, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """The baseline: blocked ``x @ y.T`` in numpy and argpartition for the top k (then sorted), as (sims, ids)."""
-    from benchmarks.centering import top_k
+    """The baseline: the exact top k of ``x @ y.T`` in numpy (the product's exact top-k, blocked), as (sims, ids)."""
+    from indexer.planning import exact_topk
 
-    ids, sims = top_k(x, y, k, chunk=block)
-    return sims, ids
+    ids = exact_topk(y, x, k, chunk=block)
+    return np.einsum("ij,ikj->ik", x, y[ids]), ids
 
 
 def run_speed(data: Path, model: str, n: int, nprobe: int | None, backend: str = "torch",

@@ -8,11 +8,12 @@ Run: ``xlir bench retrieval --dataset xquad-r-sentence [--langs en,de,zh] [--max
 :func:`indexer.text.tokenize`), cached under ``$XLIR_HOME/cache/bench-indexes/<dataset>-<model>-<docs>`` (the index
 is the embedding cache of the candidate pool, :func:`index_for`). Each query goes through the product:
 
-- in-process (default): the query vectors are encoded up front in length-sorted batches (cached as ``.npy`` in
-  ``$XLIR_HOME/cache/embeddings``, keyed by model checksum + texts, as in :mod:`benchmarks.centering`), then
-  :func:`app.service.retrieve` with a :class:`app.schemas.SearchRequest` built from the condition's parameters and
-  ``lang`` = the query's language (so centring uses the true query language); ``hybrid-rerank`` rescores with
-  :meth:`app.service.SearchService._rerank`, the server's code;
+- in-process (default): the query vectors are encoded up front in length-sorted batches (the benchmarks' one
+  embedding cache, :mod:`benchmarks.embeddings`), then :func:`app.service.retrieve` with a
+  :class:`app.schemas.SearchRequest` built from the condition's parameters and ``lang`` = the query's language (so
+  centring uses the true query language), or, for the ``-detected`` conditions, no ``lang``: the query is centred
+  with the language the server's detector (:class:`indexer.langid.LanguageDetector`) finds in its text;
+  ``hybrid-rerank`` rescores with :meth:`app.service.SearchService._rerank`, the server's code;
 - ``--target URL``: ``POST URL/search`` with the same request fields, ``concurrency`` requests in flight; also
   reports latency percentiles. The server must serve an index of *the same dataset documents* (built by this
   module or with ``xlir index`` over the same documents, same ids): the runner checks the document count that
@@ -57,7 +58,7 @@ import sys
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,10 +80,14 @@ CONDITIONS: dict[str, dict[str, Any]] = {
     "dense": {"mode": "dense"},
     "hybrid-rrf": {"mode": "hybrid", "fusion": "rrf"},
     "hybrid-weighted": {"mode": "hybrid", "fusion": "weighted"},
-    # language centring per request (the index is built with `auto`): what it is worth, condition by condition
+    # language centring per request (the index is built with `auto`): what it is worth, condition by condition;
+    # "-detected": no `lang` in the request, the query language is the detector's (what the server does then)
+    "dense-detected": {"mode": "dense", "detect_lang": True},
     "dense-centering-off": {"mode": "dense", "centering": "off"},
     "dense-centering-offset": {"mode": "dense", "centering": "offset"},
+    "dense-centering-offset-detected": {"mode": "dense", "centering": "offset", "detect_lang": True},
 }
+DETECT = "detect_lang"  # a condition's flag, not a request field: leave `lang` out of the request
 DEFAULT_CONDITIONS = ("bm25", "dense", "hybrid-rrf", "hybrid-weighted")
 RERANK = "hybrid-rerank"
 DATASETS = ("xquad-r-sentence", "xquad-r-paragraph", "miracl")
@@ -117,7 +122,9 @@ class Run:
 
 def request_body(query: Query, params: Mapping[str, Any], k: int, monolingual: bool) -> dict[str, Any]:
     """The ``SearchRequest`` fields of one benchmark query (shared by the in-process and the REST runner)."""
-    body: dict[str, Any] = {"query": query.text, "k": k, **params, "lang": query.lang}
+    body: dict[str, Any] = {"query": query.text, "k": k, **{f: v for f, v in params.items() if f != DETECT}}
+    if not params.get(DETECT):
+        body["lang"] = query.lang
     if monolingual:
         body["langs"] = [query.lang]
     return body
@@ -209,11 +216,18 @@ def clear_index(dataset: RetrievalDataset, encoder: Encoder, cache_root: Path | 
 
 def query_vectors(encoder: Encoder, queries: Sequence[Query], cache_dir: Path | None = None) -> np.ndarray:
     """Raw query embeddings in length-sorted batches, cached on disk by model checksum + texts."""
-    from benchmarks.centering import embed, embedding_cache_dir
+    from benchmarks.embeddings import embed
 
-    texts = [q.text for q in queries]
-    return embed(encoder, "query", texts, cache_dir if cache_dir is not None else embedding_cache_dir(),
-                 "queries")
+    return embed(encoder, "query", [q.text for q in queries], cache_dir, "queries")
+
+
+def query_languages(queries: Sequence[Query], params: Mapping[str, Any]) -> list[str]:
+    """The language each query is centred with: its own, or (``detect_lang``) the one the server's detector finds."""
+    if not params.get(DETECT):
+        return [q.lang for q in queries]
+    from indexer.langid import LanguageDetector
+
+    return LanguageDetector().detect_many([q.text for q in queries])
 
 
 def load_centroid_table(encoder: Encoder) -> Any:
@@ -249,9 +263,10 @@ def run_inprocess(index: Index, encoder: Encoder, dataset: RetrievalDataset, par
     if len(qvecs) != len(dataset.queries):
         raise ValueError(f"{len(qvecs)} query vectors for {len(dataset.queries)} queries")
     run = Run()
-    for query, qvec in zip(dataset.queries, qvecs, strict=True):
+    langs = query_languages(dataset.queries, params)
+    for query, qvec, lang in zip(dataset.queries, qvecs, langs, strict=True):
         req = SearchRequest(**request_body(query, params, k, monolingual))
-        hits = retrieve(index, req, qvec, tokenize(query.text), limits, query_lang=query.lang, table=table)
+        hits = retrieve(index, req, qvec, tokenize(query.text), limits, query_lang=lang, table=table)
         if service is not None:
             top = hits[: req.rerank_depth]
             hits = service._rerank(req, top, {h.row: index.doc(h.row) for h in top})
@@ -375,6 +390,17 @@ def same_language_qrels(dataset: RetrievalDataset) -> RetrievalDataset:
     queries = [q for q in dataset.queries if any(v > 0 for v in qrels[q.qid].values())]
     return RetrievalDataset(dataset.name, dataset.docs, queries, {q.qid: qrels[q.qid] for q in queries},
                             dict(getattr(dataset, "notes", {})))
+
+
+def ap_at_k(relevant: Iterable[str], ranked: Sequence[str], k: int = 20) -> float:
+    """LAReQA's AP@k: the sum of P@i over the relevant hits in the top ``k``, divided by ``min(|R|, k)``."""
+    rel = set(relevant)
+    hits, total = 0, 0.0
+    for i, doc in enumerate(ranked[:k], start=1):
+        if doc in rel:
+            hits += 1
+            total += hits / i
+    return total / min(len(rel), k) if rel else 0.0
 
 
 def max_relevant(dataset: RetrievalDataset) -> int:

@@ -3,7 +3,7 @@
 Run: ``python -m benchmarks.speed_faiss [--n 1000000] [--out benchmarks/results/speed_faiss.json]``
 (``make bench-speed``; ~15 minutes on 2 cores). ``--n 100000`` while developing. ``--calibrate`` adds the
 comparison of the synthetic vectors with real e5-small embeddings (below; needs the model, and about 7 minutes
-the first time to embed the XQuAD-R and Tatoeba texts, then cached by :mod:`benchmarks.centering`).
+the first time to embed the XQuAD-R and Tatoeba texts, then cached by :mod:`benchmarks.embeddings`).
 
 **Vectors.** Uniform random vectors are a worst case for approximate search and not representative, and a few
 thousand real embeddings are too few for 1M, so the vectors come from a seeded generative model shaped like
@@ -294,31 +294,22 @@ def needed_nprobe(x: np.ndarray, queries: np.ndarray, target: float = 0.95, k: i
 
 
 def calibrate(seed: int = 0, params: SynthParams | None = None) -> dict[str, Any]:
-    from benchmarks.centering import (
-        LANGS,
-        TATOEBA,
-        EmbedStats,
-        build_pool,
-        embed,
-        embed_by_group,
-        embedding_cache_dir,
-        read_lines,
-    )
-    from benchmarks.datasets import default_data_dir
+    from benchmarks.datasets import default_data_dir, load_tatoeba, load_xquad_r
+    from benchmarks.embeddings import EmbedStats, embed, embed_by_group
     from models.encoders import load_encoder
 
     data = default_data_dir()
     enc = load_encoder("e5-small")
-    cache, stats = embedding_cache_dir(), EmbedStats()
-    squads = {lang: json.loads((data / "xquad-r" / f"{lang}.json").read_text(encoding="utf-8")) for lang in LANGS}
-    pool = build_pool(squads)
-    parts = [embed_by_group(enc, "passage", pool.cand_texts, pool.cand_langs, cache, "xquad sentences", stats)]
-    for code in TATOEBA:
-        stem = data / "tatoeba" / f"tatoeba.{code}-eng"
-        parts.append(embed(enc, "passage", read_lines(Path(f"{stem}.{code}")), cache, f"tatoeba {code}", stats))
-        parts.append(embed(enc, "passage", read_lines(Path(f"{stem}.eng")), cache, f"tatoeba {code}-eng", stats))
+    stats = EmbedStats()
+    pool = load_xquad_r(data)
+    parts = [embed_by_group(enc, "passage", [d.text for d in pool.docs], [str(d.lang) for d in pool.docs],
+                            "xquad sentences", stats)]
+    for code, (xx, en) in load_tatoeba(data).items():
+        parts.append(embed(enc, "passage", xx, None, f"tatoeba {code}", stats))
+        parts.append(embed(enc, "passage", en, None, f"tatoeba {code}-eng", stats))
     real = np.unique(np.concatenate(parts).astype(np.float32), axis=0)
-    real_q = embed_by_group(enc, "query", pool.query_texts, pool.query_langs, cache, "xquad questions", stats)
+    real_q = embed_by_group(enc, "query", [q.text for q in pool.queries], [q.lang for q in pool.queries],
+                            "xquad questions", stats)
     synth, synth_q = synth_vectors(len(real), real.shape[1], len(real_q), seed=seed, params=params)
     rng = np.random.default_rng(seed)
     shuffled = real[rng.permutation(len(real))]

@@ -18,9 +18,11 @@ from benchmarks.datasets import (
     DatasetError,
     Query,
     RetrievalDataset,
+    answer_sentences,
     default_data_dir,
     doc_article,
     load_miracl,
+    load_sample,
     load_tatoeba,
     load_xquad_r,
     split_sentences,
@@ -36,6 +38,110 @@ KNOWN_QID = "56e0fc3f7aa994140058e878"  # "Who first sent radio waves across the
 @pytest.fixture(scope="module")
 def de_hi_sentences() -> RetrievalDataset:
     return load_xquad_r(DATA, "sentence", ["hi", "de"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Sentence splitter (the LAReQA candidates of XQuAD-R)
+# --------------------------------------------------------------------------------------------------
+
+
+def sentences(text: str, lang: str | None = None) -> list[str]:
+    return [text[s:e] for s, e in split_sentences(text, lang)]
+
+
+def test_split_latin() -> None:
+    text = "The cat sat. Did it? Yes! It cost 3.5 dollars, e.g. a lot.  Then it left."
+    assert sentences(text) == ["The cat sat.", "Did it?", "Yes!", "It cost 3.5 dollars, e.g. a lot.", "Then it left."]
+
+
+def test_split_cyrillic() -> None:
+    assert sentences("Кошка сидела. Собака лаяла! Почему?") == ["Кошка сидела.", "Собака лаяла!", "Почему?"]
+
+
+def test_split_devanagari_danda() -> None:
+    # the danda ends a sentence with or without a following space
+    text = "बिल्ली बैठी थी। कुत्ता भौंका।फिर क्या हुआ?"
+    assert sentences(text) == ["बिल्ली बैठी थी।", "कुत्ता भौंका।", "फिर क्या हुआ?"]
+
+
+def test_split_arabic() -> None:
+    text = "جلست القطة. لماذا نبح الكلب؟ لا أعرف."
+    assert sentences(text) == ["جلست القطة.", "لماذا نبح الكلب؟", "لا أعرف."]
+
+
+def test_split_chinese() -> None:
+    text = "猫坐着。狗叫了！为什么？“好的。”结束"
+    assert sentences(text) == ["猫坐着。", "狗叫了！", "为什么？", "“好的。”", "结束"]
+
+
+def test_split_closing_quotes_and_initials() -> None:
+    assert sentences('He said "stop." She left. J. R. R. Tolkien wrote.') == [
+        'He said "stop."', "She left.", "J. R. R. Tolkien wrote."]
+
+
+def test_split_german_ordinals_only_for_german() -> None:
+    text = "Er kam am 31. August. Sie blieb."
+    assert sentences(text, "de") == ["Er kam am 31. August.", "Sie blieb."]
+    assert sentences(text) == ["Er kam am 31.", "August.", "Sie blieb."]
+
+
+def test_split_spans_are_offsets_without_whitespace() -> None:
+    text = "  One.   Two.  "
+    assert split_sentences(text) == [(2, 6), (9, 13)]
+    assert split_sentences("") == [] and split_sentences("   ") == []
+    assert sentences("no terminator") == ["no terminator"]
+
+
+def test_answer_sentences() -> None:
+    spans = [(0, 10), (11, 20), (22, 30)]
+    assert answer_sentences(spans, 12, 3) == [1]
+    assert answer_sentences(spans, 8, 5) == [0, 1]  # crosses a boundary
+    assert answer_sentences(spans, 20, 1) == [2]  # between sentences: the next one
+    assert answer_sentences(spans, 0, 0) == [0]
+
+
+def squad(contexts: list[tuple[str, list[tuple[str, str, str]]]]) -> dict[str, Any]:
+    """One article per context; qas are (id, question, answer), answer_start found in the context."""
+    return {"data": [{"title": f"t{i}", "paragraphs": [{"context": ctx, "qas": [
+        {"id": qid, "question": q, "answers": [{"text": a, "answer_start": ctx.index(a)}]} for qid, q, a in qas]}]}
+        for i, (ctx, qas) in enumerate(contexts)]}
+
+
+FIXTURE = {
+    "en": squad([("Paris is big. The tower is 330 metres tall. It is old.",
+                  [("q1", "How tall is the tower?", "330 metres")]),
+                 ("Rome is old. It has a forum.", [("q2", "What does Rome have?", "a forum")])]),
+    "zh": squad([("巴黎很大。铁塔高330米。它很古老。", [("q1", "铁塔有多高？", "330米")]),
+                 ("罗马很古老。它有一个广场。", [("q2", "罗马有什么？", "一个广场")])]),
+}
+
+
+@pytest.fixture()
+def fixture_pool(tmp_path: Path) -> RetrievalDataset:
+    for lang, data in FIXTURE.items():
+        (tmp_path / f"{lang}.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return load_xquad_r(tmp_path, langs=["en", "zh"])
+
+
+def test_qrels_answer_sentence_relevant_in_both_languages(fixture_pool: RetrievalDataset) -> None:
+    pool = fixture_pool
+    assert [d.id for d in pool.docs] == ["en/0/0/0", "en/0/0/1", "en/0/0/2", "en/1/0/0", "en/1/0/1",
+                                         "zh/0/0/0", "zh/0/0/1", "zh/0/0/2", "zh/1/0/0", "zh/1/0/1"]
+    assert pool.docs[1].text == "The tower is 330 metres tall." and pool.docs[6].text == "铁塔高330米。"
+    assert [q.qid for q in pool.queries] == ["en/q1", "en/q2", "zh/q1", "zh/q2"]
+    # the answer is in the 2nd sentence: that sentence is relevant in both languages, for the question in either
+    assert pool.qrels["en/q1"] == pool.qrels["zh/q1"] == {"en/0/0/1": 1, "zh/0/0/1": 1}
+    assert pool.qrels["en/q2"] == pool.qrels["zh/q2"] == {"en/1/0/1": 1, "zh/1/0/1": 1}
+    assert [d.lang for d in pool.docs].count("zh") == 5 and [q.lang for q in pool.queries] == ["en", "en", "zh", "zh"]
+    assert [doc_article(d.id) for d in pool.docs] == [0, 0, 0, 1, 1] * 2
+
+
+def test_splits_by_article_parity(fixture_pool: RetrievalDataset) -> None:
+    pool = fixture_pool
+    assert [q.qid for q in pool.subset(split="dev").queries] == ["en/q1", "zh/q1"]
+    assert [q.qid for q in pool.subset(split="test").queries] == ["en/q2", "zh/q2"]
+    assert len(pool.subset().queries) == 4
+    assert [q.qid for q in pool.subset(max_per_lang=1).queries] == ["en/q1", "zh/q1"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -81,16 +187,42 @@ def test_xquad_all_languages_match_the_lareqa_pool() -> None:
     assert round(sum(sizes) / len(sizes), 2) == 7.02 and max(sizes) == 14
 
 
-def test_xquad_matches_centering_build_pool() -> None:
-    from benchmarks.centering import build_pool
-
+def test_xquad_docs_are_the_splitter_sentences_and_qrels_the_answer_sentences() -> None:
     squads = {lang: json.loads((DATA / "xquad-r" / f"{lang}.json").read_text(encoding="utf-8"))
               for lang in ("en", "zh")}
-    pool = build_pool(squads)
+    ids, texts, relevant = [], [], {}
+    for lang, squad in squads.items():
+        for a, article in enumerate(squad["data"]):
+            for p, para in enumerate(article["paragraphs"]):
+                spans = split_sentences(para["context"], lang)
+                ids += [f"{lang}/{a}/{p}/{i}" for i in range(len(spans))]
+                texts += [para["context"][s:e] for s, e in spans]
+                for qa in para["qas"]:
+                    rel = relevant.setdefault(qa["id"], {})
+                    for ans in qa["answers"]:
+                        rel.update({f"{lang}/{a}/{p}/{i}": 1 for i in answer_sentences(
+                            spans, ans["answer_start"], len(ans["text"]))})
     ds = load_xquad_r(DATA, langs=["zh", "en"])
-    assert [d.id for d in ds.docs] == [c.replace(":", "/") for c in pool.cand_ids]
-    assert [d.text for d in ds.docs] == pool.cand_texts
-    assert ds.qrels == {k.replace(":", "/", 1): {c.replace(":", "/"): 1 for c in v} for k, v in pool.qrels.items()}
+    assert [d.id for d in ds.docs] == ids and [d.text for d in ds.docs] == texts
+    assert ds.qrels == {f"{lang}/{qid}": rel for lang in ("en", "zh") for qid, rel in relevant.items()}
+
+
+def test_xquad_first_articles_only() -> None:
+    ds = load_xquad_r(DATA, langs=["en", "de"], articles=2)
+    assert {doc_article(d.id) for d in ds.docs} == {0, 1}
+    assert {q.split for q in ds.queries} == {"dev", "test"}
+    assert all(doc_article(d) < 2 for rel in ds.qrels.values() for d in rel)
+    small = ds.subset(split="test", max_per_lang=5)
+    assert Counter(q.lang for q in small.queries) == {"en": 5, "de": 5}
+
+
+def test_sample_probes() -> None:
+    ds = load_sample(Path(__file__).resolve().parent.parent / "data" / "sample")
+    assert ds.name == "sample" and len(ds.docs) == 300 and len(ds.queries) == 10
+    ids = {d.id for d in ds.docs}
+    for q in ds.queries:
+        (rel,) = ds.qrels[q.qid]
+        assert rel in ids and not rel.endswith(f"-{q.lang}") and q.split == "test"
 
 
 def _raw_answers(lang: str, squad_id: str) -> list[str]:

@@ -313,3 +313,64 @@ def test_main_end_to_end_with_a_fake_encoder(tmp_path: Path, monkeypatch: pytest
     with pytest.raises(DatasetError, match="needs a reranker"):
         retrieval.main(["--dataset", "xquad-r-sentence", "--data", str(tmp_path / "data"), "--langs", "en,de",
                         "--out", str(out), "--conditions", "hybrid-rerank"])
+
+
+# --------------------------------------------------------------------------------------------------
+# LAReQA's AP@20, the alpha rule, the embedding cache key, the detected-language conditions
+# --------------------------------------------------------------------------------------------------
+
+
+def test_ap_at_k_hand_computed() -> None:
+    # relevant a, b, c; hits at ranks 1 and 3: (1/1 + 2/3) / 3
+    assert retrieval.ap_at_k({"a", "b", "c"}, ["a", "x", "b", "y"]) == pytest.approx((1 + 2 / 3) / 3)
+    # a hit beyond k does not count; the divisor is min(|R|, k)
+    assert retrieval.ap_at_k({"a", "b"}, ["x", "a", "y", "b"], k=2) == pytest.approx((1 / 2) / 2)
+    assert retrieval.ap_at_k({"a"}, ["x", "y"]) == 0.0 and retrieval.ap_at_k(set(), ["a"]) == 0.0
+
+
+def test_ap20_through_ranx_matches_hand_computation() -> None:
+    docs = [f"d{i}" for i in range(30)]
+    qrels = {"q1": {"d0": 1, "d2": 1, "d25": 1}, "q2": {"d1": 1, "d3": 1, "d4": 1, "d19": 1}, "q3": {"d29": 1}}
+    ds = RetrievalDataset("hand", [Document(d, d, "", "en") for d in docs],
+                          [Query(q, q, "en", "test") for q in qrels], qrels)
+    got = retrieval.per_query_metrics(ds, retrieval.Run({q: [(d, 1.0) for d in docs] for q in qrels}), ["map@20"])
+    hand = {"q1": (1 / 1 + 2 / 3) / 3, "q2": (1 / 2 + 2 / 4 + 3 / 5 + 4 / 20) / 4, "q3": 0.0}
+    for q, value in hand.items():
+        assert got[q]["map@20"] == pytest.approx(value)
+        assert retrieval.ap_at_k(qrels[q], docs, 20) == pytest.approx(value)
+
+
+def test_sweep_takes_the_best_alpha_then_the_larger_on_ties() -> None:
+    docs = [Document(f"d{i}", "x", "", "en") for i in range(10)]
+    ds = RetrievalDataset("one", docs, [Query("q", "x", "en", "dev")], {"q": {"d0": 1}})
+
+    def runs(rank_of: dict[float, int]) -> retrieval.RunFn:  # AP = 1 / rank of the relevant document
+        return lambda _ds, p: retrieval.Run({"q": [(f"d{i}", 1.0) for i in range(1, rank_of[p["alpha"]])]
+                                                   + [("d0", 1.0)]})
+
+    scores = {0.0: 10, 0.5: 3, 0.7: 3, 1.0: 5}
+    assert retrieval.sweep(runs(scores), ds, alphas=(0.0, 0.5, 0.7, 1.0))[0] == 0.7
+    assert retrieval.sweep(runs(scores), ds, alphas=(1.0, 0.7, 0.5, 0.0))[0] == 0.7  # the order is irrelevant
+    assert retrieval.sweep(runs({0.0: 2, 1.0: 2}), ds, alphas=(0.0, 1.0))[0] == 1.0
+    with pytest.raises(ValueError):
+        retrieval.sweep(runs(scores), ds, alphas=())
+
+
+def test_embedding_cache_key() -> None:
+    from benchmarks.embeddings import cache_key
+
+    base = cache_key("sum1", "passage", ["a", "b"])
+    assert base == cache_key("sum1", "passage", ["a", "b"]) and len(base) == 64
+    others = [cache_key("sum2", "passage", ["a", "b"]), cache_key("sum1", "query", ["a", "b"]),
+              cache_key("sum1", "passage", ["a", "c"]), cache_key("sum1", "passage", ["b", "a"]),
+              cache_key("sum1", "passage", ["ab"]), cache_key("sum1", "passage", ["a", "b", ""])]
+    assert len({base, *others}) == len(others) + 1
+
+
+def test_detected_conditions_leave_lang_to_the_detector() -> None:
+    q = Query("q", "Der Fluss fließt durch die alte Stadt zum Meer", "en", "test")  # labelled wrongly on purpose
+    body = retrieval.request_body(q, retrieval.CONDITIONS["dense-detected"], 5, False)
+    assert "lang" not in body and retrieval.DETECT not in body and body["mode"] == "dense"
+    assert retrieval.request_body(q, retrieval.CONDITIONS["dense"], 5, False)["lang"] == "en"
+    assert retrieval.query_languages([q], retrieval.CONDITIONS["dense"]) == ["en"]
+    assert retrieval.query_languages([q], retrieval.CONDITIONS["dense-centering-offset-detected"]) == ["de"]
