@@ -255,7 +255,7 @@ def xquad_map20(pool: RetrievalDataset, cands: np.ndarray, queries: np.ndarray, 
     query language's centroid (the pool's per-language means)."""
     from benchmarks.retrieval import ap_at_k
     from indexer.centering import CentroidStats, center, center_by_lang
-    from indexer.planning import exact_topk
+    from indexer.topk import top_k_dot
 
     c_langs = [str(d.lang) for d in pool.docs]
     q_langs = [q.lang for q in pool.queries]
@@ -265,7 +265,7 @@ def xquad_map20(pool: RetrievalDataset, cands: np.ndarray, queries: np.ndarray, 
         table = stats.centroids()
         cands = center_by_lang(cands, np.asarray([table.langs.index(x) for x in c_langs]), table.shifts(mode))
         queries = center(queries, np.stack([table.shifts(mode)[table.langs.index(x)] for x in q_langs]))
-    rows = exact_topk(cands, queries, 20)
+    rows = top_k_dot(cands, queries, 20)
     aps = np.asarray([ap_at_k(pool.qrels[q.qid], [pool.docs[i].id for i in r], 20)
                       for q, r in zip(pool.queries, rows, strict=True)])
     out = {lang: float(aps[np.asarray(q_langs) == lang].mean()) for lang in sorted(set(q_langs))}

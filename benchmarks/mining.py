@@ -295,9 +295,9 @@ def speed_corpus(data: Path, n: int, folder: Path) -> tuple[Path, Path]:
 
 def brute_force_knn(x: np.ndarray, y: np.ndarray, k: int, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """The baseline: the exact top k of ``x @ y.T`` in numpy (the product's exact top-k, blocked), as (sims, ids)."""
-    from indexer.planning import exact_topk
+    from indexer.topk import top_k_dot
 
-    ids = exact_topk(y, x, k, chunk=block)
+    ids = top_k_dot(y, x, k, chunk=block)
     return np.einsum("ij,ikj->ik", x, y[ids]), ids
 
 

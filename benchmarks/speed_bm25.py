@@ -50,6 +50,7 @@ from rank_bm25 import BM25Okapi
 
 from indexer import bm25 as bm25_mod
 from indexer.text import ANALYZER_NAME, tokenize
+from indexer.topk import top_k
 
 SCORE_RTOL = 1e-5
 
@@ -68,11 +69,7 @@ class LuceneBM25Okapi(BM25Okapi):
 
 def baseline_topk(model: BM25Okapi, tokens: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
     """(scores / (k1 + 1), rows) of the top ``k`` positive-scoring documents, ties by row: xlir's selection rule."""
-    scores = np.asarray(model.get_scores(list(tokens)), dtype=np.float64) / (model.k1 + 1.0)
-    hits = np.flatnonzero(scores > 0)
-    order = np.lexsort((hits, -scores[hits]))[:k]
-    rows = hits[order]
-    return scores[rows], rows.astype(np.int64)
+    return top_k(np.asarray(model.get_scores(list(tokens)), dtype=np.float64) / (model.k1 + 1.0), k, above=0.0)
 
 
 def topk_agree(ours: tuple[np.ndarray, np.ndarray], base: tuple[np.ndarray, np.ndarray],

@@ -71,7 +71,6 @@ from indexer.dense import build_faiss_index
 from indexer.planning import (
     AUTO_HNSW,
     TuneOptions,
-    exact_topk,
     format_bytes,
     holdout_sample,
     index_bytes,
@@ -79,6 +78,7 @@ from indexer.planning import (
     plan_index,
     recall_at_k,
 )
+from indexer.topk import top_k_dot
 
 KINDS = ("flat", "hnsw", "ivfflat", "ivfsq8", "ivfpq")
 BUDGETS = (None, "2G", "1G", "512M", "256M", "64M")
@@ -269,7 +269,7 @@ def ivf_curve(x: np.ndarray, queries: np.ndarray, probes: Sequence[int] = (1, 8,
     exclude = None
     if noise is not None:
         queries, exclude = holdout_sample(x, len(queries), noise=noise, seed=1)
-    exact = exact_topk(x, queries, k, exclude=exclude)
+    exact = top_k_dot(x, queries, k, exclude=exclude)
     out = {}
     inner: Any = faiss.downcast_index(index)
     for p in probes:
@@ -288,7 +288,7 @@ def needed_nprobe(x: np.ndarray, queries: np.ndarray, target: float = 0.95, k: i
     from indexer.planning import tune_search_params
 
     index, _ = build_faiss_index("ivfflat", x, options={"min_docs": 0})
-    out = tune_search_params(index, queries, exact_topk(x, queries, k), target_recall=target)
+    out = tune_search_params(index, queries, top_k_dot(x, queries, k), target_recall=target)
     inner: Any = faiss.downcast_index(index)
     return int(out["nprobe"]), int(inner.nlist)
 

@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from indexer import wal
-from indexer.bm25 import BM25Builder, BM25Searcher, Postings, Segment, lucene_scores, top_k
+from indexer.bm25 import BM25Builder, BM25Searcher, Postings, Segment, lucene_scores
 from indexer.text import tokenize
+from indexer.topk import top_k
 
 
 def _per_query_ms(fn: Any, queries: list[list[str]], repeats: int) -> float:
@@ -80,10 +81,10 @@ def run_bm25(n: int, n_queries: int, delta: int, deleted: int, seed: int, repeat
         updated = [Segment(postings, 0, live), Segment(Postings.from_tokens(delta_tokens), n)]
         ms = {
             "bm25s": _per_query_ms(lambda q: searcher.search(q, 10), queries, repeats),
-            "live_unchanged": _per_query_ms(lambda q: top_k(lucene_scores(unchanged, q, n, k1, b, c1), 10), queries,
-                                            repeats),
-            "live_updated": _per_query_ms(lambda q: top_k(lucene_scores(updated, q, n + delta, k1, b, c2), 10), queries,
-                                          repeats),
+            "live_unchanged": _per_query_ms(lambda q: top_k(lucene_scores(unchanged, q, n, k1, b, c1), 10, above=0),
+                                            queries, repeats),
+            "live_updated": _per_query_ms(lambda q: top_k(lucene_scores(updated, q, n + delta, k1, b, c2), 10,
+                                                          above=0), queries, repeats),
         }
     return {"passages": n, "queries": len(queries), "delta": delta, "deleted": deleted, "save_seconds": save_s,
             "max_rel_diff_vs_bm25s": worst, "ms_per_query": ms,

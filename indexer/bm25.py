@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from indexer.topk import top_k
+
 log = logging.getLogger(__name__)
 logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG through its own handler
 
@@ -246,20 +248,6 @@ def lucene_scores(segments: Sequence[Segment], tokens: Sequence[str], total_rows
     return scores.astype(np.float32)
 
 
-def top_k(scores: np.ndarray, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, rows) of the top ``k`` rows with a positive score, best first, ties by row."""
-    if mask is not None:
-        scores = np.where(mask, scores, 0.0).astype(np.float32)
-    hits = np.flatnonzero(scores > 0)
-    if len(hits) > k:
-        part = np.argpartition(-scores[hits], k - 1)[:k]
-        cutoff = scores[hits[part]].min()
-        hits = hits[scores[hits] >= cutoff]  # keep every tie at the cut-off, order below decides
-    order = np.lexsort((hits, -scores[hits]))[:k]
-    rows = hits[order].astype(np.int64)
-    return scores[rows], rows
-
-
 class BM25Searcher:
     def __init__(self, directory: Path, mmap: bool = True) -> None:
         import bm25s
@@ -287,4 +275,4 @@ class BM25Searcher:
 
     def search(self, tokens: Sequence[str], k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, rows) of the top ``k`` documents with a positive score, best first, ties by row."""
-        return top_k(self.scores(tokens), k, mask)
+        return top_k(self.scores(tokens), k, mask=mask, above=0.0)

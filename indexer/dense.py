@@ -8,7 +8,7 @@ whole collection, ties broken by lower global row.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import faiss
 import numpy as np
 
 from indexer.planning import IVF_MIN_VECTORS, TuneOptions, ivf_nlist, pq_sizes, tune_index
+from indexer.topk import Transform, read_rows, top_k
 
 INDEX_TYPES = ("flat", "hnsw", "ivfflat", "ivfsq8", "ivfpq")
 IVF_TYPES = ("ivfflat", "ivfsq8", "ivfpq")
@@ -27,9 +28,7 @@ HNSW_EF_SEARCH = 128
 IVF_NPROBE = 16  # before tuning
 
 __all__ = ["INDEX_TYPES", "IVF_TYPES", "DenseShard", "apply_search_params", "build_faiss_index", "ivf_nlist",
-           "load_shard_index", "merge_topk", "search_shards"]
-
-Transform = Callable[[np.ndarray, np.ndarray], np.ndarray]
+           "load_shard_index", "search_shards"]
 
 
 def build_faiss_index(
@@ -48,10 +47,6 @@ def build_faiss_index(
     With ``tune``, an approximate index gets ``nprobe`` / ``efSearch`` tuned to the recall target
     (:func:`indexer.planning.tune_index`; an HNSW graph is tuned before its last ``tune.sample`` rows are added).
     """
-
-    def rows_of(idx: np.ndarray) -> np.ndarray:
-        block = np.ascontiguousarray(vectors[idx], dtype=np.float32)
-        return np.ascontiguousarray(transform(block, idx), dtype=np.float32) if transform else block
 
     if kind not in INDEX_TYPES:
         raise ValueError(f"unknown index type {kind!r}; choose from {', '.join(INDEX_TYPES)}")
@@ -87,7 +82,7 @@ def build_faiss_index(
             params.update(m=m, nbits=8)
         rng = np.random.default_rng(0)
         sample = np.sort(rng.choice(n, size=min(n, max(256 * 39, nlist * 39)), replace=False))
-        index.train(rows_of(sample))
+        index.train(read_rows(vectors, sample, transform))
         nprobe = min(nlist, int(opts.get("nprobe", IVF_NPROBE)))
         index.nprobe = nprobe
         params.update(nlist=nlist, nprobe=nprobe)
@@ -95,7 +90,7 @@ def build_faiss_index(
 
     def add(lo: int, hi: int) -> None:
         for start in range(lo, hi, chunk):
-            index.add(rows_of(np.arange(start, min(hi, start + chunk))))
+            index.add(read_rows(vectors, np.arange(start, min(hi, start + chunk)), transform))
 
     add(0, n - held_out)
     if tune is not None:
@@ -167,14 +162,6 @@ def load_shard_index(path: Path, offset: int, mmap: bool = True,
     return DenseShard(index=index, offset=offset)
 
 
-def merge_topk(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top ``k`` of one query's candidates by score desc, ties by row asc; -1 rows are dropped."""
-    keep = rows >= 0
-    scores, rows = scores[keep], rows[keep]
-    order = np.lexsort((rows, -scores))[:k]
-    return scores[order], rows[order]
-
-
 def search_shards(
     shards: Sequence[DenseShard],
     queries: np.ndarray,
@@ -203,5 +190,6 @@ def search_shards(
         if not all_scores[q]:
             out.append((np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)))
             continue
-        out.append(merge_topk(np.concatenate(all_scores[q]), np.concatenate(all_rows[q]).astype(np.int64), k))
+        rows = np.concatenate(all_rows[q])
+        out.append(top_k(np.concatenate(all_scores[q]), k, labels=rows, mask=rows >= 0))  # -1: FAISS found no more
     return out

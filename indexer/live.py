@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 
 from indexer import wal
-from indexer.bm25 import Postings, Segment, lucene_scores, top_k
+from indexer.bm25 import Postings, Segment, lucene_scores
 from indexer.build import VECTOR_SET, passage_text
 from indexer.centering import center, resolve_auto
-from indexer.dense import merge_topk
 from indexer.store import CURRENT, Hits, Index, open_index, verify_index
+from indexer.topk import top_k
 from xlir.errors import BadQuery, DocumentNotFound, IndexInvalid, IndexNotReady
 
 log = logging.getLogger(__name__)
@@ -362,12 +362,9 @@ class LiveIndex(Index):
         q = np.asarray(queries, dtype=np.float32)
         all_scores = mat @ q.T if len(mat) else np.zeros((0, len(q)), dtype=np.float32)
         for i, hits in enumerate(main_hits):
-            scores = np.where(valid, all_scores[:, i], -np.inf)
-            kk = min(k, len(scores))
-            top = np.argpartition(-scores, kk - 1)[:kk] if kk else np.zeros(0, dtype=np.int64)
-            top = top[np.isfinite(scores[top])]
-            s, r = merge_topk(np.concatenate([hits.scores.astype(np.float32), scores[top].astype(np.float32)]),
-                              np.concatenate([hits.rows.astype(np.int64), top.astype(np.int64) + v.main_n]), k)
+            s, top = top_k(all_scores[:, i], k, mask=valid)
+            s, r = top_k(np.concatenate([hits.scores.astype(np.float32), s.astype(np.float32)]), k,
+                         labels=np.concatenate([hits.rows.astype(np.int64), top + v.main_n]))
             out.append(Hits(r, s))
         return out
 
@@ -388,7 +385,7 @@ class LiveIndex(Index):
         segments = [Segment(postings, 0, main_live), Segment(v.postings, v.main_n, delta_live)]  # type: ignore[arg-type]
         bm = self.manifest.bm25
         scores = lucene_scores(segments, tokens, v.main_n + v.n, bm.k1, bm.b, cache=v._cache)
-        s, rows = top_k(scores, k, mask)
+        s, rows = top_k(scores, k, mask=mask, above=0.0)
         return Hits(rows, s)
 
     # -- documents

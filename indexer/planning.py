@@ -45,17 +45,18 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 import faiss
 import numpy as np
 
+from indexer.topk import Transform, read_rows, top_k_dot
+
 __all__ = [
     "ANN_FALLBACK", "AUTO_HNSW", "DEFAULT_ANN", "FLAT_MAX_VECTORS", "IVF_MIN_VECTORS", "TARGET_RECALL", "IndexPlan",
     "TuneOptions",
-    "exact_topk", "format_bytes", "holdout_sample", "index_bytes", "ivf_nlist", "parse_bytes", "plan_index",
+    "format_bytes", "holdout_sample", "index_bytes", "ivf_nlist", "parse_bytes", "plan_index",
     "pq_sizes", "recall_at_k", "recall_per_query", "tune_index", "tune_search_params",
 ]
 
@@ -67,9 +68,6 @@ ANN_FALLBACK: Final = "ivfflat"
 TARGET_RECALL: Final = 0.95
 HNSW_M: Final = 32
 PQ_NBITS: Final = 8
-
-Transform = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
 
 def ivf_nlist(n: int) -> int:
     """Inverted lists for ``n`` vectors: ~4 sqrt(n), and at least 39 training points per list."""
@@ -198,11 +196,6 @@ class TuneOptions:
     z: float = 1.645  # the recall's lower confidence bound (mean - z standard errors) must reach the target
 
 
-def _rows(vectors: np.ndarray, idx: np.ndarray, transform: Transform | None) -> np.ndarray:
-    block = np.ascontiguousarray(vectors[idx], dtype=np.float32)
-    return np.ascontiguousarray(transform(block, idx), dtype=np.float32) if transform else block
-
-
 def holdout_sample(vectors: np.ndarray, n_sample: int, *, noise: float = 0.0, seed: int = 0,
                    transform: Transform | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(queries, source rows): ``n_sample`` distinct rows of ``vectors`` (after ``transform``), moved by Gaussian noise
@@ -210,36 +203,11 @@ def holdout_sample(vectors: np.ndarray, n_sample: int, *, noise: float = 0.0, se
     n, dim = vectors.shape
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n, size=min(n_sample, n), replace=False))
-    x = _rows(vectors, rows, transform)
+    x = read_rows(vectors, rows, transform)
     if noise > 0:
         x = x + noise * rng.standard_normal(x.shape).astype(np.float32) / np.sqrt(dim)
         x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     return x.astype(np.float32), rows.astype(np.int64)
-
-
-def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int, *, exclude: np.ndarray | None = None,
-               transform: Transform | None = None, chunk: int = 65_536) -> np.ndarray:
-    """Rows of the exact top ``k`` by inner product (chunked over ``vectors``, ties by lower row); ``exclude[i]`` is a
-    row never returned for query ``i``."""
-    n = len(vectors)
-    nq = len(queries)
-    best_s = np.full((nq, 0), -np.inf, dtype=np.float32)
-    best_r = np.zeros((nq, 0), dtype=np.int64)
-    for start in range(0, n, chunk):
-        idx = np.arange(start, min(n, start + chunk))
-        scores = queries @ _rows(vectors, idx, transform).T
-        if exclude is not None:
-            hit = (exclude >= start) & (exclude < start + len(idx))
-            scores[np.flatnonzero(hit), exclude[hit] - start] = -np.inf
-        kk = min(k, len(idx))
-        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
-        cand_s = np.concatenate([best_s, np.take_along_axis(scores, part, axis=1)], axis=1)
-        cand_r = np.concatenate([best_r, part + start], axis=1)
-        order = np.lexsort((cand_r, -cand_s), axis=1)[:, :k]
-        best_s = np.take_along_axis(cand_s, order, axis=1)
-        best_r = np.take_along_axis(cand_r, order, axis=1)
-    best_r[~np.isfinite(best_s)] = -1
-    return best_r
 
 
 def recall_per_query(found: np.ndarray, exact: np.ndarray) -> np.ndarray:
@@ -349,12 +317,12 @@ def tune_index(index: faiss.Index, vectors: np.ndarray, *, transform: Transform 
     t0 = time.perf_counter()
     if held_out:
         rows = np.arange(n, len(vectors))
-        queries = _rows(vectors, rows, transform)
-        exact = exact_topk(vectors[:n], queries, opts.k, transform=transform)
+        queries = read_rows(vectors, rows, transform)
+        exact = top_k_dot(vectors[:n], queries, opts.k, transform=transform)
         exclude = None
     else:
         queries, rows = holdout_sample(vectors, opts.sample, noise=opts.noise, seed=opts.seed, transform=transform)
-        exact = exact_topk(vectors, queries, opts.k, exclude=rows, transform=transform)
+        exact = top_k_dot(vectors, queries, opts.k, exclude=rows, transform=transform)
         exclude = rows
     t_exact = time.perf_counter() - t0
     out = tune_search_params(index, queries, exact, target_recall=opts.target_recall, exclude=exclude, z=opts.z)

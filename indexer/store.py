@@ -14,9 +14,10 @@ import numpy as np
 from indexer.bm25 import BM25Searcher
 from indexer.build import LANGS_FILE, VECTOR_SET
 from indexer.centering import Centroids, centered_norms, centered_scores, check_mode, resolve_auto
-from indexer.dense import DenseShard, load_shard_index, merge_topk, search_shards
+from indexer.dense import DenseShard, load_shard_index, search_shards
 from indexer.docstore import DocStore
 from indexer.manifest import MANIFEST, Manifest
+from indexer.topk import top_k
 from models.registry import file_sha256
 from xlir.errors import CenteringUnavailable, IndexInvalid
 
@@ -158,17 +159,13 @@ class Index:
                 if not len(raw):
                     continue
                 scores = centered_scores(np.asarray(raw), rows, q, shifts, self._norms[mode][i])
-                if masks is not None:
-                    scores = np.where(masks[i], scores, -np.inf)
-                kk = min(k, len(scores))
-                top = np.argpartition(-scores, kk - 1)[:kk]
-                top = top[np.isfinite(scores[top])]
-                all_s.append(scores[top].astype(np.float32))
-                all_r.append(top.astype(np.int64) + shard.offset)
+                s, top = top_k(scores, k, mask=None if masks is None else masks[i])
+                all_s.append(s.astype(np.float32))
+                all_r.append(top + shard.offset)
             if not all_s:
                 out.append(Hits(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)))
                 continue
-            s, r = merge_topk(np.concatenate(all_s), np.concatenate(all_r), k)
+            s, r = top_k(np.concatenate(all_s), k, labels=np.concatenate(all_r))
             out.append(Hits(r, s))
         return out
 

@@ -2,7 +2,8 @@ import faiss
 import numpy as np
 import pytest
 
-from indexer.dense import DenseShard, build_faiss_index, merge_topk, search_shards
+from indexer.dense import DenseShard, build_faiss_index, search_shards
+from indexer.topk import top_k
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -69,8 +70,9 @@ def test_mask_with_no_allowed_rows_returns_nothing() -> None:
     assert len(rows) == 0 and len(scores) == 0
 
 
-def test_merge_topk_breaks_ties_by_row_and_drops_missing() -> None:
-    s, r = merge_topk(np.array([0.5, 0.9, 0.5, 0.1], np.float32), np.array([8, 3, 2, -1]), 3)
+def test_merge_topk_breaks_ties_by_row_and_drops_missing() -> None:  # the shard merge of search_shards
+    rows = np.array([8, 3, 2, -1])
+    s, r = top_k(np.array([0.5, 0.9, 0.5, 0.1], np.float32), 3, labels=rows, mask=rows >= 0)
     assert r.tolist() == [3, 2, 8]
 
 

@@ -21,7 +21,6 @@ from indexer.planning import (
     AUTO_HNSW,
     FLAT_MAX_VECTORS,
     TuneOptions,
-    exact_topk,
     holdout_sample,
     index_bytes,
     parse_bytes,
@@ -32,6 +31,7 @@ from indexer.planning import (
     tune_search_params,
 )
 from indexer.store import open_index
+from indexer.topk import top_k_dot
 from tests.conftest import FakeEncoder, write_jsonl
 from xlir.errors import XlirError
 
@@ -135,7 +135,7 @@ def test_parse_bytes_rejects(text: str) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_exact_topk_with_exclusion_and_transform_equals_brute_force() -> None:
+def test_top_k_dot_with_exclusion_and_transform_equals_brute_force() -> None:
     x = clustered(503, 12, 5, seed=2)
     q, rows = holdout_sample(x, 20, noise=0.3, seed=3)
     assert len(set(rows.tolist())) == 20
@@ -144,7 +144,7 @@ def test_exact_topk_with_exclusion_and_transform_equals_brute_force() -> None:
     def transform(block: np.ndarray, idx: np.ndarray) -> np.ndarray:
         return block * (1.0 + (idx % 3)[:, None])  # row-dependent, so chunk offsets matter
 
-    got = exact_topk(x, q, 10, exclude=rows, transform=transform, chunk=7)
+    got = top_k_dot(x, q, 10, exclude=rows, transform=transform, chunk=7)
     full = q @ transform(x, np.arange(len(x))).T
     full[np.arange(20), rows] = -np.inf
     for i in range(20):
@@ -180,7 +180,7 @@ def test_tuning_reaches_the_target_on_clustered_data_and_holds_on_fresh_queries(
         best_below = max(smaller)
         assert lower[best_below] < 0.95 and out[name] - best_below <= max(1, out[name] // 8)
     # the held-out estimate carries over to unseen queries of the same distribution
-    exact = exact_topk(x, fresh, 10)
+    exact = top_k_dot(x, fresh, 10)
     tuned = recall_at_k(index.search(fresh, 10)[1], exact)
     assert tuned >= 0.93
     if kind != "hnsw" and out[name] >= 4:  # much less work does not get there
@@ -193,7 +193,7 @@ def test_a_stricter_confidence_never_picks_less() -> None:
     x = clustered(20_000, 32, 100, seed=11, spread=3.0)
     index, _ = build_faiss_index("ivfflat", x)
     q, rows = holdout_sample(x, 300, seed=2)
-    exact = exact_topk(x, q, 10, exclude=rows)
+    exact = top_k_dot(x, q, 10, exclude=rows)
     picks = [tune_search_params(index, q, exact, exclude=rows, z=z)["nprobe"] for z in (0, 1.645, 3)]
     assert picks == sorted(picks) and picks[0] < picks[-1]
 
@@ -202,7 +202,7 @@ def test_unreachable_target_keeps_the_best_value() -> None:
     x = clustered(12_000, 32, 50, seed=5)
     index, _ = build_faiss_index("ivfpq", x, options={"m": 4})
     q, rows = holdout_sample(x, 100, seed=1)
-    exact = exact_topk(x, q, 10, exclude=rows)
+    exact = top_k_dot(x, q, 10, exclude=rows)
     out = tune_search_params(index, q, exact, target_recall=1.0, exclude=rows)
     t = out["tuning"]
     assert not t["reached"] and t["recall_at_10"] < 1.0
