@@ -17,86 +17,29 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import xlir_error_response
+from app.settings import SCOPES, Settings, parse_api_keys
 from xlir.errors import Forbidden, PathNotAllowed, PayloadTooLarge, Unauthorized
-
-if TYPE_CHECKING:
-    from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SCOPES = ("read", "write")
-IMPLIED = {"read": frozenset({"read"}), "write": frozenset({"read", "write"})}
 OPEN_ROUTES = frozenset({"/health", "/ready"})
 KEY_HELP = "send it as `Authorization: Bearer KEY` or `X-API-Key: KEY`"
 
 
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
-
-
-def _scopes(entry: int, value: object) -> frozenset[str]:
-    names = [value] if isinstance(value, str) else value
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"XLIR_API_KEYS entry {entry}: the scope must be 'read' or 'write' (or a list of them)")
-    out: set[str] = set()
-    for name in names:
-        if name.strip() not in IMPLIED:
-            raise ValueError(f"XLIR_API_KEYS entry {entry}: unknown scope {name!r}; scopes are read, write")
-        out |= IMPLIED[name.strip()]
-    return frozenset(out)
-
-
-def parse_api_keys(spec: str) -> dict[str, frozenset[str]]:
-    """``"k1:read,k2:write"`` or ``'{"k1": "read", "k2": ["write"]}'`` -> key -> scopes (write implies read)."""
-    spec = spec.strip()
-    if not spec:
-        return {}
-    if spec.startswith("{"):
-        try:
-            raw = json.loads(spec)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"XLIR_API_KEYS is not valid JSON: {exc.msg} at char {exc.pos}") from None
-        if not isinstance(raw, dict):
-            raise ValueError("XLIR_API_KEYS as JSON must be an object {\"KEY\": \"read\" | \"write\"}")
-        pairs = list(raw.items())
-    else:
-        pairs = []
-        for i, entry in enumerate(spec.split(",")):
-            key, sep, scope = entry.strip().rpartition(":")
-            if not sep or not key:
-                raise ValueError(f"XLIR_API_KEYS entry {i + 1} is not KEY:SCOPE (scope read or write)")
-            pairs.append((key, scope))
-    keys: dict[str, frozenset[str]] = {}
-    for i, (key, scope) in enumerate(pairs, start=1):
-        if not key or key != key.strip():
-            raise ValueError(f"XLIR_API_KEYS entry {i}: the key is empty or has surrounding spaces")
-        if key in keys:
-            raise ValueError(f"XLIR_API_KEYS entry {i}: the same key is listed twice")
-        keys[key] = _scopes(i, scope)
-    return keys
-
-
-def parse_origins(spec: str) -> list[str]:
-    """CORS origins from ``XLIR_CORS_ORIGINS``: a JSON list or comma-separated."""
-    spec = spec.strip()
-    if spec.startswith("["):
-        value = json.loads(spec)
-        if not isinstance(value, list) or not all(isinstance(o, str) for o in value):
-            raise ValueError("XLIR_CORS_ORIGINS as JSON must be a list of strings")
-        return [o.strip() for o in value if o.strip()]
-    return [o.strip() for o in spec.split(",") if o.strip()]
 
 
 @dataclass(frozen=True)
@@ -221,8 +164,6 @@ class DocsGuard:
             try:
                 self.keys.authorize(key_from_headers(scope["headers"]), "read")
             except (Unauthorized, Forbidden) as exc:
-                from app.errors import xlir_error_response
-
                 await xlir_error_response(exc)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -240,8 +181,6 @@ class BodyLimit:
         self.max_bytes = max_bytes
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        from app.errors import xlir_error_response
-
         exc = PayloadTooLarge(f"the request body is over the limit of {self.max_bytes} bytes (XLIR_MAX_BODY_BYTES)")
         await xlir_error_response(exc)(scope, receive, send)
 

@@ -2,15 +2,71 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.security import parse_api_keys, parse_origins
 from models.encoders import DEFAULT_TOKEN_BUDGET
 from models.registry import xlir_home
+
+SCOPES = ("read", "write")
+IMPLIED = {"read": frozenset({"read"}), "write": frozenset({"read", "write"})}
+
+
+def _scopes(entry: int, value: object) -> frozenset[str]:
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"XLIR_API_KEYS entry {entry}: the scope must be 'read' or 'write' (or a list of them)")
+    out: set[str] = set()
+    for name in names:
+        if name.strip() not in IMPLIED:
+            raise ValueError(f"XLIR_API_KEYS entry {entry}: unknown scope {name!r}; scopes are read, write")
+        out |= IMPLIED[name.strip()]
+    return frozenset(out)
+
+
+def parse_api_keys(spec: str) -> dict[str, frozenset[str]]:
+    """``"k1:read,k2:write"`` or ``'{"k1": "read", "k2": ["write"]}'`` -> key -> scopes (write implies read)."""
+    spec = spec.strip()
+    if not spec:
+        return {}
+    if spec.startswith("{"):
+        try:
+            raw = json.loads(spec)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"XLIR_API_KEYS is not valid JSON: {exc.msg} at char {exc.pos}") from None
+        if not isinstance(raw, dict):
+            raise ValueError("XLIR_API_KEYS as JSON must be an object {\"KEY\": \"read\" | \"write\"}")
+        pairs = list(raw.items())
+    else:
+        pairs = []
+        for i, entry in enumerate(spec.split(",")):
+            key, sep, scope = entry.strip().rpartition(":")
+            if not sep or not key:
+                raise ValueError(f"XLIR_API_KEYS entry {i + 1} is not KEY:SCOPE (scope read or write)")
+            pairs.append((key, scope))
+    keys: dict[str, frozenset[str]] = {}
+    for i, (key, scope) in enumerate(pairs, start=1):
+        if not key or key != key.strip():
+            raise ValueError(f"XLIR_API_KEYS entry {i}: the key is empty or has surrounding spaces")
+        if key in keys:
+            raise ValueError(f"XLIR_API_KEYS entry {i}: the same key is listed twice")
+        keys[key] = _scopes(i, scope)
+    return keys
+
+
+def parse_origins(spec: str) -> list[str]:
+    """CORS origins from ``XLIR_CORS_ORIGINS``: a JSON list or comma-separated."""
+    spec = spec.strip()
+    if spec.startswith("["):
+        value = json.loads(spec)
+        if not isinstance(value, list) or not all(isinstance(o, str) for o in value):
+            raise ValueError("XLIR_CORS_ORIGINS as JSON must be a list of strings")
+        return [o.strip() for o in value if o.strip()]
+    return [o.strip() for o in spec.split(",") if o.strip()]
 
 
 class Settings(BaseSettings):

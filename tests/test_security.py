@@ -14,8 +14,8 @@ from pydantic import ValidationError
 
 from app.deps import get_service
 from app.main import create_app
-from app.security import ApiKeys, BodyLimit, confine_path, parse_api_keys, require_scope
-from app.settings import Settings
+from app.security import ApiKeys, BodyLimit, confine_path, require_scope
+from app.settings import Settings, parse_api_keys
 from indexer.build import BuildOptions, build_index
 from tests.conftest import FakeEncoder, write_jsonl
 from tests.test_api import DOCS, ReverseReranker
