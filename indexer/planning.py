@@ -98,20 +98,19 @@ def index_bytes(kind: str, n: int, dim: int, *, m: int | None = None, hnsw_m: in
     raise ValueError(f"unknown index type {kind!r}")
 
 
-_UNITS: Final = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-_SIZE: Final = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
+_SIZE: Final = re.compile(r"(\d*\.?\d+)\s*([kmgt]?)i?b?", re.IGNORECASE)
 
 
 def parse_bytes(text: str | int) -> int:
-    """``"8G"``, ``"512M"``, ``"1.5GiB"``, ``"100000"`` -> bytes (binary units)."""
-    if isinstance(text, int):
-        if text <= 0:
-            raise ValueError("a memory budget must be positive")
-        return text
-    m = _SIZE.fullmatch(text)
-    if not m:
-        raise ValueError(f"cannot read {text!r} as a size: use a number with an optional unit K, M, G or T (e.g. 8G)")
-    value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    """``"8G"``, ``"512MiB"``, ``"1.5GB"``, ``"100000"`` -> bytes, counted by pydantic's ``ByteSize``, except that K, M,
+    G and T are binary with or without B (``8G`` = ``8GB`` = ``8GiB`` = 8 * 2**30), as ``--memory-budget`` has always
+    read them (``ByteSize`` alone takes ``G`` and ``GB`` as 10**9)."""
+    from pydantic import ByteSize, TypeAdapter
+
+    m = _SIZE.fullmatch(str(text).strip())
+    if m is None:
+        raise ValueError(f"cannot read a size from {text!r}: use e.g. 8G, 512M or a number of bytes")
+    value = int(TypeAdapter(ByteSize).validate_python(f"{m[1]}{m[2]}iB" if m[2] else m[1]))
     if value <= 0:
         raise ValueError("a memory budget must be positive")
     return value

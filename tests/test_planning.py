@@ -119,12 +119,13 @@ def test_memory_estimates_match_the_built_indexes(kind: str, options: dict[str, 
 
 
 @pytest.mark.parametrize("text,expected", [("8G", 8 * GiB), ("512M", 512 * MiB), ("1.5GiB", 3 * GiB // 2),
-                                           ("100000", 100_000), ("64 mb", 64 * MiB), ("2t", 2 * 2**40)])
+                                           ("100000", 100_000), ("64 mb", 64 * MiB), ("2t", 2 * 2**40),
+                                           (" 1.5GB ", 3 * GiB // 2), (".5k", 512), (4096, 4096)])
 def test_parse_bytes(text: str, expected: int) -> None:
     assert parse_bytes(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "G", "8X", "-1G", "0", "eight"])
+@pytest.mark.parametrize("text", ["", "G", "8X", "-1G", "0", "eight", "1.5.3G", "8G extra", "0.1", -5])
 def test_parse_bytes_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_bytes(text)

@@ -28,19 +28,6 @@ BackendOpt = Annotated[str, typer.Option("--backend", envvar="XLIR_BACKEND", hel
                                          "fastest at equal quality for the command's workload)")]
 
 
-def parse_bytes(text: str) -> int:
-    """``8G``, ``512M``, ``1.5GiB`` or a plain number of bytes -> bytes (binary units)."""
-    import re
-
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", text.lower())
-    if not m:
-        fail(f"cannot read a size from {text!r}: use e.g. 8G, 512M or a number of bytes")
-    value = float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " ")
-    if value < 1:
-        fail(f"size must be positive, got {text!r}")
-    return int(value)
-
-
 def fail(message: str, code: int = 2) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
@@ -140,7 +127,7 @@ def index_cmd(
                                             "flat below 200k vectors, else HNSW, IVF-Flat or SQ8/PQ codes to fit "
                                             "--memory-budget)")] = "auto",
     memory_budget: Annotated[str | None, typer.Option("--memory-budget", help="RAM for the FAISS indexes with "
-                                                      "--index auto, e.g. 8G (default: no limit)")] = None,
+                                                      "--index auto, e.g. 8G = 8 GiB (default: no limit)")] = None,
     shard_size: Annotated[int, typer.Option("--shard-size", help="documents per FAISS shard")] = 1_000_000,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     lang: Annotated[str | None, typer.Option("--lang", help="language of documents without a lang field "
@@ -355,7 +342,7 @@ def mine_cmd(
     nprobe: Annotated[int | None, typer.Option("--nprobe", help="IVF lists visited per query (default: "
                                                "max(16, lists/32))")] = None,
     memory_budget: Annotated[str, typer.Option("--memory-budget", help="memory for the search index, e.g. "
-                                               "8G; beyond 60% of it IVF stores 8-bit codes")] = "8G",
+                                               "8G = 8 GiB; beyond 60% of it IVF stores 8-bit codes")] = "8G",
     chunk: Annotated[int, typer.Option("--chunk", help="query rows per search chunk (the unit of "
                                        "resumption)")] = 65_536,
     work_dir: Annotated[Path | None, typer.Option("--work-dir", help="resumable state of the job "
@@ -372,6 +359,7 @@ def mine_cmd(
     """
     from indexer.mining import MineOptions
     from indexer.mining_job import mine_files
+    from indexer.planning import parse_bytes
     from models.encoders import load_encoder
 
     try:
