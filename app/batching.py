@@ -36,7 +36,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from models.encoders import token_budget_batches
+from models.base import token_budget_batches
 from xlir.errors import EncoderUnavailable, Overloaded, TextNotEncodable, XlirError
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from app import metrics as app_metrics
 from app.routes import router
 from app.settings import Settings
 from app.state import AppState, load_state, warm_up
-from models.encoders import Encoder
+from models.base import Encoder
 from models.rerankers import Reranker
 from xlir import __version__
 

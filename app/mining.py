@@ -13,7 +13,7 @@ import threading
 from app.schemas import MinedPairOut, MineRequest, MineResponse
 from indexer.mining import MineOptions
 from indexer.mining_job import mine_texts_result
-from models.encoders import Encoder
+from models.base import Encoder
 from xlir.errors import BadQuery, Overloaded, PayloadTooLarge, QueryTooLong
 
 

@@ -39,7 +39,7 @@ from indexer.centering import Centroids, center
 from indexer.langid import LanguageDetector
 from indexer.live import LiveStore, generation_label, main_id_map, prepare_documents
 from indexer.store import Index
-from models.encoders import Encoder
+from models.base import Encoder
 from models.rerankers import Reranker
 from xlir.errors import BadQuery, DocumentNotFound, PayloadTooLarge, QueryTooLong, RerankerNotConfigured
 

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from models.encoders import DEFAULT_TOKEN_BUDGET
+from models.base import DEFAULT_TOKEN_BUDGET
 from models.registry import xlir_home
 
 SCOPES = ("read", "write")

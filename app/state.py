@@ -13,7 +13,8 @@ from indexer.centering import Centroids
 from indexer.centroid_table import default_table_path
 from indexer.live import LiveStore
 from indexer.store import Index, encoder_mismatch
-from models.encoders import Encoder, load_encoder
+from models.base import Encoder
+from models.encoders import load_encoder
 from models.rerankers import CrossEncoderReranker, Reranker
 from xlir.errors import IndexInvalid, ModelNotFound, XlirError
 

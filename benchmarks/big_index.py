@@ -36,7 +36,7 @@ from indexer.build import BuildOptions, build_index
 from indexer.centering import AUTO, MODES
 from indexer.manifest import MANIFEST, Manifest
 from indexer.readers import Document
-from models.encoders import ProgressFn, folder_checksum
+from models.base import ProgressFn, folder_checksum
 from models.registry import resolve_model, xlir_home
 
 CACHE_VERSION = 2  # 2: the HNSW plan above 200k vectors and the recalibrated generator

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from models.encoders import length_sorted_batches
+from models.base import length_sorted_batches
 from models.registry import xlir_home
 
 BATCH = 32

@@ -41,7 +41,7 @@ import numpy as np
 
 from benchmarks.datasets import TATOEBA_PAIRS, RetrievalDataset, default_data_dir, load_tatoeba, load_xquad_r
 from benchmarks.embeddings import EmbedStats, embed, embed_by_group
-from models.encoders import ProgressFn
+from models.base import ProgressFn
 
 REPO = Path(__file__).resolve().parent.parent
 BACKENDS = ("torch", "onnx", "onnx-int8")

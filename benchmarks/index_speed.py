@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from indexer.build import BuildOptions, build_index
-from models.encoders import ProgressFn
+from models.base import ProgressFn
 
 EMBED = "embed"
 TARGET_OTHER_SHARE = 0.10

@@ -67,7 +67,7 @@ import numpy as np
 
 from benchmarks.datasets import DatasetError, Query, RetrievalDataset
 from indexer.store import Index
-from models.encoders import Encoder
+from models.base import Encoder
 from models.rerankers import Reranker
 from xlir.errors import XlirError
 

@@ -50,7 +50,7 @@ from indexer.manifest import (
 )
 from indexer.planning import FLAT_MAX_VECTORS, IVF_MIN_VECTORS, TARGET_RECALL, TuneOptions, plan_index
 from indexer.readers import Document, read_corpus
-from models.encoders import Encoder
+from models.base import Encoder
 from models.registry import file_sha256
 from xlir.errors import CorpusError, OverwriteRefused, XlirError
 

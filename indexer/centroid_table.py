@@ -18,7 +18,7 @@ from indexer.build import passage_text
 from indexer.centering import Centroids, CentroidStats
 from indexer.langid import UNDETERMINED, LanguageDetector, normalize_lang
 from indexer.readers import read_corpus
-from models.encoders import Encoder
+from models.base import Encoder
 from xlir.errors import CorpusError
 
 

@@ -43,7 +43,7 @@ from indexer.live import (
 from indexer.manifest import MANIFEST, Manifest
 from indexer.readers import Document
 from indexer.store import open_index
-from models.encoders import Encoder, ProgressFn
+from models.base import Encoder, ProgressFn
 from xlir.errors import Conflict, CorpusError, XlirError
 
 log = logging.getLogger(__name__)

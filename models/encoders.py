@@ -7,25 +7,23 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.registry import MODEL_META, ResolvedModel, resolve_model, weights_checksum
+from models.base import DEFAULT_TOKEN_BUDGET, LocalEncoder, ProgressFn, folder_checksum, token_budget_batches
+from models.registry import ResolvedModel, resolve_model
 from xlir.errors import ModelInvalid
 
 if TYPE_CHECKING:
     from models.onnx_backend import OnnxEncoder
 
 log = logging.getLogger(__name__)
-
-ProgressFn = Callable[[int], None]
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 # The workloads ``backend="auto"`` is chosen for: one query at a time (the server), batches of ~100-token
@@ -37,28 +35,6 @@ WORKLOADS = ("queries", "passages", "sentences")
 # torch, so indexing stays on torch; int8 is faster still but costs 0.5-1.7 points, so it is opt-in. On a GPU
 # ``auto`` is always torch in fp16.
 CPU_AUTO_BACKEND: dict[str, str] = {"queries": "onnx", "passages": "torch", "sentences": "onnx"}
-# Token budget of one encoder call: rows x padded length (the longest text of the batch) stays under it.
-DEFAULT_TOKEN_BUDGET = 8192
-
-
-@runtime_checkable
-class Encoder(Protocol):
-    """Texts -> L2-normalised float32 vectors (cosine = inner product)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def dim(self) -> int: ...
-
-    @property
-    def checksum(self) -> str: ...
-
-    def encode_queries(self, texts: Sequence[str]) -> np.ndarray: ...
-
-    def encode_passages(
-        self, texts: Sequence[str], *, batch_size: int = 32, progress: ProgressFn | None = None
-    ) -> np.ndarray: ...
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -68,33 +44,6 @@ def resolve_device(device: str = "auto") -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
-    """Indices grouped into batches of similar length (longest first), so padding stays small."""
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
-    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_batch_size: int) -> list[np.ndarray]:
-    """Indices grouped longest first (ties in input order) into batches whose padded size, rows x the batch's
-    longest length, stays within ``max_tokens``, with at most ``max_batch_size`` rows. A text longer than the
-    budget is a batch of its own. Every index appears exactly once; callers write results back by index, which
-    restores the input order."""
-    if max_tokens < 1 or max_batch_size < 1:
-        raise ValueError("max_tokens and max_batch_size must be >= 1")
-    lens = np.asarray(lengths, dtype=np.int64)
-    order = np.argsort(-lens, kind="stable")
-    batches: list[np.ndarray] = []
-    start = 0
-    while start < len(order):
-        longest = max(int(lens[order[start]]), 1)  # sorted: the first row is the longest of its batch
-        rows = min(max_batch_size, max(1, max_tokens // longest), len(order) - start)
-        batches.append(order[start : start + rows])
-        start += rows
-    return batches
 
 
 def token_lengths(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[int]:
@@ -116,15 +65,7 @@ def locked(fn: Callable[..., Any], lock: threading.RLock) -> Callable[..., Any]:
     return call
 
 
-def folder_checksum(folder: Path) -> str:
-    """The weights checksum of a model folder: the one recorded by ``xlir models fetch``, else hashed."""
-    meta = folder / MODEL_META
-    if meta.is_file():
-        return str(json.loads(meta.read_text())["sha256"])
-    return weights_checksum(folder)
-
-
-class SentenceTransformerEncoder:
+class SentenceTransformerEncoder(LocalEncoder):
     """A local sentence-transformers folder with the registry's prefixes applied.
 
     Thread-safe: the server encodes in several threads at once (the query batcher's, ``/embed``, document
@@ -175,18 +116,6 @@ class SentenceTransformerEncoder:
                 setattr(self._model, method, locked(getattr(self._model, method), self._tokenizer_lock))
 
     @property
-    def name(self) -> str:
-        return self._resolved.name
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
-    def path(self) -> Path:
-        return self._resolved.path
-
-    @property
     def checksum(self) -> str:
         if self._checksum is None:
             self._checksum = folder_checksum(self._resolved.path)
@@ -219,20 +148,6 @@ class SentenceTransformerEncoder:
             normalize_embeddings=True, show_progress_bar=False,
         )
         return np.ascontiguousarray(out, dtype=np.float32)
-
-    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        """One call for the usual few queries; many are split by the token budget like passages."""
-        prefix = self._spec.query_prefix
-        if not texts:
-            return np.zeros((0, self._dim), dtype=np.float32)
-        return self._encode_batched([prefix + t for t in texts], max(1, len(texts)), None)
-
-    def encode_passages(
-        self, texts: Sequence[str], *, batch_size: int = 32, progress: ProgressFn | None = None
-    ) -> np.ndarray:
-        """Length-sorted batches of at most ``batch_size`` rows and ``token_budget`` padded tokens."""
-        prefix = self._spec.passage_prefix
-        return self._encode_batched([prefix + t for t in texts], batch_size, progress)
 
 
 def choose_backend(backend: str, device: str, workload: str = "queries") -> str:

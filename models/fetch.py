@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.encoders import Encoder, SentenceTransformerEncoder
+from models.base import Encoder
+from models.encoders import SentenceTransformerEncoder
 from models.registry import (
     MODEL_META,
     REGISTRY,

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from models.encoders import DEFAULT_TOKEN_BUDGET, ProgressFn, folder_checksum, token_budget_batches
+from models.base import DEFAULT_TOKEN_BUDGET, LocalEncoder, ProgressFn, folder_checksum, token_budget_batches
 from models.registry import ResolvedModel, xlir_home
 from xlir.errors import ModelInvalid
 
@@ -404,7 +404,7 @@ def cpu_cores() -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-class OnnxEncoder:
+class OnnxEncoder(LocalEncoder):
     """The :class:`models.encoders.Encoder` protocol on ONNX Runtime (CPU; CUDA when onnxruntime-gpu is there)."""
 
     def __init__(self, resolved: ResolvedModel, *, quantized: bool = False, device: str = "cpu",
@@ -475,18 +475,6 @@ class OnnxEncoder:
         self._tokenizer_lock = threading.Lock()
 
     @property
-    def name(self) -> str:
-        return self._resolved.name
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
-    def path(self) -> Path:
-        return self._resolved.path
-
-    @property
     def checksum(self) -> str:
         return self._checksum
 
@@ -510,7 +498,7 @@ class OnnxEncoder:
         hidden = self._session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
         return l2_normalize(pool(hidden, mask, self.pooling))
 
-    def _encode(self, texts: Sequence[str], max_rows: int, progress: ProgressFn | None) -> np.ndarray:
+    def _encode_batched(self, texts: Sequence[str], max_rows: int, progress: ProgressFn | None) -> np.ndarray:
         ids = self._ids(texts)
         out = np.zeros((len(texts), self._dim), dtype=np.float32)
         for batch in token_budget_batches([len(x) for x in ids], self.token_budget, max_rows):
@@ -518,14 +506,3 @@ class OnnxEncoder:
             if progress is not None:
                 progress(len(batch))
         return out
-
-    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        prefix = self._spec.query_prefix
-        return self._encode([prefix + t for t in texts], max(1, len(texts)), None)
-
-    def encode_passages(
-        self, texts: Sequence[str], *, batch_size: int = 32, progress: ProgressFn | None = None
-    ) -> np.ndarray:
-        """Length-sorted batches of at most ``batch_size`` rows and ``token_budget`` padded tokens."""
-        prefix = self._spec.passage_prefix
-        return self._encode([prefix + t for t in texts], batch_size, progress)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models.encoders import ProgressFn
+from models.base import ProgressFn
 
 
 def _word_vec(word: str, dim: int) -> np.ndarray:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from models.encoders import token_budget_batches
+from models.base import token_budget_batches
 
 
 def _check_invariants(lengths: list[int], budget: int, max_rows: int, batches: list[np.ndarray]) -> None:

@@ -27,7 +27,7 @@ from app.batching import QueryBatcher
 from benchmarks.demo_bench import free_port
 from benchmarks.load import Plan, Server, rss_bytes, run_levels, verify_writes
 from indexer.build import BuildOptions, build_index
-from models.encoders import ProgressFn
+from models.base import ProgressFn
 from tests.conftest import FakeEncoder, write_jsonl
 
 REPO = Path(__file__).resolve().parent.parent

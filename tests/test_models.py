@@ -4,7 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.encoders import SentenceTransformerEncoder, length_sorted_batches, load_encoder, resolve_device
+from models.base import length_sorted_batches
+from models.encoders import SentenceTransformerEncoder, load_encoder, resolve_device
 from models.registry import MODEL_META, REGISTRY, ModelSpec, ResolvedModel, resolve_model, weights_checksum
 from models.rerankers import CrossEncoderReranker
 from xlir.errors import ModelNotFound
