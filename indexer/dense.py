@@ -173,23 +173,13 @@ def search_shards(
     ``masks[i]`` is an optional boolean array over shard ``i``'s rows; False rows are never returned.
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    nq = len(queries)
-    all_scores: list[list[np.ndarray]] = [[] for _ in range(nq)]
-    all_rows: list[list[np.ndarray]] = [[] for _ in range(nq)]
+    all_s, all_r = [np.zeros((len(queries), 0), np.float32)], [np.zeros((len(queries), 0), np.int64)]
     for i, shard in enumerate(shards):
         mask = masks[i] if masks is not None else None
         if shard.size == 0 or (mask is not None and not mask.any()):
             continue
-        kk = min(k, shard.size)
-        s, ids = _masked_search(shard.index, queries, kk, mask)
-        for q in range(nq):
-            all_scores[q].append(s[q])
-            all_rows[q].append(np.where(ids[q] >= 0, ids[q] + shard.offset, -1))
-    out = []
-    for q in range(nq):
-        if not all_scores[q]:
-            out.append((np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)))
-            continue
-        rows = np.concatenate(all_rows[q])
-        out.append(top_k(np.concatenate(all_scores[q]), k, labels=rows, mask=rows >= 0))  # -1: FAISS found no more
-    return out
+        s, ids = _masked_search(shard.index, queries, min(k, shard.size), mask)
+        all_s.append(s)
+        all_r.append(np.where(ids >= 0, ids + shard.offset, -1))  # -1: the shard had no more
+    s, r = np.concatenate(all_s, axis=1), np.concatenate(all_r, axis=1)
+    return [top_k(s[q], k, labels=r[q], mask=r[q] >= 0) for q in range(len(queries))]

@@ -21,10 +21,10 @@ def top_k(scores: np.ndarray, k: int, *, mask: np.ndarray | None = None, labels:
     (candidates merged from several shards carry their global rows). 2-D: each row of the matrix on its own, as two
     (rows, min(k, columns)) arrays, padded with score -inf and column -1 where fewer entries qualify.
     """
+    keep = scores > above if mask is None else (scores > above) & mask
     if scores.ndim == 2:
-        return _top_k_rows(scores, k, mask, above)
-    keep = scores > above
-    hits = np.flatnonzero(keep if mask is None else keep & mask)
+        return _top_k_rows(scores if keep.all() else np.where(keep, scores, -np.inf), k)
+    hits = np.flatnonzero(keep)
     s, rows = scores[hits], (hits if labels is None else np.asarray(labels)[hits]).astype(np.int64)
     if len(s) > k:  # only entries at or above the k-th best score can be in: keep all of them, the sort decides ties
         kept = s >= (np.partition(s, len(s) - k)[len(s) - k] if k > 0 else np.inf)
@@ -33,9 +33,7 @@ def top_k(scores: np.ndarray, k: int, *, mask: np.ndarray | None = None, labels:
     return s[order], rows[order]
 
 
-def _top_k_rows(scores: np.ndarray, k: int, mask: np.ndarray | None, above: float) -> tuple[np.ndarray, np.ndarray]:
-    s = scores if mask is None and above == -np.inf else \
-        np.where(scores > above if mask is None else (scores > above) & mask, scores, -np.inf)
+def _top_k_rows(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:  # s: -inf where an entry is out
     kk = max(min(k, s.shape[1]), 0)
     if kk == 0:
         return np.zeros((len(s), 0), dtype=s.dtype), np.zeros((len(s), 0), dtype=np.int64)
@@ -72,9 +70,8 @@ def top_k_dot(vectors: np.ndarray, queries: np.ndarray, k: int, *, exclude: np.n
             hit = (exclude >= start) & (exclude < start + len(idx))
             scores[np.flatnonzero(hit), exclude[hit] - start] = -np.inf
         s, cols = top_k(scores, k)
-        cand_s = np.concatenate([best_s, s], axis=1)
-        cand_r = np.concatenate([best_r, np.where(cols >= 0, cols + start, -1)], axis=1)
         # the rows kept so far are lower than this chunk's and each part is sorted: position order is row order
-        best_s, pos = top_k(cand_s, k)
-        best_r = np.where(pos >= 0, np.take_along_axis(cand_r, np.maximum(pos, 0), axis=1), -1)
+        best_s, pos = top_k(np.concatenate([best_s, s], axis=1), k)
+        best_r = np.take_along_axis(np.concatenate([best_r, cols + start], axis=1), np.maximum(pos, 0), axis=1)
+    best_r[best_s == -np.inf] = -1
     return best_r
