@@ -27,7 +27,7 @@ models: install
 
 demo: setup
 	$(XLIR) index data/sample/corpus.jsonl --out $(DEMO_DIR)/index --overwrite
-	$(PY) -m xlir.demo --index $(DEMO_DIR)/index --port $(DEMO_PORT)
+	$(PY) -m cli.demo --index $(DEMO_DIR)/index --port $(DEMO_PORT)
 
 test: setup
 	$(PY) -m pytest -q
@@ -37,7 +37,7 @@ test-fast: install
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy app indexer models xlir benchmarks
+	$(VENV)/bin/mypy app indexer models xlir benchmarks cli
 
 bench-demo: setup
 	$(XLIR) bench demo --out benchmarks/results/demo.json

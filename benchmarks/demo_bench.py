@@ -32,11 +32,24 @@ from typing import Any
 import httpx
 import numpy as np
 
-from xlir.demo import wait_ready
-
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "data" / "sample" / "corpus.jsonl"
 PROBES = REPO / "data" / "sample" / "probes.jsonl"
+
+
+def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 180.0) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited with code {proc.returncode} before it was ready")
+        try:
+            r = httpx.get(f"{base}/ready", timeout=2)
+            if r.status_code == 200:
+                return dict(r.json())
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"the server was not ready after {timeout:.0f}s")
 
 
 def pct(values: list[float], q: float) -> float:

@@ -204,7 +204,7 @@ class Server:
 def local_server(index: Path, env: Mapping[str, str], *, log: Path | None = None,
                  timeout: float = 600.0) -> Iterator[Server]:
     """``xlir serve`` on a free loopback port with the extra ``XLIR_*`` environment ``env``; stopped on exit."""
-    from xlir.demo import wait_ready
+    from benchmarks.demo_bench import wait_ready
 
     port = free_port()
     xlir = Path(sys.executable).with_name("xlir")

@@ -94,7 +94,7 @@ def test_embed_translations_are_close(client: TestClient) -> None:
 
 
 def test_demo_script_serves_over_real_http_and_stops(sample_index: Path) -> None:
-    res = subprocess.run([sys.executable, "-m", "xlir.demo", "--index", str(sample_index), "--port", "8799",
+    res = subprocess.run([sys.executable, "-m", "cli.demo", "--index", str(sample_index), "--port", "8799",
                           "--limit", "3"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "3/3 cross-lingual questions found their answer in the top 10" in res.stdout

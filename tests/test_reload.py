@@ -25,7 +25,7 @@ from indexer import wal
 from indexer.compact import compact
 from indexer.live import LiveStore, current_name, wal_path
 from tests.conftest import SAMPLE, FakeEncoder
-from xlir.demo import wait_ready
+from benchmarks.demo_bench import wait_ready
 
 XLIR = Path(sys.executable).with_name("xlir")
 DIM = 384  # minilm-en; writes made in-process here use fake vectors of that size (durability, not relevance)

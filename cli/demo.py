@@ -14,28 +14,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
+from benchmarks.demo_bench import wait_ready
+
 REPO = Path(__file__).resolve().parent.parent
 PROBES = REPO / "data" / "sample" / "probes.jsonl"
-
-
-def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 180.0) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with code {proc.returncode} before it was ready")
-        try:
-            r = httpx.get(f"{base}/ready", timeout=2)
-            if r.status_code == 200:
-                return dict(r.json())
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"the server was not ready after {timeout:.0f}s")
 
 
 def main(argv: list[str] | None = None) -> int:
