@@ -36,9 +36,10 @@ from app.schemas import (
 )
 from indexer.build import passage_text
 from indexer.centering import Centroids, center
+from indexer.delta import main_id_map
 from indexer.langid import LanguageDetector
-from indexer.live import LiveStore, generation_label, main_id_map, prepare_documents
-from indexer.store import Index
+from indexer.live import LiveStore, generation_label, prepare_documents
+from indexer.store import SearchIndex
 from models.base import Encoder
 from models.rerankers import Reranker
 from xlir.errors import BadQuery, DocumentNotFound, PayloadTooLarge, QueryTooLong, RerankerNotConfigured
@@ -57,7 +58,7 @@ class Limits:
     embed_max_texts: int = 64
 
 
-def resolve_mode(index: Index, req: SearchRequest) -> SearchRequest:
+def resolve_mode(index: SearchIndex, req: SearchRequest) -> SearchRequest:
     """``auto`` -> dense on a multilingual index, hybrid on a single-language one (benchmarks/RESULTS.md)."""
     if req.mode is not Mode.auto:
         return req
@@ -83,7 +84,7 @@ def fuse(req: SearchRequest, runs: dict[str, fusion.Run], k: int) -> list[fusion
 
 
 def center_query(
-    index: Index, table: Centroids | None, qvec: np.ndarray, mode: str, lang: str | None, lang_source: str | None
+    index: SearchIndex, table: Centroids | None, qvec: np.ndarray, mode: str, lang: str | None, lang_source: str | None
 ) -> tuple[np.ndarray, CenteringInfo]:
     """Shift a raw query vector under ``mode`` by the rule of :mod:`indexer.centering` (as the index's documents
     of its language are); the info says where the centroid came from, or that the fallback was taken."""
@@ -98,23 +99,23 @@ def center_query(
     return center(qvec, shift), info
 
 
-def dense_run(index: Index, qvec: np.ndarray, depth: int, mask: np.ndarray | None,
+def dense_run(index: SearchIndex, qvec: np.ndarray, depth: int, mask: np.ndarray | None,
               mode: str | None = None) -> fusion.Run:
     hits = index.dense(qvec.reshape(1, -1), depth, mask, mode)[0]
     return fusion.Run(hits.rows, hits.scores)
 
 
-def bm25_run(index: Index, tokens: list[str], depth: int, mask: np.ndarray | None) -> fusion.Run:
+def bm25_run(index: SearchIndex, tokens: list[str], depth: int, mask: np.ndarray | None) -> fusion.Run:
     hits = index.bm25_search(tokens, depth, mask)
     return fusion.Run(hits.rows, hits.scores)
 
 
-def centering_mode(index: Index, req: SearchRequest | EmbedRequest) -> str:
+def centering_mode(index: SearchIndex, req: SearchRequest | EmbedRequest) -> str:
     return req.centering.value if req.centering is not None else index.centering
 
 
 def retrieve(
-    index: Index,
+    index: SearchIndex,
     req: SearchRequest,
     qvec: np.ndarray | None,
     tokens: list[str] | None,
@@ -153,7 +154,7 @@ def snippet(text: str, limit: int) -> str:
 class SearchService:
     def __init__(
         self,
-        index: Index,
+        index: SearchIndex,
         encoder: Encoder,
         batcher: QueryBatcher,
         tokenizer: Tokenizer,
@@ -178,7 +179,7 @@ class SearchService:
             return given, "request"
         return self.detector.detect(text), "detected"
 
-    def validate(self, req: SearchRequest, index: Index | None = None) -> SearchRequest:
+    def validate(self, req: SearchRequest, index: SearchIndex | None = None) -> SearchRequest:
         """Check every field whatever the others say (``rerank_depth`` without ``rerank`` too; ``langs`` against the
         languages of ``index``, default the one served); returns the request with a defaulted ``rerank_depth``
         lowered to ``XLIR_MAX_RERANK_DEPTH``."""

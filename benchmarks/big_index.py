@@ -3,9 +3,9 @@
 Run: ``python -m benchmarks.big_index --n 1000000`` (prints the index directory; about 15-25 minutes on 2 cores
 the first time, then cached under ``$XLIR_HOME/cache/big-index/``).
 
-Embedding a million passages with e5-small on 2 CPU cores would take many hours, so this index is built through
-the product's own pipeline (:func:`indexer.build.build_index`: docstore, BM25, shards, ``--index auto`` FAISS plan
-and tuning, centroids, manifest) with one substitution, and is labelled as such in its manifest
+Embedding a million passages with e5-small on 2 CPU cores would take many hours, so this index is written by
+the product's own write stage (:func:`indexer.write.write_index`: docstore, BM25, shards, ``--index auto`` FAISS
+plan and tuning, centroids, manifest) with one substitution, and is labelled as such in its manifest
 (``build.synthetic``):
 
 - **Texts** are real: passage ``i`` of :class:`benchmarks.synth.SynthCorpus` (seed 0, ~100 BM25 tokens, 12
@@ -13,11 +13,12 @@ and tuning, centroids, manifest) with one substitution, and is labelled as such 
   built and searched over a million real multilingual passages.
 - **Vectors** are not e5-small embeddings of those texts: they come from the seeded generative model of
   :func:`benchmarks.speed_faiss.synth_vectors`, whose statistics (cosines, nearest-neighbour structure, spectrum,
-  IVF recall) were fitted to real e5-small passage embeddings. A stand-in encoder hands them out in document order.
-  **It reports the name and weights checksum of e5-small**: that is the only way ``xlir serve`` accepts to serve
-  the index with the real e5-small *query* encoder (the server refuses vectors of another encoder), which is the
-  point: the measured latency includes real query encoding, FAISS search over a million 384-dim vectors and BM25
-  over a million documents. Dense rankings on this index are meaningless; only its speed is measured.
+  IVF recall) were fitted to real e5-small passage embeddings, and are handed to the write stage in document order.
+  **They are recorded under the name and weights checksum of e5-small**: that is the only way ``xlir serve``
+  accepts to serve the index with the real e5-small *query* encoder (the server refuses vectors of another
+  encoder), which is the point: the measured latency includes real query encoding, FAISS search over a million
+  384-dim vectors and BM25 over a million documents. Dense rankings on this index are meaningless; only its speed
+  is measured.
 """
 
 from __future__ import annotations
@@ -26,60 +27,21 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from indexer.build import BuildOptions, build_index
+from indexer.build import chunks, staged
 from indexer.centering import AUTO, MODES
+from indexer.langid import normalize_lang
 from indexer.manifest import MANIFEST, Manifest
 from indexer.readers import Document
-from models.base import ProgressFn, folder_checksum
+from indexer.write import Batch, EncoderInfo, WriteOptions, write_index
+from models.base import folder_checksum
 from models.registry import resolve_model, xlir_home
 
 CACHE_VERSION = 2  # 2: the HNSW plan above 200k vectors and the recalibrated generator
 DIM = 384
-
-
-class StandInEncoder:
-    """Hands out pre-made vectors in call order under another encoder's name and checksum (see module doc).
-
-    Only :meth:`encode_passages` works, and only for a build that embeds every document once, in order."""
-
-    backend = "stand-in"
-
-    def __init__(self, name: str, checksum: str, vectors: np.ndarray) -> None:
-        self._name, self._checksum = name, checksum
-        self._vectors = vectors
-        self.cursor = 0
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def dim(self) -> int:
-        return int(self._vectors.shape[1])
-
-    @property
-    def checksum(self) -> str:
-        return self._checksum
-
-    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        raise NotImplementedError("the stand-in encoder only replays passage vectors for a build")
-
-    def encode_passages(self, texts: Sequence[str], *, batch_size: int = 32,
-                        progress: ProgressFn | None = None) -> np.ndarray:
-        end = self.cursor + len(texts)
-        if end > len(self._vectors):
-            raise ValueError(f"the stand-in encoder holds {len(self._vectors)} vectors; asked for row {end}")
-        out = self._vectors[self.cursor : end]
-        self.cursor = end
-        if progress is not None:
-            progress(len(texts))
-        return out
 
 
 def model_identity(model: str = "e5-small", home: Path | None = None) -> tuple[str, str]:
@@ -112,19 +74,26 @@ def build(n: int, out: Path, *, seed: int = 0, model: str = "e5-small", index_ty
     t0 = time.perf_counter()
     vectors, _ = synth_vectors(n, DIM, seed=seed)
     t_vec = time.perf_counter() - t0
-    encoder = StandInEncoder(name, checksum, vectors)
-    opts = BuildOptions(index_type=index_type, overwrite=True, progress=progress, chunk_docs=8192, centering=centering)
-    manifest = build_index([], out, encoder, opts, documents=documents(n, seed))
-    if encoder.cursor != n:
-        raise RuntimeError(f"the build embedded {encoder.cursor} documents, expected {n}")
-    manifest.build["synthetic"] = {
-        "what": "texts: benchmarks.synth passages (real sentences recombined); vectors: "
-                "benchmarks.speed_faiss.synth_vectors (e5-like statistics), NOT embeddings of the texts; the "
-                f"manifest records {name}'s name and checksum so the server runs the real {name} query encoder",
-        "n": n, "seed": seed, "vector_seconds": round(t_vec, 3),
-    }
-    manifest.sources = [f"synthetic:benchmarks.big_index(n={n}, seed={seed})"]
-    manifest.write(out)
+
+    def batches() -> Iterator[Batch]:
+        start = 0
+        for docs in chunks(documents(n, seed), 8192):
+            yield docs, [normalize_lang(d.lang or "") for d in docs], vectors[start : start + len(docs)]
+            start += len(docs)
+
+    opts = WriteOptions(index_type=index_type, progress=progress, centering=centering)
+    with staged(out, overwrite=True) as tmp:
+        manifest = write_index(tmp, batches(), opts, EncoderInfo(name, checksum, DIM))
+        if manifest.doc_count != n:
+            raise RuntimeError(f"the index holds {manifest.doc_count} documents, expected {n}")
+        manifest.build["synthetic"] = {
+            "what": "texts: benchmarks.synth passages (real sentences recombined); vectors: "
+                    "benchmarks.speed_faiss.synth_vectors (e5-like statistics), NOT embeddings of the texts; the "
+                    f"manifest records {name}'s name and checksum so the server runs the real {name} query encoder",
+            "n": n, "seed": seed, "vector_seconds": round(t_vec, 3),
+        }
+        manifest.sources = [f"synthetic:benchmarks.big_index(n={n}, seed={seed})"]
+        manifest.write(tmp)
     return manifest
 
 

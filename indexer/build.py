@@ -1,10 +1,9 @@
-"""The offline indexing pipeline: stream documents -> docstore + embeddings + BM25 tokens -> shards.
+"""The offline indexing pipeline: read -> language -> embed (:func:`embedded_batches`) -> write
+(:func:`indexer.write.write_index`), into a temporary sibling of the output directory (:func:`staged`) that is put
+in place only after the manifest is written: an interrupted build never leaves a half-built index at ``out``.
 
-Documents are read in chunks; each chunk is embedded (length-sorted batches), appended to the current
-shard's raw vectors and docstore, and its tokens are added to the BM25 builder. When a shard is full its
-FAISS index is built from the raw vectors (mmap). Everything is written into a temporary sibling of the
-output directory, which is renamed into place only after the manifest is written: an interrupted build
-never leaves a half-built index at ``out``.
+Documents are read in chunks; each chunk is embedded (length-sorted batches, or taken from the resume cache of a
+killed build) and handed to the write stage, so only one chunk of vectors is in memory at a time.
 
 ``overwrite`` replaces only what :func:`overwrite_target` recognises as an xlir index (or an empty directory);
 anything else is refused before anything is touched. A plain index is replaced by swapping the finished
@@ -23,72 +22,34 @@ import logging
 import os
 import shutil
 import time
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, MutableMapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import faiss
 import numpy as np
-from tqdm import tqdm
 
-from indexer import bm25 as bm25_mod
 from indexer import wal
-from indexer.centering import AUTO, MODES, Centroids, CentroidStats, center_by_lang, resolve_auto
-from indexer.dense import INDEX_TYPES, build_faiss_index
-from indexer.docstore import DocStoreWriter
 from indexer.langid import LanguageDetector, normalize_lang
-from indexer.manifest import (
-    MANIFEST,
-    BM25Info,
-    FileInfo,
-    Manifest,
-    ShardInfo,
-    VectorSetInfo,
-    library_versions,
-)
-from indexer.planning import FLAT_MAX_VECTORS, IVF_MIN_VECTORS, TARGET_RECALL, TuneOptions, plan_index
+from indexer.layout import adopt_generation, current_name, fsync_tree, generation_dir, is_live_root
+from indexer.manifest import MANIFEST, Manifest
 from indexer.readers import Document, read_corpus
+from indexer.write import Batch, EncoderInfo, Timer, WriteOptions, passage_text, write_index
 from models.base import Encoder
-from models.registry import file_sha256
 from xlir.errors import CorpusError, OverwriteRefused, XlirError
 
 log = logging.getLogger(__name__)
 
-VECTOR_SET = "main"
-LANGS_FILE = "langs.npy"
-CENTROIDS_FILE = "centroids.npz"
-SHARD_STATS_FILE = "centroid_stats.npz"
-
 
 @dataclass
-class BuildOptions:
-    shard_size: int = 1_000_000
-    index_type: str = "auto"  # auto: indexer.planning.plan_index (flat below flat_max vectors)
+class BuildOptions(WriteOptions):
+    """The write stage's options and those of reading and embedding."""
+
     batch_size: int = 32
     chunk_docs: int = 1024
     default_lang: str | None = None
     overwrite: bool = False
-    progress: bool = True
-    centering: str = AUTO
-    memory_budget: int | None = None  # bytes for the loaded FAISS indexes (auto plan); None: no limit
-    flat_max: int = FLAT_MAX_VECTORS  # auto: flat below this many vectors
-    ivf_min_docs: int = IVF_MIN_VECTORS  # an IVF shard smaller than this falls back to flat
-    target_recall: float = TARGET_RECALL  # approximate indexes: nprobe / efSearch tuned to this recall@10
     resume: bool = True  # keep each chunk's embeddings until the build succeeds, so a rerun skips them
-
-    def __post_init__(self) -> None:
-        if self.shard_size < 1:
-            raise XlirError("shard size must be >= 1")
-        if self.index_type not in (AUTO, *INDEX_TYPES):
-            raise XlirError(f"unknown index type {self.index_type!r}; choose from {', '.join((AUTO, *INDEX_TYPES))}")
-        if self.memory_budget is not None and self.memory_budget <= 0:
-            raise XlirError("the memory budget must be positive")
-        if not 0 < self.target_recall <= 1:
-            raise XlirError("the target recall must be in (0, 1]")
-        if self.centering not in (*MODES, AUTO):
-            raise XlirError(f"unknown centering {self.centering!r}; choose from {', '.join((*MODES, AUTO))}")
 
 
 class _ChunkCache:
@@ -129,88 +90,10 @@ class _ChunkCache:
         return vecs
 
 
-@dataclass
-class _Timer:
-    seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
-
-    def add(self, stage: str, t0: float) -> float:
-        now = time.perf_counter()
-        self.seconds[stage] += now - t0
-        return now
-
-
-def _chunks(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
+def chunks(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
     it = iter(docs)
     while chunk := list(itertools.islice(it, size)):
         yield chunk
-
-
-def passage_text(title: str, text: str) -> str:
-    """What is embedded, BM25-indexed and reranked for a document: its title (if any) and its text."""
-    return f"{title}\n{text}" if title else text
-
-
-class _ShardWriter:
-    def __init__(self, root: Path, number: int, offset: int, dim: int) -> None:
-        self.name = f"shards/{number:05d}"
-        self.dir = root / self.name
-        self.dir.mkdir(parents=True)
-        self.offset = offset
-        self.dim = dim
-        self.docs = DocStoreWriter(self.dir)
-        self._vec_fh = (self.dir / f"{VECTOR_SET}.f32").open("wb")
-        self.langs: list[int] = []
-        self.stats = CentroidStats(dim)
-
-    def __len__(self) -> int:
-        return len(self.docs)
-
-    def add(self, docs: Sequence[Document], langs: Sequence[str], lang_ids: Sequence[int], vecs: np.ndarray) -> None:
-        for doc, lang in zip(docs, langs, strict=True):
-            self.docs.add(doc.id, doc.title, doc.text, lang)
-        self.langs.extend(lang_ids)
-        self.stats.add(langs, vecs)
-        self._vec_fh.write(np.ascontiguousarray(vecs, dtype="<f4").tobytes())
-
-    def finish(self) -> ShardInfo:
-        """Close the shard's files; its FAISS index is built once the collection's centroids are known."""
-        self.docs.close()
-        self._vec_fh.close()
-        np.save(self.dir / LANGS_FILE, np.asarray(self.langs, dtype=np.uint16))
-        self.stats.save(self.dir / SHARD_STATS_FILE)
-        return ShardInfo(name=self.name, offset=self.offset, count=len(self.docs), index={})
-
-
-def index_shard(root: Path, info: ShardInfo, dim: int, index_type: str, mode: str, centroids: Centroids,
-                lang_codes: Sequence[str], *, options: Mapping[str, Any] | None = None,
-                tune: TuneOptions | None = None) -> None:
-    """Build a shard's FAISS index over its raw vectors, centred with ``mode`` (no re-embedding); an approximate
-    index gets its nprobe / efSearch tuned with ``tune`` (recorded with the measured recall)."""
-    sdir = root / info.name
-    raw = np.memmap(sdir / f"{VECTOR_SET}.f32", dtype="<f4", mode="r", shape=(info.count, dim)) if info.count \
-        else np.zeros((0, dim), dtype=np.float32)
-    shifts = centroids.lookup(mode, lang_codes)[0]  # rows of ``lang_codes``, as ``langs.npy`` holds them
-    rows = np.load(sdir / LANGS_FILE) if info.count else np.zeros(0, dtype=np.int64)
-
-    def transform(block: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        return block if mode == "off" else center_by_lang(block, rows[idx], shifts)
-
-    index, params = build_faiss_index(index_type, raw, transform=transform, options=options, tune=tune)
-    faiss.write_index(index, str(sdir / f"{VECTOR_SET}.faiss"))
-    info.index[VECTOR_SET] = {**params, "centering": mode}
-    del raw
-
-
-def _plan(opts: BuildOptions, n_vectors: int, dim: int) -> dict[str, Any]:
-    """The FAISS kind for the whole vector set: ``--index auto`` asks :func:`plan_index`, a kind is taken as given."""
-    if opts.index_type != AUTO:
-        return {"requested": opts.index_type, "kind": opts.index_type, "reason": "requested", "options": {},
-                "target_recall": opts.target_recall}
-    try:
-        plan = plan_index(n_vectors, dim, opts.memory_budget, flat_max=opts.flat_max)
-    except ValueError as exc:
-        raise XlirError(str(exc)) from exc
-    return {"requested": AUTO, **plan.to_dict(), "target_recall": opts.target_recall}
 
 
 def _pid_alive(text: str) -> bool:
@@ -280,8 +163,6 @@ def overwrite_target(out: Path) -> str:
     known = _manifest_tops(out)
     live = "CURRENT" in entries or (known is not None and "wal" in entries)
     if live:
-        from indexer.live import current_name, generation_dir  # indexer.live imports this module
-
         try:
             current_name(out)
             gen_ok = _manifest_tops(generation_dir(out)) is not None
@@ -322,15 +203,6 @@ def _rename_exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def _fsync_tree(directory: Path) -> None:
-    for p in sorted(directory.rglob("*")):
-        if p.is_file():
-            with open(p, "rb") as fh:
-                os.fsync(fh.fileno())
-    for d in sorted({p.parent for p in directory.rglob("*")} | {directory}):
-        wal.fsync_dir(d)
-
-
 def replace_dir(new: Path, out: Path) -> None:
     """Make the complete directory ``new`` (a sibling of ``out``) the directory ``out``, then delete the old one.
 
@@ -341,7 +213,7 @@ def replace_dir(new: Path, out: Path) -> None:
     back. Either way a reader that already opened the old files keeps using them (mmaps survive the deletion).
     """
     trash = out.parent / f".{out.name}.replaced-{os.getpid()}"
-    _fsync_tree(new)
+    fsync_tree(new)
     if _rename_exchange(new, out):
         new.rename(trash)
     else:
@@ -366,48 +238,32 @@ def _clean_leftovers(out: Path) -> None:
 
 def _publish(tmp: Path, out: Path, target: str) -> None:
     """Put the finished build ``tmp`` at ``out`` (``target``: what :func:`overwrite_target` found there)."""
-    if target == TARGET_ABSENT:
-        tmp.rename(out)
-        return
-    if target == TARGET_EMPTY:
-        out.rmdir()  # empty: nothing lost; raises if something appeared meanwhile
+    if target in (TARGET_ABSENT, TARGET_EMPTY):
+        if target == TARGET_EMPTY:
+            out.rmdir()  # empty: nothing lost; raises if something appeared meanwhile
         tmp.rename(out)
         return
     # A plain index, maybe served. Writers append to its log under its LOCK: holding it, the index either is
     # still plain (swap it) or took its first update during the build (publish a generation, as a rebuild of a
     # live root does; swapping would strand a writer on the old directory's log).
     with wal.root_lock(out):
-        from indexer.live import is_live_root
-
         live = is_live_root(out)
         if not live:
             replace_dir(tmp, out)
     if live:
-        from indexer.compact import adopt_generation  # indexer.compact imports this module
-
         adopt_generation(out, tmp)
 
 
-def build_index(
-    paths: Sequence[Path],
-    out: Path,
-    encoder: Encoder,
-    options: BuildOptions | None = None,
-    *,
-    detector: LanguageDetector | None = None,
-    documents: Iterable[Document] | None = None,
-) -> Manifest:
-    """Index the corpus files at ``paths`` (or the ``documents`` given instead) into ``out``; returns the written
-    manifest. Temporary directories left by killed builds of the same ``out`` are removed first; the embeddings
-    of the chunks a killed build finished are kept in ``.<out>.resume/`` and reused by the next run over the same
-    corpus (``options.resume``), which skips the expensive stage for them."""
-    from indexer.text import ANALYZER_NAME, tokenize
-
-    opts = options or BuildOptions()
+@contextmanager
+def staged(out: Path, overwrite: bool = False) -> Iterator[Path]:
+    """A new temporary sibling of ``out`` to write an index into; when the block ends without an error it is put
+    at ``out`` (:func:`_publish`), else removed. What is at ``out`` is checked first: with ``overwrite`` only what
+    :func:`overwrite_target` accepts (not a live root), without it nothing or an empty directory. Temporary
+    directories left by killed builds of the same ``out`` are removed."""
     out = Path(out)
     if out.parent.is_dir():
         _clean_leftovers(out)
-    if opts.overwrite:
+    if overwrite:
         target = overwrite_target(out)
         if target == TARGET_LIVE:
             raise OverwriteRefused(f"{out} is an index updated live: replace it with indexer.compact.rebuild "
@@ -422,136 +278,87 @@ def build_index(
         if stale == tmp or not _pid_alive(stale.name.rsplit("-", 1)[-1]):
             shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir()
-    resume_dir = out.parent / f".{out.name}.resume"
-    chunk_cache = _ChunkCache(resume_dir if opts.resume and documents is None else None, encoder)
-    detector = detector or LanguageDetector()
-    timer = _Timer()
-    t_start = time.perf_counter()
     try:
-        seen: set[str] = set()
-        lang_codes: list[str] = []
-        lang_index: dict[str, int] = {}
-        lang_counts: Counter[str] = Counter()
-        detected = skipped_empty = 0
-        shards: list[ShardInfo] = []
-        shard_stats: list[CentroidStats] = []
-        writer: _ShardWriter | None = None
-        bm25 = bm25_mod.BM25Builder()
-        total = 0
-        bar = tqdm(desc="indexing", unit="doc", disable=not opts.progress, dynamic_ncols=True)
-        t0 = time.perf_counter()
-        source = read_corpus(paths, opts.default_lang) if documents is None else documents
-        for chunk in _chunks(source, opts.chunk_docs):
-            docs: list[Document] = []
-            for doc in chunk:
-                if doc.id in seen:
-                    raise CorpusError(f"duplicate document id {doc.id!r} (ids must be unique across all inputs)")
-                seen.add(doc.id)
-                if not doc.text.strip() and not doc.title.strip():
-                    skipped_empty += 1
-                    continue
-                docs.append(doc)
-            t0 = timer.add("read", t0)
-            if not docs:
-                continue
-            texts = [passage_text(d.title, d.text) for d in docs]
-            langs = []
-            for doc, text in zip(docs, texts, strict=True):
-                if doc.lang:
-                    try:
-                        langs.append(normalize_lang(doc.lang))
-                    except ValueError as exc:
-                        raise CorpusError(f"document {doc.id!r}: {exc}") from exc
-                else:
-                    langs.append(detector.detect(text))
-                    detected += 1
-            t0 = timer.add("langid", t0)
-            vecs = chunk_cache.embed(encoder, texts, opts.batch_size)
-            t0 = timer.add("embed", t0)
-            for text in texts:
-                bm25.add(tokenize(text))
-            t0 = timer.add("bm25_tokenize", t0)
-            lang_ids = []
-            for lang in langs:
-                if lang not in lang_index:
-                    lang_index[lang] = len(lang_codes)
-                    lang_codes.append(lang)
-                lang_ids.append(lang_index[lang])
-                lang_counts[lang] += 1
-            pos = 0
-            while pos < len(docs):
-                if writer is None:
-                    writer = _ShardWriter(tmp, len(shards), total, encoder.dim)
-                take = min(len(docs) - pos, opts.shard_size - len(writer))
-                sl = slice(pos, pos + take)
-                writer.add(docs[sl], langs[sl], lang_ids[sl], vecs[sl])
-                pos += take
-                total += take
-                if len(writer) == opts.shard_size:
-                    shards.append(writer.finish())
-                    shard_stats.append(writer.stats)
-                    writer = None
-            t0 = timer.add("write", t0)
-            bar.update(len(docs))
-        if writer is not None:
-            shards.append(writer.finish())
-            shard_stats.append(writer.stats)
-            t0 = timer.add("write", t0)
-        bar.close()
-        if total == 0:
-            raise CorpusError(f"no documents found in {', '.join(map(str, paths))}")
-        merged = shard_stats[0]
-        for stats in shard_stats[1:]:
-            merged = merged.merge(stats)
-        centroids = merged.centroids()
-        centroids.save(tmp / CENTROIDS_FILE, encoder.checksum)
-        mode = resolve_auto(lang_counts) if opts.centering == AUTO else opts.centering
-        plan = _plan(opts, total, encoder.dim)
-        for info in tqdm(shards, desc="faiss", unit="shard", disable=not opts.progress or len(shards) < 2):
-            index_shard(tmp, info, encoder.dim, plan["kind"], mode, centroids, lang_codes,
-                        options={**plan["options"], "min_docs": opts.ivf_min_docs},
-                        tune=TuneOptions(target_recall=opts.target_recall))
-        t0 = timer.add("faiss_build", t0)
-        bm25.save(tmp / "bm25")
-        timer.add("bm25_build", t0)
-        t_files = time.perf_counter()
-        files = {
-            str(p.relative_to(tmp)): FileInfo(size=p.stat().st_size, sha256=file_sha256(p))
-            for p in sorted(tmp.rglob("*")) if p.is_file()
-        }
-        timer.add("checksums", t_files)
-        elapsed = time.perf_counter() - t_start
-        manifest = Manifest(
-            doc_count=total,
-            shard_size=opts.shard_size,
-            languages=dict(sorted(lang_counts.items())),
-            lang_codes=lang_codes,
-            shards=shards,
-            vector_sets={VECTOR_SET: VectorSetInfo(
-                encoder=encoder.name, encoder_checksum=encoder.checksum, dim=encoder.dim,
-                index_type=plan["kind"], centering=mode, centering_requested=opts.centering,
-                centroids=CENTROIDS_FILE, index_plan=plan)},
-            bm25=BM25Info(analyzer=ANALYZER_NAME, k1=bm25.k1, b=bm25.b, method=bm25.method,
-                          vocab_size=len(bm25.vocab)),
-            sources=[str(Path(p).resolve()) for p in paths],
-            versions=library_versions(),
-            files=files,
-            build={
-                "seconds": round(elapsed, 3),
-                "docs_per_second": round(total / elapsed, 2) if elapsed > 0 else None,
-                "stage_seconds": {k: round(v, 3) for k, v in timer.seconds.items()},
-                "languages_detected": detected,
-                "skipped_empty": skipped_empty,
-                "resumed_docs": chunk_cache.reused,
-            },
-        )
-        manifest.write(tmp)
+        yield tmp
         _publish(tmp, out, target)
-        shutil.rmtree(resume_dir, ignore_errors=True)
-        return manifest
-    except XlirError:  # bad input or options: rerunning as is cannot succeed, nothing worth keeping
-        shutil.rmtree(resume_dir, ignore_errors=True)
-        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def embedded_batches(source: Iterable[Document], encoder: Encoder, opts: BuildOptions, detector: LanguageDetector,
+                     *, cache: _ChunkCache | None = None, timer: Timer | None = None,
+                     counts: MutableMapping[str, int] | None = None, unique: bool = True) -> Iterator[Batch]:
+    """Read -> language -> embed: the documents of ``source`` in chunks of ``opts.chunk_docs``, each with its
+    normalised language (given, or detected) and its vector. Empty documents are skipped; a repeated id is a
+    :class:`CorpusError` when ``unique``. ``counts`` gets ``languages_detected``, ``skipped_empty`` and, once
+    every chunk is out, ``resumed_docs``; ``timer`` the seconds of reading, language ID and embedding."""
+    cache = cache or _ChunkCache(None, encoder)
+    timer = timer or Timer()
+    counts = {} if counts is None else counts
+    for key in ("languages_detected", "skipped_empty", "resumed_docs"):
+        counts.setdefault(key, 0)
+    seen: set[str] = set()
+    t0 = time.perf_counter()
+    for chunk in chunks(source, opts.chunk_docs):
+        docs: list[Document] = []
+        for doc in chunk:
+            if unique and doc.id in seen:
+                raise CorpusError(f"duplicate document id {doc.id!r} (ids must be unique across all inputs)")
+            seen.add(doc.id)
+            if not doc.text.strip() and not doc.title.strip():
+                counts["skipped_empty"] += 1
+                continue
+            docs.append(doc)
+        t0 = timer.add("read", t0)
+        if not docs:
+            continue
+        texts = [passage_text(d.title, d.text) for d in docs]
+        langs = []
+        for doc, text in zip(docs, texts, strict=True):
+            if doc.lang:
+                try:
+                    langs.append(normalize_lang(doc.lang))
+                except ValueError as exc:
+                    raise CorpusError(f"document {doc.id!r}: {exc}") from exc
+            else:
+                langs.append(detector.detect(text))
+                counts["languages_detected"] += 1
+        t0 = timer.add("langid", t0)
+        vecs = cache.embed(encoder, texts, opts.batch_size)
+        timer.add("embed", t0)
+        yield docs, langs, vecs
+        t0 = time.perf_counter()
+    counts["resumed_docs"] = cache.reused
+
+
+def build_index(
+    paths: Sequence[Path],
+    out: Path,
+    encoder: Encoder,
+    options: BuildOptions | None = None,
+    *,
+    detector: LanguageDetector | None = None,
+    documents: Iterable[Document] | None = None,
+) -> Manifest:
+    """Index the corpus files at ``paths`` (or the ``documents`` given instead) into ``out``; returns the written
+    manifest. The embeddings of the chunks a killed build finished are kept in ``.<out>.resume/`` and reused by
+    the next run over the same corpus (``options.resume``), which skips the expensive stage for them."""
+    opts = options or BuildOptions()
+    out = Path(out)
+    resume_dir = out.parent / f".{out.name}.resume"
+    with staged(out, opts.overwrite) as tmp:
+        try:
+            timer = Timer()
+            counts: dict[str, int] = {}
+            cache = _ChunkCache(resume_dir if opts.resume and documents is None else None, encoder)
+            source = read_corpus(paths, opts.default_lang) if documents is None else documents
+            batches = embedded_batches(source, encoder, opts, detector or LanguageDetector(), cache=cache,
+                                       timer=timer, counts=counts)
+            manifest = write_index(tmp, batches, opts, EncoderInfo(encoder.name, encoder.checksum, encoder.dim),
+                                   sources=paths, build_info=counts, timer=timer)
+        except XlirError:  # bad input or options: rerunning as is cannot succeed, nothing worth keeping
+            shutil.rmtree(resume_dir, ignore_errors=True)
+            raise
+    shutil.rmtree(resume_dir, ignore_errors=True)
+    return manifest

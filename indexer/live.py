@@ -1,425 +1,32 @@
 """Live index: document upserts and deletes on top of a built index, durable before they are acknowledged.
 
-Layout of an index root (a plain ``xlir index`` directory is one, with no ``CURRENT`` yet):
-
-- ``manifest.json, shards/, bm25/, ...``: generation 0, the index as ``xlir index`` built it;
-- ``CURRENT``: names the live generation (``generations/g000003``); replaced atomically (write a temp file,
-  fsync, rename, fsync the directory), so a reader sees the old or the new generation, never a mix;
-- ``generations/gNNNNNN/``: complete indexes written by compactions (and by rebuilds of a live root);
-- ``wal/gNNNNNN.log``: the write-ahead log of updates on top of that generation (``indexer/wal.py``);
-- ``LOCK``: an advisory lock every writer holds while appending to the log or publishing a generation.
-
-In memory (:class:`LiveStore`), the log is replayed into a :class:`Delta`: an exact vector set of the upserted
-documents (raw vectors; centred at query time with the generation's *frozen* centroids), their texts and BM25
-term frequencies, and tombstones over the generation's rows for documents deleted or replaced. Each write
-publishes an immutable :class:`LiveIndex` snapshot (the ``Index`` interface the search service uses): a query
-runs entirely on the snapshot it started with, so writes and generation swaps never disturb it.
-
-Rows: the generation's documents keep their rows ``0 .. n-1``, delta documents follow in the order they were
-written. A replaced document is a tombstone plus a new row at the end, so the live rows, in order, are exactly
-the documents a fresh build over the final collection would hold, in the same order (ties break the same way).
+:class:`LiveStore` serves a root (its layout: ``indexer/layout.py``): the generation ``CURRENT`` names, with its
+write-ahead log (``indexer/wal.py``) replayed into a delta (``indexer/delta.py``), and the write path: each
+write is appended to the log and fsync'd, then published as a new immutable snapshot (:class:`LiveIndex`) for
+the search service. It follows generations published by compactions (``indexer/compact.py``) and records
+appended by other processes (``xlir index --append``, :func:`append_files`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import re
 import threading
-from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from indexer import wal
-from indexer.bm25 import Postings, Segment, lucene_scores
-from indexer.build import VECTOR_SET, passage_text
-from indexer.centering import center, resolve_auto
-from indexer.store import CURRENT, Hits, Index, open_index, verify_index
-from indexer.topk import top_k
+from indexer.bm25 import Postings
+from indexer.delta import Delta, LiveIndex, main_postings_from_docs
+from indexer.layout import ROOT_GENERATION, current_name, generation_dir, generation_label, wal_path
+from indexer.store import Index, open_index, verify_index
+from indexer.write import passage_text
 from xlir.errors import BadQuery, DocumentNotFound, IndexInvalid, IndexNotReady
 
 log = logging.getLogger(__name__)
-
-GENERATIONS = "generations"
-WAL_DIR = "wal"
-ROOT_GENERATION = "."
-_GEN_RE = re.compile(r"^generations/g(\d{6})$")
-
-
-# ---------------------------------------------------------------------------------------------------- layout
-
-
-def current_name(root: Path) -> str:
-    """The live generation of ``root``: ``"."`` (the root itself) or ``generations/gNNNNNN``."""
-    path = Path(root) / CURRENT
-    try:
-        name = path.read_text().strip()
-    except FileNotFoundError:
-        return ROOT_GENERATION
-    if name != ROOT_GENERATION and not _GEN_RE.match(name):
-        raise IndexInvalid(f"{path} names {name!r}, which is not a generation of this index")
-    return name
-
-
-def generation_dir(root: Path) -> Path:
-    """The directory of the live generation (the root itself for a plain index)."""
-    name = current_name(root)
-    return Path(root) if name == ROOT_GENERATION else Path(root) / name
-
-
-def generation_number(name: str) -> int:
-    m = _GEN_RE.match(name)
-    return int(m.group(1)) if m else 0
-
-
-def generation_label(name: str) -> str:
-    return f"g{generation_number(name):06d}"
-
-
-def wal_path(root: Path, name: str) -> Path:
-    return Path(root) / WAL_DIR / f"{generation_label(name)}.log"
-
-
-def is_live_root(root: Path) -> bool:
-    """The root has been published to or written to: rebuilds must go through a new generation."""
-    return (Path(root) / CURRENT).exists() or (Path(root) / WAL_DIR).exists()
-
-
-def set_current(root: Path, name: str) -> None:
-    """Point ``root/CURRENT`` at ``name`` atomically and durably."""
-    root = Path(root)
-    tmp = root / (CURRENT + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(name + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(root / CURRENT)
-    wal.fsync_dir(root)
-
-
-# ---------------------------------------------------------------------------------------------------- the delta
-
-
-def _grow(arr: np.ndarray, need: int) -> np.ndarray:
-    """``arr`` itself if it holds ``need`` rows, else a copy with room for twice as many (readers keep the old)."""
-    if len(arr) >= need:
-        return arr
-    out = np.zeros((max(need, 2 * len(arr), 16), *arr.shape[1:]), dtype=arr.dtype)
-    out[: len(arr)] = arr
-    return out
-
-
-class DeltaPostings:
-    """BM25 term frequencies of the delta, appended in row order; read through :meth:`view` (first ``n`` rows)."""
-
-    def __init__(self) -> None:
-        self.terms: dict[str, tuple[list[int], list[int]]] = {}
-        self.doc_len = np.zeros(0, dtype=np.int32)
-        self.n = 0
-
-    def add(self, tokens: Sequence[str]) -> None:
-        row = self.n
-        counts = Counter(tokens) if tokens else Counter({"": 1})
-        for tok, tf in counts.items():
-            rows, tfs = self.terms.setdefault(tok, ([], []))
-            rows.append(row)
-            tfs.append(tf)
-        self.doc_len = _grow(self.doc_len, row + 1)
-        self.doc_len[row] = max(len(tokens), 1)
-        self.n = row + 1
-
-    def view(self, n: int) -> _PostingsView:
-        return _PostingsView(self, n, self.doc_len[:n])
-
-
-@dataclass
-class _PostingsView:
-    src: DeltaPostings
-    n: int
-    doc_len: np.ndarray
-
-    @property
-    def num_docs(self) -> int:
-        return self.n
-
-    def term(self, token: str) -> tuple[np.ndarray, np.ndarray] | None:
-        hit = self.src.terms.get(token)
-        if hit is None:
-            return None
-        rows = np.asarray(hit[0], dtype=np.int64)
-        tfs = np.asarray(hit[1], dtype=np.int32)
-        m = min(len(rows), len(tfs))  # a writer may be appending to the lists right now
-        rows, tfs = rows[:m], tfs[:m]
-        keep = rows < self.n
-        return rows[keep], tfs[keep]
-
-
-class Delta:
-    """The updates on top of one generation. Mutated only by :class:`LiveStore` under its lock; readers use
-    :meth:`view` snapshots (arrays that are changed in place are replaced by copies, never edited under them)."""
-
-    def __init__(self, main: Index, main_ids: Callable[[], dict[str, int]] | None = None) -> None:
-        self.main_n = main.size
-        self.dim = main.vector_set.dim
-        self._main_ids = main_ids or (lambda: main_id_map(main))
-        self._ids_cache: dict[str, int] | None = None
-        self.main_langs = Counter(main.manifest.languages)
-        self.main_tomb = np.zeros(self.main_n, dtype=bool)
-        self.tomb_count = 0
-        self.docs: list[dict[str, str]] = []
-        self.vecs = np.zeros((0, self.dim), dtype=np.float32)
-        self.dead = np.zeros(0, dtype=bool)
-        self.ids: dict[str, int] = {}  # live delta id -> delta row
-        self.langs: list[str] = []
-        self.live_langs: Counter[str] = Counter()
-        self.postings = DeltaPostings()
-        self.lsn = 0
-
-    def __len__(self) -> int:
-        return len(self.docs)
-
-    @property
-    def main_ids(self) -> dict[str, int]:
-        """Document id -> row of the generation, read from its docstores at the first write or replay."""
-        if self._ids_cache is None:
-            self._ids_cache = self._main_ids()
-        return self._ids_cache
-
-    @property
-    def live_delta(self) -> int:
-        return len(self.ids)
-
-    def exists(self, doc_id: str) -> bool:
-        if doc_id in self.ids:
-            return True
-        row = self.main_ids.get(doc_id)
-        return row is not None and not self.main_tomb[row]
-
-    def _remove(self, doc_id: str) -> bool:
-        row = self.ids.pop(doc_id, None)
-        if row is not None:
-            dead = self.dead.copy()
-            dead[row] = True
-            self.dead = dead
-            self.live_langs[self.langs[row]] -= 1
-            return True
-        mrow = self.main_ids.get(doc_id)
-        if mrow is not None and not self.main_tomb[mrow]:
-            tomb = self.main_tomb.copy()
-            tomb[mrow] = True
-            self.main_tomb = tomb
-            self.tomb_count += 1
-            return True
-        return False
-
-    def apply(self, rec: wal.Record) -> bool:
-        """Apply one log record; returns whether a document was replaced or deleted."""
-        from indexer.text import tokenize
-
-        self.lsn = max(self.lsn, rec.lsn)
-        existed = self._remove(rec.doc_id)
-        if rec.op == wal.DELETE:
-            return existed
-        assert rec.doc is not None and rec.vector is not None
-        if rec.vector.shape != (self.dim,):
-            raise IndexInvalid(f"log record {rec.lsn} holds a {rec.vector.shape} vector, the index {self.dim}-dim")
-        row = len(self.docs)
-        self.vecs = _grow(self.vecs, row + 1)
-        self.vecs[row] = rec.vector
-        self.dead = _grow(self.dead, row + 1)
-        self.docs.append(rec.doc)
-        self.langs.append(rec.doc["lang"])
-        self.live_langs[rec.doc["lang"]] += 1
-        self.postings.add(tokenize(passage_text(rec.doc.get("title", ""), rec.doc["text"])))
-        self.ids[rec.doc_id] = row
-        return existed
-
-    def view(self) -> DeltaView:
-        n = len(self.docs)
-        return DeltaView(main_n=self.main_n, n=n, docs=self.docs, vecs=self.vecs[:n], dead=self.dead[:n],
-                         langs=self.langs, main_tomb=self.main_tomb, tomb_count=self.tomb_count,
-                         postings=self.postings.view(n), live_langs=dict(self.live_langs), lsn=self.lsn,
-                         live_delta=self.live_delta)
-
-
-@dataclass
-class DeltaView:
-    """An immutable snapshot of a :class:`Delta` (the first ``n`` delta rows)."""
-
-    main_n: int
-    n: int
-    docs: list[dict[str, str]]
-    vecs: np.ndarray
-    dead: np.ndarray
-    langs: list[str]
-    main_tomb: np.ndarray
-    tomb_count: int
-    postings: _PostingsView
-    live_langs: dict[str, int]
-    lsn: int
-    live_delta: int
-    _cache: dict[str, Any] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def changed(self) -> bool:
-        return self.n > 0 or self.tomb_count > 0
-
-    def lang_codes(self) -> list[str]:
-        return self.langs[: self.n]
-
-
-# ---------------------------------------------------------------------------------------------------- snapshot
-
-
-class LiveIndex(Index):
-    """A generation plus a delta snapshot, behind the ``Index`` interface the search service uses.
-
-    It does not load anything itself (``Index.__init__`` is not called): the generation's ``Index`` does the
-    work for its rows; the delta rows are scored exactly (flat) and merged by score, ties by row.
-    """
-
-    def __init__(self, main: Index, view: DeltaView, generation: str = ROOT_GENERATION,
-                 main_postings: Callable[[], Postings] | None = None) -> None:
-        self.main = main
-        self.view = view
-        self.generation = generation
-        self.dir = main.dir
-        self.manifest = main.manifest
-        self.centering = main.centering
-        self.centroids = main.centroids
-        self._main_postings = main_postings
-
-    # -- sizes and languages
-    @property
-    def size(self) -> int:
-        return self.view.main_n - self.view.tomb_count + self.view.live_delta
-
-    @property
-    def languages(self) -> dict[str, int]:
-        v = self.view
-        if not v.changed:
-            return dict(self.manifest.languages)
-        key = "languages"
-        if key not in v._cache:
-            out: Counter[str] = Counter(self.manifest.languages)
-            if v.tomb_count:
-                codes = self.manifest.lang_codes
-                gone = np.bincount(self.main.langs[v.main_tomb].astype(np.int64), minlength=len(codes))
-                for i, n in enumerate(gone):
-                    out[codes[i]] -= int(n)
-            out.update(v.live_langs)
-            v._cache[key] = {k: n for k, n in sorted(out.items()) if n > 0}
-        langs: dict[str, int] = v._cache[key]
-        return langs
-
-    @property
-    def multilingual(self) -> bool:
-        return resolve_auto(self.languages) == "full"
-
-    def lang_mask(self, langs: Collection[str] | None) -> np.ndarray | None:
-        if not langs:
-            return None
-        main = self.main.lang_mask(langs)
-        assert main is not None
-        if not self.view.n:
-            return main
-        wanted = set(langs)
-        delta = np.fromiter((lang in wanted for lang in self.view.lang_codes()), dtype=bool, count=self.view.n)
-        return np.concatenate([main, delta])
-
-    # -- dense
-    def _delta_matrix(self, mode: str) -> np.ndarray:
-        """The delta's document vectors as the generation would index them under ``mode`` (n x d)."""
-        v = self.view
-        key = f"dense:{mode}"
-        with v._lock:
-            if key not in v._cache:
-                off = mode == "off"  # else the rule of indexer.centering, with the generation's frozen centroids
-                v._cache[key] = center(v.vecs, np.zeros(1, np.float32) if off else
-                                       self.require_centroids(mode).lookup(mode, v.lang_codes())[0])
-            mat: np.ndarray = v._cache[key]
-        return mat
-
-    def dense(self, queries: np.ndarray, k: int, mask: np.ndarray | None = None,
-              mode: str | None = None) -> list[Hits]:
-        v = self.view
-        main_mask = None if mask is None else mask[: v.main_n]
-        if v.tomb_count:
-            main_mask = ~v.main_tomb if main_mask is None else main_mask & ~v.main_tomb
-        main_hits = self.main.dense(queries, k, main_mask, mode)
-        if v.n == 0:
-            return main_hits
-        mat = self._delta_matrix(mode or self.centering)
-        valid = ~v.dead
-        if mask is not None:
-            valid = valid & mask[v.main_n : v.main_n + v.n]
-        out = []
-        q = np.asarray(queries, dtype=np.float32)
-        all_scores = mat @ q.T if len(mat) else np.zeros((0, len(q)), dtype=np.float32)
-        for i, hits in enumerate(main_hits):
-            s, top = top_k(all_scores[:, i], k, mask=valid)
-            s, r = top_k(np.concatenate([hits.scores.astype(np.float32), s.astype(np.float32)]), k,
-                         labels=np.concatenate([hits.rows.astype(np.int64), top + v.main_n]))
-            out.append(Hits(r, s))
-        return out
-
-    # -- BM25
-    def bm25_search(self, tokens: list[str], k: int, mask: np.ndarray | None = None) -> Hits:
-        v = self.view
-        if not v.changed:
-            return self.main.bm25_search(tokens, k, mask)
-        postings = self.main.bm25.postings()
-        if postings is None:
-            if self._main_postings is None:
-                raise IndexInvalid(f"index {self.dir} has no BM25 term frequencies: rebuild it with this xlir")
-            postings = self._main_postings()
-        with v._lock:  # the same arrays every query of this snapshot, so the scorer's cache keeps its statistics
-            if "bm25:live" not in v._cache:
-                v._cache["bm25:live"] = (~v.main_tomb if v.tomb_count else None, ~v.dead)
-            main_live, delta_live = v._cache["bm25:live"]
-        segments = [Segment(postings, 0, main_live), Segment(v.postings, v.main_n, delta_live)]  # type: ignore[arg-type]
-        bm = self.manifest.bm25
-        scores = lucene_scores(segments, tokens, v.main_n + v.n, bm.k1, bm.b, cache=v._cache)
-        s, rows = top_k(scores, k, mask=mask, above=0.0)
-        return Hits(rows, s)
-
-    # -- documents
-    def doc(self, row: int) -> dict[str, Any]:
-        if row < self.view.main_n:
-            return self.main.doc(row)
-        return dict(self.view.docs[row - self.view.main_n])
-
-    def close(self) -> None:
-        self.main.close()
-
-
-# ---------------------------------------------------------------------------------------------------- the store
-
-
-def main_id_map(index: Index) -> dict[str, int]:
-    """Document id -> row of a generation (read from its docstores once)."""
-    ids: dict[str, int] = {}
-    for info, store in zip(index.manifest.shards, index.docstores, strict=True):
-        for i in range(len(store)):
-            ids[store.get(i)["id"]] = info.offset + i
-    return ids
-
-
-def main_postings_from_docs(index: Index) -> Postings:
-    """BM25 term frequencies of an index built before they were saved, recomputed from its documents."""
-    from indexer.text import tokenize
-
-    docs = []
-    for store in index.docstores:
-        for i in range(len(store)):
-            d = store.get(i)
-            docs.append(tokenize(passage_text(d["title"], d["text"])))
-    return Postings.from_tokens(docs)  # terms are looked up by string, so its own vocabulary serves
 
 
 @dataclass
@@ -482,7 +89,7 @@ class LiveStore:
 
     # -- loading
     def _open_main(self, name: str) -> Index:
-        gdir = self.root if name == ROOT_GENERATION else self.root / name
+        gdir = generation_dir(self.root, name)
         verify_index(gdir, self.encoder_checksum, level=self.verify)
         return open_index(gdir, verify="off")
 
@@ -502,18 +109,13 @@ class LiveStore:
     def _load(self, main: Index, name: str) -> None:
         """Replay ``name``'s log over ``main`` and make it the store's state (caller holds the locks if any).
         A damaged log raises :class:`~indexer.wal.WalCorrupt` before anything changes (the log is only read)."""
-        delta = Delta(main)
         path = wal_path(self.root, name)
-        end = ino = 0
-        if path.exists():
-            res = wal.read(path)
-            for rec in res.records:
-                delta.apply(rec)
-            end, ino = res.end, res.ino
+        res = wal.read(path) if path.exists() else wal.ReadResult([], 0, False)
+        delta = Delta(main, res.records)
         if self._writer is not None:
             self._writer.close()
         self._writer = None
-        self._read_end, self._read_ino = end, ino
+        self._read_end, self._read_ino = res.end, res.ino
         self.main, self.delta, self.generation = main, delta, name
         self._postings_cache = None
         self._publish()
@@ -763,26 +365,6 @@ def prepare_documents(raw: Sequence[dict[str, Any]], detect: Callable[[str], str
     return out
 
 
-def iter_live_documents(index: LiveIndex) -> Iterator[tuple[dict[str, str], np.ndarray]]:
-    """Every live document of a snapshot with its raw vector, in row order (what a compaction rebuilds)."""
-    v = index.view
-    main = index.main
-    dim = main.vector_set.dim
-    for info in main.manifest.shards:
-        if not info.count:
-            continue
-        raw = np.memmap(main.dir / info.name / f"{VECTOR_SET}.f32", dtype="<f4", mode="r", shape=(info.count, dim))
-        for i in range(info.count):
-            row = info.offset + i
-            if v.tomb_count and v.main_tomb[row]:
-                continue
-            yield main.doc(row), np.asarray(raw[i], dtype=np.float32)
-        del raw
-    for j in range(v.n):
-        if not v.dead[j]:
-            yield dict(v.docs[j]), v.vecs[j]
-
-
 @dataclass
 class AppendReport:
     count: int
@@ -797,42 +379,29 @@ def append_files(root: Path, paths: Sequence[Path], encoder: Any, *, default_lan
                  progress: Callable[[int], None] | None = None) -> AppendReport:
     """``xlir index --append``: upsert the documents of corpus files into the live index at ``root``.
 
-    Documents are embedded here and written to the log in chunks of ``chunk_docs``, each fsync'd (a running
-    server picks them up at its next refresh). Killed midway, the finished chunks stay; running it again is
-    harmless, as an upsert of the same document is idempotent. Empty documents are skipped, as the build does.
+    Documents are read, given their language and embedded as a build does (:func:`indexer.build.embedded_batches`:
+    empty ones skipped, a repeated id replaces the earlier one) and written to the log in chunks of ``chunk_docs``,
+    each fsync'd (a running server picks them up at its next refresh). Killed midway, the finished chunks stay;
+    running it again is harmless, as an upsert of the same document is idempotent.
     """
+    from indexer.build import BuildOptions, embedded_batches
     from indexer.langid import LanguageDetector
     from indexer.readers import read_corpus
 
     store = LiveStore(root, encoder_checksum=encoder.checksum, verify="size")
-    detector = LanguageDetector()
-    count = replaced = skipped = 0
-    res: WriteResult | None = None
+    opts = BuildOptions(batch_size=batch_size, chunk_docs=chunk_docs, default_lang=default_lang)
+    counts: dict[str, int] = {}
+    count = replaced = 0
     try:
-        batch: list[dict[str, Any]] = []
-
-        def flush() -> None:
-            nonlocal count, replaced, res
-            if not batch:
-                return
-            docs = prepare_documents(batch, detector.detect)
-            vecs = encoder.encode_passages([passage_text(d["title"], d["text"]) for d in docs], batch_size=batch_size)
-            res = store.upsert(docs, vecs)
+        for docs, langs, vecs in embedded_batches(read_corpus(paths, default_lang), encoder, opts,
+                                                  LanguageDetector(), counts=counts, unique=False):
+            res = store.upsert([{"id": d.id, "title": d.title, "text": d.text, "lang": lang}
+                                for d, lang in zip(docs, langs, strict=True)], vecs)
             count += res.count
             replaced += sum(res.existed)
             if progress is not None:
                 progress(len(docs))
-            batch.clear()
-
-        for doc in read_corpus(paths, default_lang):
-            if not doc.text.strip() and not doc.title.strip():
-                skipped += 1
-                continue
-            batch.append({"id": doc.id, "title": doc.title, "text": doc.text, "lang": doc.lang})
-            if len(batch) >= chunk_docs:
-                flush()
-        flush()
     finally:
         store.close()
-    return AppendReport(count=count, replaced=replaced, skipped_empty=skipped,
+    return AppendReport(count=count, replaced=replaced, skipped_empty=counts.get("skipped_empty", 0),
                         generation=generation_label(store.generation), delta_docs=store.snapshot.view.live_delta)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,31 +13,14 @@ from typing import Any
 import numpy as np
 
 from indexer.bm25 import BM25Searcher
-from indexer.build import LANGS_FILE, VECTOR_SET
 from indexer.centering import Centroids, centered_norms, centered_scores, check_mode, resolve_auto
 from indexer.dense import DenseShard, load_shard_index, search_shards
 from indexer.docstore import DocStore
+from indexer.layout import LANGS_FILE, VECTOR_SET, generation_dir
 from indexer.manifest import MANIFEST, Manifest
 from indexer.topk import top_k
 from models.registry import file_sha256
 from xlir.errors import CenteringUnavailable, IndexInvalid
-
-CURRENT = "CURRENT"  # in an index root: names the live generation (see indexer/live.py)
-
-
-def resolve_generation(path: Path) -> Path:
-    """The directory holding the index at ``path``: the generation named by ``path/CURRENT`` when the root has
-    one (an index updated live or compacted), else ``path`` itself (a plain ``xlir index`` directory)."""
-    path = Path(path)
-    pointer = path / CURRENT
-    try:
-        name = pointer.read_text().strip()
-    except (FileNotFoundError, NotADirectoryError):
-        return path
-    target = (path / name).resolve()
-    if not name or not target.is_relative_to(path.resolve()):
-        raise IndexInvalid(f"{pointer} names {name!r}, which is not a generation inside {path}")
-    return path / name
 
 
 @dataclass
@@ -47,7 +31,57 @@ class Hits:
     scores: np.ndarray
 
 
-class Index:
+class SearchIndex(ABC):
+    """What the search path uses of an index: a built generation (:class:`Index`), or one with live updates on
+    top (``indexer.delta.LiveIndex``, which has the generation's ``Index``)."""
+
+    dir: Path
+    manifest: Manifest
+    centering: str  # the mode the FAISS indexes were built with
+    centroids: Centroids | None
+
+    @property
+    def vector_set(self) -> Any:
+        return self.manifest.vector_sets[VECTOR_SET]
+
+    @property
+    def multilingual(self) -> bool:
+        """At least two languages each hold a real share of the documents (the rule of centring's ``auto``)."""
+        return resolve_auto(self.languages) == "full"
+
+    def require_centroids(self, mode: str) -> Centroids:
+        check_mode(mode)
+        if self.centroids is None:
+            raise CenteringUnavailable(
+                f"index {self.dir} has no language centroids, so centering={mode!r} cannot be applied: rebuild it "
+                f"with this xlir (`xlir index CORPUS --out {self.dir} --overwrite`) or ask for centering 'off'")
+        return self.centroids
+
+    @property
+    @abstractmethod
+    def size(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def languages(self) -> dict[str, int]:
+        """Documents per language code."""
+
+    @abstractmethod
+    def lang_mask(self, langs: Collection[str] | None) -> np.ndarray | None:
+        """Boolean mask over all rows for a language filter (None = no filter)."""
+
+    @abstractmethod
+    def dense(self, queries: np.ndarray, k: int, mask: np.ndarray | None = None,
+              mode: str | None = None) -> list[Hits]: ...
+
+    @abstractmethod
+    def bm25_search(self, tokens: list[str], k: int, mask: np.ndarray | None = None) -> Hits: ...
+
+    @abstractmethod
+    def doc(self, row: int) -> dict[str, Any]: ...
+
+
+class Index(SearchIndex):
     def __init__(self, directory: Path, manifest: Manifest, mmap: bool = True) -> None:
         self.dir = directory
         self.manifest = manifest
@@ -75,7 +109,7 @@ class Index:
         self._offsets = [s.offset for s in manifest.shards]
         self._lang_id = {code: i for i, code in enumerate(manifest.lang_codes)}
         vs = manifest.vector_sets[VECTOR_SET]
-        self.centering: str = vs.centering
+        self.centering = vs.centering
         self.centroids = None if vs.centroids is None else Centroids.load(directory / vs.centroids)
         self._raw: list[np.ndarray] | None = None
         self._norms: dict[str, list[np.ndarray]] = {}
@@ -85,37 +119,18 @@ class Index:
             self._raw = None
 
     @property
-    def multilingual(self) -> bool:
-        """At least two languages each hold a real share of the documents (the rule of centring's ``auto``)."""
-        return resolve_auto(self.manifest.languages) == "full"
-
-    @property
-    def vector_set(self) -> Any:
-        return self.manifest.vector_sets[VECTOR_SET]
-
-    @property
     def size(self) -> int:
         return self.manifest.doc_count
 
     @property
     def languages(self) -> dict[str, int]:
-        """Documents per language code."""
         return dict(self.manifest.languages)
 
     def lang_mask(self, langs: Collection[str] | None) -> np.ndarray | None:
-        """Boolean mask over all rows for a language filter (None = no filter)."""
         if not langs:
             return None
         ids = [self._lang_id[code] for code in langs if code in self._lang_id]
         return np.isin(self.langs, np.asarray(ids, dtype=np.uint16))
-
-    def require_centroids(self, mode: str) -> Centroids:
-        check_mode(mode)
-        if self.centroids is None:
-            raise CenteringUnavailable(
-                f"index {self.dir} has no language centroids, so centering={mode!r} cannot be applied: rebuild it "
-                f"with this xlir (`xlir index CORPUS --out {self.dir} --overwrite`) or ask for centering 'off'")
-        return self.centroids
 
     def dense(self, queries: np.ndarray, k: int, mask: np.ndarray | None = None,
               mode: str | None = None) -> list[Hits]:
@@ -206,7 +221,7 @@ def verify_index(path: Path, expected_encoder_checksum: str | None = None, level
     """
     if level not in VERIFY_LEVELS:
         raise ValueError(f"verify level must be one of {', '.join(VERIFY_LEVELS)}, not {level!r}")
-    directory = resolve_generation(Path(path))
+    directory = generation_dir(Path(path))
     manifest = Manifest.read(directory)
     if level != "off":
         manifest.check_files(directory, checksums=level == "full")
@@ -239,7 +254,7 @@ def open_index(directory: Path, mmap: bool = True, verify: str = "size") -> Inde
     for attempt in range(_OPEN_ATTEMPTS):
         before = _dir_identity(path)
         try:
-            gdir = resolve_generation(path)
+            gdir = generation_dir(path)
             index = Index(gdir, verify_index(gdir, level=verify), mmap=mmap)
         except (IndexInvalid, OSError):
             if attempt + 1 < _OPEN_ATTEMPTS and _dir_identity(path) != before:

@@ -21,11 +21,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks.demo_bench import wait_ready
 from indexer import wal
 from indexer.compact import compact
 from indexer.live import LiveStore, current_name, wal_path
 from tests.conftest import SAMPLE, FakeEncoder
-from benchmarks.demo_bench import wait_ready
 
 XLIR = Path(sys.executable).with_name("xlir")
 DIM = 384  # minilm-en; writes made in-process here use fake vectors of that size (durability, not relevance)
@@ -137,22 +137,24 @@ import os, signal, sys
 from pathlib import Path
 import indexer.build as B
 import indexer.compact as C
+import indexer.layout as L
+import indexer.write as W
 
 point, root = sys.argv[1], Path(sys.argv[2])
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 before = None
 if point == "build":            # the new generation's first shard is written, the build goes on
-    B.index_shard = die
+    W.index_shard = die
 elif point == "before-publish": # the new generation is complete and renamed into generations/
     before = lambda new: die()
 elif point == "publish":        # its log is written, CURRENT not swapped yet
-    C.set_current = die
+    L.set_current = die
 elif point == "gc":             # CURRENT swapped, older generations not removed yet
-    C._gc = die
+    L.remove_old_generations = die
 if point == "rebuild":          # `xlir index --overwrite` of a live root, killed while building
     from models.encoders import load_encoder
-    B.index_shard = die
+    W.index_shard = die
     C.rebuild([Path(sys.argv[3])], root, load_encoder("minilm-en"), B.BuildOptions(progress=False))
 else:
     C.compact(root, before_publish=before)
@@ -229,8 +231,8 @@ def test_a_killed_plain_build_is_cleaned_up_by_the_next_one(tmp_path: Path) -> N
     corpus = tmp_path / "c.jsonl"
     corpus.write_text((SAMPLE / "corpus.jsonl").read_text().splitlines(keepends=True)[0])
     script = ("import os, signal, sys\nfrom pathlib import Path\nimport indexer.build as B\n"
-              "from tests.conftest import FakeEncoder\n"
-              "B.index_shard = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+              "import indexer.write as W\nfrom tests.conftest import FakeEncoder\n"
+              "W.index_shard = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
               "B.build_index([Path(sys.argv[1])], Path(sys.argv[2]), FakeEncoder(), B.BuildOptions(progress=False))\n")
     res = subprocess.run([sys.executable, "-c", script, str(corpus), str(tmp_path / "idx")], capture_output=True,
                          text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)

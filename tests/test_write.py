@@ -64,5 +64,6 @@ def test_a_compaction_writes_what_a_fresh_build_of_its_documents_writes(tmp_path
                         BuildOptions(**OPTIONS))  # type: ignore[arg-type]
     got = fingerprint(Manifest.read(tmp_path / "idx" / "generations" / "g000001"))
     want = fingerprint(fresh)
-    assert got.pop("build") == {**want.pop("build"), "languages_detected": 0, "skipped_empty": 0, "resumed_docs": 0}
+    assert want.pop("build") == {"languages_detected": 0, "skipped_empty": 0, "resumed_docs": 0}
+    assert set(got.pop("build")) <= {"languages_detected", "skipped_empty", "resumed_docs"}  # nothing read: no counts
     assert got == want
