@@ -1,8 +1,10 @@
 """Search and embedding services: plain Python, no HTTP, testable on their own.
 
-``retrieve`` is the synchronous core (one query vector + its tokens -> fused hits) that the
-benchmarks call in-process; ``SearchService`` wraps it for the server: batched query encoding,
-dense and BM25 retrieval run concurrently in threads, optional cross-encoder reranking.
+:meth:`SearchService.retrieve` is **the one retrieval path**, from a request to ranked hits with each retriever's
+rank and score: validate -> resolve the mode -> encode (the query batcher) and tokenize -> dense (centred) and BM25
+in threads, concurrently -> fuse -> rerank. ``POST /search`` and ``xlir search`` call it through :meth:`search`
+(which only formats the response), every benchmark through :func:`benchmarks.retrieval.run_inprocess`, with query
+vectors from its embedding cache behind the same batcher.
 """
 
 from __future__ import annotations
@@ -56,6 +58,18 @@ class Limits:
     fusion_depth: int = 100
     snippet_chars: int = 300
     embed_max_texts: int = 64
+
+
+@dataclass
+class Retrieved:
+    """The outcome of the one retrieval path: the request as run (``auto`` resolved, ``rerank_depth`` defaulted),
+    at most ``req.k`` hits best first (each retriever's rank and raw score kept), their documents, and how the
+    query was centred (None without a dense run)."""
+
+    req: SearchRequest
+    hits: list[fusion.FusedHit]
+    docs: dict[int, dict[str, str]]
+    centering: CenteringInfo | None
 
 
 def resolve_mode(index: SearchIndex, req: SearchRequest) -> SearchRequest:
@@ -112,36 +126,6 @@ def bm25_run(index: SearchIndex, tokens: list[str], depth: int, mask: np.ndarray
 
 def centering_mode(index: SearchIndex, req: SearchRequest | EmbedRequest) -> str:
     return req.centering.value if req.centering is not None else index.centering
-
-
-def retrieve(
-    index: SearchIndex,
-    req: SearchRequest,
-    qvec: np.ndarray | None,
-    tokens: list[str] | None,
-    limits: Limits = Limits(),
-    *,
-    query_lang: str | None = None,
-    table: Centroids | None = None,
-) -> list[fusion.FusedHit]:
-    """Synchronous retrieval + fusion (no reranking): the in-process path used by benchmarks.
-
-    ``qvec`` is the raw query embedding; it is centred here with ``req.lang`` or ``query_lang``.
-    """
-    req = resolve_mode(index, req)
-    depth = candidate_depth(req, limits)
-    mask = index.lang_mask(req.langs)
-    runs: dict[str, fusion.Run] = {}
-    if req.mode in (Mode.dense, Mode.hybrid):
-        assert qvec is not None
-        mode = centering_mode(index, req)
-        lang = req.lang or query_lang
-        centred, _ = center_query(index, table, qvec, mode, lang, "request" if lang else None)
-        runs["dense"] = dense_run(index, centred, depth, mask, mode)
-    if req.mode in (Mode.bm25, Mode.hybrid):
-        assert tokens is not None
-        runs["bm25"] = bm25_run(index, tokens, depth, mask)
-    return fuse(req, runs, depth)
 
 
 def snippet(text: str, limit: int) -> str:
@@ -207,8 +191,8 @@ class SearchService:
                                f"{', '.join(sorted(present)) or 'none'}")
         return req
 
-    async def search(self, req: SearchRequest) -> SearchResponse:
-        t0 = time.perf_counter()
+    async def retrieve(self, req: SearchRequest) -> Retrieved:
+        """The one retrieval path (module docstring): request -> ranked hits, reranked when asked."""
         index = self.index  # one snapshot for the whole request: live writes and reloads swap self.index
         req = self.validate(req, index)
         req = resolve_mode(index, req)
@@ -247,16 +231,24 @@ class SearchService:
         docs = {h.row: index.doc(h.row) for h in hits[: max(req.k, req.rerank_depth if req.rerank else 0)]}
         if req.rerank:
             hits = await asyncio.to_thread(self._rerank, req, hits[: req.rerank_depth], docs)
+        return Retrieved(req, hits[: req.k], docs, info)
+
+    async def search(self, req: SearchRequest) -> SearchResponse:
+        """``POST /search`` and ``xlir search``: :meth:`retrieve`, as a response."""
+        t0 = time.perf_counter()
+        got = await self.retrieve(req)
+        req, docs = got.req, got.docs
         out = [
             SearchHit(
                 id=docs[h.row]["id"], score=h.score, lang=docs[h.row]["lang"], title=docs[h.row]["title"],
                 snippet=snippet(docs[h.row]["text"], self.limits.snippet_chars), ranks=h.ranks, scores=h.scores,
             )
-            for h in hits[: req.k]
+            for h in got.hits
         ]
         return SearchResponse(
             query=req.query, mode=req.mode, fusion=req.fusion if req.mode is Mode.hybrid else None,
-            reranked=req.rerank, took_ms=round((time.perf_counter() - t0) * 1000, 3), centering=info, results=out,
+            reranked=req.rerank, took_ms=round((time.perf_counter() - t0) * 1000, 3), centering=got.centering,
+            results=out,
         )
 
     def _rerank(self, req: SearchRequest, hits: list[fusion.FusedHit], docs: dict[int, dict[str, str]]

@@ -1,7 +1,8 @@
 """The benchmark matrix: condition x dataset x language -> expected score, checked against a fresh measurement.
 
 ``make bench-quality`` (``python -m benchmarks.matrix``) reads ``benchmarks/matrix.yaml``, measures every cell
-through the product (the retrieval runner of ``benchmarks/retrieval.py``, i.e. ``app.service.retrieve``, for
+through the product (the retrieval runner of ``benchmarks/retrieval.py``, i.e. the server's
+``app.service.SearchService.retrieve``, for
 XQuAD-R and the sample corpus; the mining core for Tatoeba), prints ``OK``/``FAIL`` per cell and a Markdown table,
 and exits 1 when a cell is outside its tolerance (in the spirit of Pyserini's two-click reproductions).
 
@@ -233,11 +234,12 @@ def load_retrieval_dataset(dataset: str, data: Path, sl: Mapping[str, Any]) -> A
 def measure_retrieval(dataset: str, cells: Sequence[Cell], data: Path, enc: Any, sl: Mapping[str, Any]
                       ) -> dict[Key, float]:
     """XQuAD-R (or the sample corpus) through the product (``benchmarks.retrieval``): the pool indexed by
-    ``xlir index`` defaults, each query through ``app.service.retrieve``. Conditions are
+    ``xlir index`` defaults, each query through ``app.service.SearchService.retrieve``. Conditions are
     ``benchmarks.retrieval.CONDITIONS``; a ``-mono`` suffix restricts candidates and judgments to the query's
     language. ``hybrid-weighted`` uses the alpha that the sweep on the dev split picks (recorded under the metric
     ``alpha``)."""
     from benchmarks import retrieval as rb
+    from indexer.langid import LanguageDetector
     from indexer.store import open_index
 
     full = load_retrieval_dataset(dataset, data, sl)
@@ -258,7 +260,8 @@ def measure_retrieval(dataset: str, cells: Sequence[Cell], data: Path, enc: Any,
         params = dict(rb.CONDITIONS[base])
         ds = judged(full.subset(split=None if split == "all" else split, max_per_lang=sl.get("max_per_lang")))
         if "lang-id" in metrics:
-            hit = np.asarray(rb.query_languages(ds.queries, {rb.DETECT: True})) == [q.lang for q in ds.queries]
+            found = LanguageDetector().detect_many([q.text for q in ds.queries])
+            hit = np.asarray(found) == [q.lang for q in ds.queries]
             per = {lang: float(hit[[q.lang == lang for q in ds.queries]].mean()) for lang in ds.langs()}
             out.update({(dataset, condition, split, lang, "lang-id"): v for lang, v in per.items()})
             out[(dataset, condition, split, "all", "lang-id")] = float(np.mean(list(per.values())))

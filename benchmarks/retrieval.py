@@ -1,4 +1,4 @@
-"""Retrieval benchmark THROUGH THE PRODUCT: an xlir index, ``app.service.retrieve`` or the REST API, ranx metrics.
+"""Retrieval benchmark THROUGH THE PRODUCT: an xlir index, the server's one retrieval path or its REST API, ranx scores.
 
 Run: ``xlir bench retrieval --dataset xquad-r-sentence [--langs en,de,zh] [--max-per-lang 100] [--out DIR]``
 (or ``python -m benchmarks.retrieval ...``; ``--help`` lists every option).
@@ -9,11 +9,11 @@ Run: ``xlir bench retrieval --dataset xquad-r-sentence [--langs en,de,zh] [--max
 is the embedding cache of the candidate pool, :func:`index_for`). Each query goes through the product:
 
 - in-process (default): the query vectors are encoded up front in length-sorted batches (the benchmarks' one
-  embedding cache, :mod:`benchmarks.embeddings`), then :func:`app.service.retrieve` with a
-  :class:`app.schemas.SearchRequest` built from the condition's parameters and ``lang`` = the query's language (so
-  centring uses the true query language), or, for the ``-detected`` conditions, no ``lang``: the query is centred
-  with the language the server's detector (:class:`indexer.langid.LanguageDetector`) finds in its text;
-  ``hybrid-rerank`` rescores with :meth:`app.service.SearchService._rerank`, the server's code;
+  embedding cache, :mod:`benchmarks.embeddings`), then the server's :meth:`app.service.SearchService.retrieve`
+  (those vectors behind its query batcher) with a :class:`app.schemas.SearchRequest` built from the condition's
+  parameters and ``lang`` = the query's language (so centring uses the true query language), or, for the
+  ``-detected`` conditions, no ``lang``: the server detects it (:class:`indexer.langid.LanguageDetector`), as it
+  does for a client; ``hybrid-rerank`` reranks there too;
 - ``--target URL``: ``POST URL/search`` with the same request fields, ``concurrency`` requests in flight; also
   reports latency percentiles. The server must serve an index of *the same dataset documents* (built by this
   module or with ``xlir index`` over the same documents, same ids): the runner checks the document count that
@@ -66,7 +66,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.datasets import DatasetError, Query, RetrievalDataset
-from indexer.store import Index
+from indexer.store import Index, SearchIndex
 from models.base import Encoder
 from models.rerankers import Reranker
 from xlir.errors import XlirError
@@ -221,15 +221,6 @@ def query_vectors(encoder: Encoder, queries: Sequence[Query], cache_dir: Path | 
     return embed(encoder, "query", [q.text for q in queries], cache_dir, "queries")
 
 
-def query_languages(queries: Sequence[Query], params: Mapping[str, Any]) -> list[str]:
-    """The language each query is centred with: its own, or (``detect_lang``) the one the server's detector finds."""
-    if not params.get(DETECT):
-        return [q.lang for q in queries]
-    from indexer.langid import LanguageDetector
-
-    return LanguageDetector().detect_many([q.text for q in queries])
-
-
 def load_centroid_table(encoder: Encoder) -> Any:
     """The encoder's centroid table the server would load by default (``XLIR_HOME/centroids``), if any."""
     from indexer.centering import Centroids
@@ -240,38 +231,41 @@ def load_centroid_table(encoder: Encoder) -> Any:
     return Centroids.load(path, encoder.checksum) if path.is_file() else None
 
 
-def run_inprocess(index: Index, encoder: Encoder, dataset: RetrievalDataset, params: Mapping[str, Any],
+def run_inprocess(index: SearchIndex, encoder: Encoder, dataset: RetrievalDataset, params: Mapping[str, Any],
                   k: int = DEFAULT_K, monolingual: bool = False, *, reranker: Reranker | None = None,
                   cache_dir: Path | None = None, qvecs: np.ndarray | None = None, table: Any = None) -> Run:
-    """Every query of ``dataset`` through :func:`app.service.retrieve` (and the server's reranking when
-    ``params`` ask for it); ``qvecs`` (raw query vectors in ``dataset.queries`` order) skips the encoding."""
+    """Every query of ``dataset`` through the server's one retrieval path, :meth:`app.service.SearchService.retrieve`
+    (validation, centring with the given or detected query language, fusion, reranking); only the query vectors
+    come from elsewhere: the embedding cache, behind the same query batcher (``qvecs``, raw query vectors in
+    ``dataset.queries`` order, skips even that)."""
+    from app.batching import QueryBatcher
     from app.schemas import SearchRequest
-    from app.service import Limits, SearchService, retrieve
+    from app.service import SearchService
     from indexer.text import tokenize
 
     _check_run_inputs(dataset, k)
-    limits = Limits()
-    service: SearchService | None = None
-    if params.get("rerank"):
-        if reranker is None:
-            raise XlirError("condition asks for rerank but no reranker was given (--reranker PATH)")
-        from app.batching import QueryBatcher
-
-        service = SearchService(index, encoder, QueryBatcher(encoder.encode_queries), tokenize, reranker, limits)
+    if params.get("rerank") and reranker is None:
+        raise XlirError("condition asks for rerank but no reranker was given (--reranker PATH)")
     if qvecs is None:
         qvecs = query_vectors(encoder, dataset.queries, cache_dir)
     if len(qvecs) != len(dataset.queries):
         raise ValueError(f"{len(qvecs)} query vectors for {len(dataset.queries)} queries")
-    run = Run()
-    langs = query_languages(dataset.queries, params)
-    for query, qvec, lang in zip(dataset.queries, qvecs, langs, strict=True):
-        req = SearchRequest(**request_body(query, params, k, monolingual))
-        hits = retrieve(index, req, qvec, tokenize(query.text), limits, query_lang=lang, table=table)
-        if service is not None:
-            top = hits[: req.rerank_depth]
-            hits = service._rerank(req, top, {h.row: index.doc(h.row) for h in top})
-        run.hits[query.qid] = [(str(index.doc(h.row)["id"]), float(h.score)) for h in hits[: req.k]]
-    return run
+    cached = {q.text: v for q, v in zip(dataset.queries, qvecs, strict=True)}
+    batcher = QueryBatcher(lambda texts: np.stack([cached[t] for t in texts]), max_batch=1, max_wait_ms=0.0)
+    service = SearchService(index, encoder, batcher, tokenize, reranker, centroid_table=table)
+
+    async def run_all() -> Run:
+        run = Run()
+        await batcher.start()
+        try:
+            for query in dataset.queries:
+                got = await service.retrieve(SearchRequest(**request_body(query, params, k, monolingual)))
+                run.hits[query.qid] = [(str(got.docs[h.row]["id"]), float(h.score)) for h in got.hits]
+        finally:
+            await batcher.close()
+        return run
+
+    return asyncio.run(run_all())
 
 
 # --------------------------------------------------------------------------------------------------

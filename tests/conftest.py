@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import threading
@@ -73,6 +74,26 @@ class FakeEncoder:
 @pytest.fixture
 def fake_encoder() -> FakeEncoder:
     return FakeEncoder()
+
+
+def retrieve(index: Any, req: Any, qvec: np.ndarray | None = None, tokens: Sequence[str] | None = None) -> list[Any]:
+    """The hits of the server's one retrieval path (``SearchService.retrieve``) over ``index``, with the query
+    vector ``qvec`` (what the encoder would give) and the BM25 tokens ``tokens`` given."""
+    from app.batching import QueryBatcher
+    from app.service import SearchService
+
+    batcher = QueryBatcher(lambda texts: np.stack([np.asarray(qvec, dtype=np.float32)] * len(texts)), max_batch=1,
+                           max_wait_ms=0.0)
+    service = SearchService(index, FakeEncoder(), batcher, lambda _query: list(tokens or []))
+
+    async def run() -> list[Any]:
+        await batcher.start()
+        try:
+            return (await service.retrieve(req)).hits
+        finally:
+            await batcher.close()
+
+    return asyncio.run(run())
 
 
 def write_jsonl(path: Path, records: Sequence[dict[str, object]]) -> Path:

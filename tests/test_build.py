@@ -5,12 +5,11 @@ import numpy as np
 import pytest
 
 from app.schemas import SearchRequest
-from app.service import retrieve
 from indexer.build import BuildOptions, build_index
 from indexer.manifest import MANIFEST
 from indexer.store import open_index, verify_checksums
 from indexer.text import tokenize
-from tests.conftest import FakeEncoder, write_jsonl
+from tests.conftest import FakeEncoder, retrieve, write_jsonl
 from xlir.errors import CorpusError, IndexInvalid, XlirError
 
 DOCS = [

@@ -372,5 +372,13 @@ def test_detected_conditions_leave_lang_to_the_detector() -> None:
     body = retrieval.request_body(q, retrieval.CONDITIONS["dense-detected"], 5, False)
     assert "lang" not in body and retrieval.DETECT not in body and body["mode"] == "dense"
     assert retrieval.request_body(q, retrieval.CONDITIONS["dense"], 5, False)["lang"] == "en"
-    assert retrieval.query_languages([q], retrieval.CONDITIONS["dense"]) == ["en"]
-    assert retrieval.query_languages([q], retrieval.CONDITIONS["dense-centering-offset-detected"]) == ["de"]
+    # the language the one retrieval path then centres with: the request's, else the server's detector's
+    from types import SimpleNamespace
+
+    from app.service import SearchService
+    from indexer.langid import LanguageDetector
+
+    server = SimpleNamespace(detector=LanguageDetector())
+    for condition, want in (("dense", ("en", "request")), ("dense-centering-offset-detected", ("de", "detected"))):
+        body = retrieval.request_body(q, retrieval.CONDITIONS[condition], 5, False)
+        assert SearchService.query_language(server, q.text, body.get("lang")) == want  # type: ignore[arg-type]
