@@ -100,6 +100,8 @@ class LiveStore:
         thread verifies at a time and keeps the result until it is swapped in, so a write that needs the
         generation a refresh is verifying waits for that check instead of making another."""
         with self._verify_lock:
+            if self.generation == name:  # the thread whose check we waited for has swapped it in meanwhile
+                return self.main
             if self._verified_main is not None and self._verified_main[0] == name:
                 return self._verified_main[1]
             main = self._open_main(name)
