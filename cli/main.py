@@ -243,7 +243,9 @@ def serve_cmd(
     # the files were just verified: the app's own load only re-checks their sizes
     application = create_app(settings.model_copy(update={"verify": "size"}) if settings.verify == "full" else settings,
                              encoder=state.service.encoder, reranker=state.service.reranker)
-    state.service.index.close()
+    if state.live is not None:  # the check's store: its docstores (the app loads its own)
+        state.live.close()
+        state.live.main.close()
     uvicorn.run(application, host=host, port=port, log_level=log_level)
 
 
