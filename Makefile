@@ -33,7 +33,7 @@ test: setup
 	$(PY) -m pytest -q
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not model"
 
 lint: install
 	$(VENV)/bin/ruff check .

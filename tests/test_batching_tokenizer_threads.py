@@ -33,6 +33,7 @@ def encoder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     return load_encoder("minilm-en", device="cpu", backend=request.param, home=home)
 
 
+@pytest.mark.slow  # 20 s per backend: 300 calls in 16 threads with a real model
 def test_many_threads_tokenizing_and_encoding_at_once(encoder: object) -> None:
     rng = random.Random(17)
     texts = [" ".join(rng.choice(["river", "bank", "money", "flood", "tide", "city"]) for _ in range(n))

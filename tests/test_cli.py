@@ -81,6 +81,7 @@ def test_mine_two_files(tmp_path: Path) -> None:
     assert not (tmp_path / "x.tsv").exists() and not (tmp_path / "x.tsv.work").exists()
 
 
+@pytest.mark.slow  # 15 s: a dozen real `xlir` processes
 def test_bad_inputs_get_clear_errors(tmp_path: Path, corpus: Path, index: Path) -> None:
     assert_clean_error(xlir("index", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o")), "no such file")
     bad = tmp_path / "bad.jsonl"
@@ -103,7 +104,7 @@ def test_model_not_built_yet_says_how_to_build_it(tmp_path: Path, corpus: Path) 
     assert_clean_error(res, "run `xlir models fetch e5-small`")
 
 
-@pytest.mark.slow
+@pytest.mark.model
 def test_index_built_with_another_encoder_is_refused_by_serve(index: Path, tmp_path: Path) -> None:
     res = xlir("serve", "--index", str(index), "--model", "e5-small")
     assert_clean_error(res, "was built with encoder 'minilm-en'")

@@ -17,7 +17,7 @@ from models.encoders import SentenceTransformerEncoder, load_encoder
 from models.fetch import cross_lingual_sanity, verify
 from tests.conftest import SAMPLE
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.model
 
 PROBES = [json.loads(x) for x in (SAMPLE / "probes.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
 

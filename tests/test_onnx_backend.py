@@ -386,7 +386,7 @@ MULTILINGUAL = [
 ]
 
 
-@pytest.mark.slow
+@pytest.mark.model
 def test_e5_small_onnx_matches_torch() -> None:
     ref = load_encoder("e5-small", device="cpu", backend="torch")
     fp32 = load_encoder("e5-small", device="cpu", backend="onnx")

@@ -209,6 +209,7 @@ def test_compaction_killed_at_any_point_loses_nothing_and_the_next_one_completes
     assert not wal.read(wal_path(root, current_name(root))).records  # everything was folded in
 
 
+@pytest.mark.slow  # 15 s: a real server and a rebuild killed
 def test_a_killed_rebuild_keeps_the_last_generation_serving(root: Path, base_index: Path, tmp_path: Path) -> None:
     enc = FakeEncoder(dim=DIM)
     store = LiveStore(root)
