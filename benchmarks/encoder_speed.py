@@ -28,7 +28,6 @@ alike; speed is reported as the median over rounds and as a ratio against torch 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -40,8 +39,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.datasets import TATOEBA_PAIRS, RetrievalDataset, default_data_dir, load_tatoeba, load_xquad_r
+from benchmarks.demo_bench import commit, machine, pct, save_results
 from benchmarks.embeddings import EmbedStats, embed, embed_by_group
-from models.base import ProgressFn
 
 REPO = Path(__file__).resolve().parent.parent
 BACKENDS = ("torch", "onnx", "onnx-int8")
@@ -97,10 +96,6 @@ def speed_inputs(data: Path, tokenizer: Any, n_passages: int, n_queries: int,
 # --------------------------------------------------------------------------------------------------
 
 
-def percentile(values: Sequence[float] | np.ndarray, q: float) -> float:
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
-
-
 def time_batched(enc: Any, texts: Sequence[str]) -> float:
     t0 = time.perf_counter()
     enc.encode_passages(texts, batch_size=BATCH)
@@ -143,7 +138,7 @@ def measure_speed(encoders: dict[str, Any], passages: list[str], queries: list[s
         lat = query_seconds[b]
         out[b] = {
             "passages_per_s": statistics.median(per_round), "passages_per_s_rounds": per_round,
-            "query_ms_p50": 1000 * percentile(lat, 50), "query_ms_p95": 1000 * percentile(lat, 95),
+            "query_ms_p50": 1000 * pct(lat, 50), "query_ms_p95": 1000 * pct(lat, 95),
             "query_ms_mean": 1000 * float(np.mean(lat)), "queries_per_s": len(lat) / float(np.sum(lat)),
         }
         if sentences:
@@ -189,33 +184,10 @@ def auto_choice(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class CacheKeyed:
-    """An encoder whose cache key names its backend: the ONNX encoders share torch's weights checksum, their
-    embeddings must not share its cache entries."""
-
-    enc: Any
-    tag: str
-
-    @property
-    def checksum(self) -> str:
-        return f"{self.enc.checksum}+{self.tag}" if self.tag else str(self.enc.checksum)
-
-    @property
-    def dim(self) -> int:
-        return int(self.enc.dim)
-
-    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        return np.asarray(self.enc.encode_queries(texts))
-
-    def encode_passages(self, texts: Sequence[str], *, batch_size: int = 32,
-                        progress: ProgressFn | None = None) -> np.ndarray:
-        return np.asarray(self.enc.encode_passages(texts, batch_size=batch_size, progress=progress))
-
-
 def cache_tag(backend: str) -> str:
-    """torch keeps the plain key of ``benchmarks.embeddings`` (its cached embeddings are reused); ONNX ones add the
-    backend and the onnxruntime version."""
+    """The ``tag`` of a backend's cache entries (:func:`benchmarks.embeddings.embed`): the ONNX encoders share
+    torch's weights checksum, their embeddings must not share its entries. torch keeps the plain key (its cached
+    embeddings are reused); ONNX ones add the backend and the onnxruntime version."""
     if backend == "torch":
         return ""
     from importlib.metadata import version
@@ -237,15 +209,15 @@ def quality_data(data: Path, limit: int | None) -> QualityData:
     return QualityData(pool, tatoeba)
 
 
-def embed_all(enc: Any, qd: QualityData, stats: EmbedStats) -> dict[str, Any]:
+def embed_all(enc: Any, qd: QualityData, stats: EmbedStats, tag: str) -> dict[str, Any]:
     pool = qd.pool
     return {
         "cands": embed_by_group(enc, "passage", [d.text for d in pool.docs], [str(d.lang) for d in pool.docs],
-                                "xquad sentences", stats),
+                                "xquad sentences", stats, tag),
         "queries": embed_by_group(enc, "query", [q.text for q in pool.queries], [q.lang for q in pool.queries],
-                                  "xquad questions", stats),
-        "tatoeba": {code: (embed(enc, "passage", xx, None, f"tatoeba {code}", stats),
-                           embed(enc, "passage", en, None, f"tatoeba {code}-eng", stats))
+                                  "xquad questions", stats, tag),
+        "tatoeba": {code: (embed(enc, "passage", xx, None, f"tatoeba {code}", stats, tag),
+                           embed(enc, "passage", en, None, f"tatoeba {code}-eng", stats, tag))
                     for code, (xx, en) in qd.tatoeba.items()},
     }
 
@@ -290,7 +262,7 @@ def agreement(ref: dict[str, Any], got: dict[str, Any]) -> dict[str, float]:
     pairs = [(ref["cands"], got["cands"]), (ref["queries"], got["queries"])]
     pairs += [(ref["tatoeba"][c][i], got["tatoeba"][c][i]) for c in ref["tatoeba"] for i in (0, 1)]
     cos = np.concatenate([(a * b).sum(axis=1) for a, b in pairs])
-    return {"min": float(cos.min()), "p1": percentile(cos, 1), "mean": float(cos.mean())}
+    return {"min": float(cos.min()), "p1": pct(cos, 1), "mean": float(cos.mean())}
 
 
 def quality(vecs: dict[str, Any], qd: QualityData) -> dict[str, Any]:
@@ -370,7 +342,6 @@ def render(res: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
-    from benchmarks.demo_bench import commit, machine
     from models.encoders import load_encoder
     from models.onnx_backend import cpu_cores
     from models.registry import resolve_model
@@ -407,7 +378,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for b, enc in encoders.items():
             stats = EmbedStats()
             t0 = time.perf_counter()
-            vecs[b] = embed_all(CacheKeyed(enc, cache_tag(b)), qd, stats)
+            vecs[b] = embed_all(enc, qd, stats, cache_tag(b))
             res["backends"][b]["quality"] = quality(vecs[b], qd)
             res["backends"][b]["quality_embed"] = {"cache_hits": stats.hits, "cache_misses": stats.misses,
                                                    "texts_embedded": stats.texts_embedded,
@@ -444,9 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     res = run(args)
     text = render(res)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    args.out.with_suffix(".md").write_text(text + "\n", encoding="utf-8")
+    save_results(args.out, res, text)
     print(f"\nraw figures: {args.out}; report: {args.out.with_suffix('.md')}", file=sys.stderr)
     return 0
 

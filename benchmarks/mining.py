@@ -1,4 +1,5 @@
 """Bitext mining benchmarks (issue 4): BUCC-style F1, Tatoeba margin vs cosine, speed at 100k x 100k, memory at 2M x 2M.
+Over 500 lines: four benchmarks of one feature, sharing their data loading and report.
 
 ``python -m benchmarks.mining all --out benchmarks/results/mining.json`` runs everything; each part also runs
 alone (``bucc``, ``speed``, ``scale``). Data comes from ``../shared/data`` (never copied).
@@ -40,7 +41,6 @@ memory does not depend on nprobe.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import random
 import resource
@@ -55,7 +55,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.datasets import default_data_dir, load_tatoeba, split_sentences
+from benchmarks.datasets import default_data_dir, load_tatoeba
+from benchmarks.demo_bench import commit, machine, save_results
+from benchmarks.synth import squad_sentences
 from indexer.mining import MineOptions, mine_neighbours
 from indexer.mining_search import ArrayRows, F32Rows, mine_rows
 from models.registry import xlir_home
@@ -74,38 +76,20 @@ MIN_CHARS = 8
 # --------------------------------------------------------------------------------------------------
 
 
-def _contexts(squad: Any) -> list[str]:
-    data = squad["data"] if isinstance(squad, dict) else squad
-    seen: dict[str, None] = {}
-    for art in data:
-        for par in art.get("paragraphs", []):
-            seen.setdefault(par["context"], None)
-    return list(seen)
-
-
-def _sentences_of(contexts: Sequence[str], lang: str) -> list[str]:
-    out: dict[str, None] = {}
-    for ctx in contexts:
-        for start, end in split_sentences(ctx, lang):
-            text = " ".join(ctx[start:end].split())
-            if len(text) >= MIN_CHARS:
-                out.setdefault(text, None)
-    return list(out)
+def _sentences(path: Path, lang: str) -> list[str]:
+    """The sentences of a SQuAD-style file, whitespace normalised, at least ``MIN_CHARS`` long, each once."""
+    texts = (" ".join(s.split()) for s in squad_sentences(path, lang))
+    return list(dict.fromkeys(t for t in texts if len(t) >= MIN_CHARS))
 
 
 def qa_sentences(data: Path, lang: str) -> list[str]:
     name = QA_FILES.get(lang)
-    if name is None:
-        return []
-    with gzip.open(data / "qa-train" / name, "rt", encoding="utf-8") as fh:
-        return _sentences_of(_contexts(json.load(fh)), lang)
+    return _sentences(data / "qa-train" / name, lang) if name is not None else []
 
 
 def xquad_sentences(data: Path, lang: str) -> list[str]:
     path = data / "xquad-r" / f"{lang}.json"
-    if not path.is_file():
-        return []
-    return _sentences_of(_contexts(json.loads(path.read_text(encoding="utf-8"))), lang)
+    return _sentences(path, lang) if path.is_file() else []
 
 
 def _sample(items: Sequence[str], n: int, seed: int) -> list[str]:
@@ -306,7 +290,7 @@ def run_speed(data: Path, model: str, n: int, nprobe: int | None, backend: str =
     """Real: ``mine_files`` over the two clause files (embedding measured at full size). Synthetic: the search
     and scoring run on clustered random vectors of the same shape, and the embedding rate is measured on the
     first ``sample`` clauses of each side with the same encoder (its time for 2 x n is extrapolated)."""
-    from indexer.mining_job import embedding_name, embedding_root, mine_files
+    from indexer.mining_job import mine_files
 
     folder = xlir_home() / "cache" / "bench-mining"
     src_p, tgt_p = speed_corpus(data, n, folder)
@@ -338,9 +322,7 @@ def run_speed(data: Path, model: str, n: int, nprobe: int | None, backend: str =
                         if not any(rep.embed_cached) else None}
         res["job"] = {"index_s": rep.index_seconds, "search_s": rep.search_seconds, "score_s": rep.score_seconds,
                       "write_s": rep.write_seconds, "plan": rep.fwd_plan.describe() if rep.fwd_plan else None}
-        root = embedding_root(enc.checksum)
-        x = F32Rows(root / embedding_name(src_p, False, backend), rep.src_unique, enc.dim).read(0, rep.src_unique)
-        y = F32Rows(root / embedding_name(tgt_p, False, backend), rep.tgt_unique, enc.dim).read(0, rep.tgt_unique)
+        x, y = (rows.read(0, rows.shape[0]) for rows in rep.embeddings)
     runs: dict[str, Any] = {}
     for name, search in (("ivf", "ivf"), ("exact", "exact")):
         t0 = time.perf_counter()
@@ -517,8 +499,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     data = args.data or default_data_dir()
     res: dict[str, Any] = json.loads(args.out.read_text()) if args.out and args.out.is_file() else {}
-    from benchmarks.demo_bench import commit, machine
-
     res.update({"machine": machine(), "commit": commit(), "model": args.model})
     if args.part in ("all", "tatoeba"):
         res["tatoeba"] = run_tatoeba(data, args.model)
@@ -531,10 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         res["scale"] = run_scale(args.n or 2_000_000, args.dim, args.nprobe or 1, args.budget)
     md = render(res)
     print(md)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=2, default=str))
-        args.out.with_suffix(".md").write_text(md + "\n")
+    save_results(args.out, res, md)
     return 0
 
 

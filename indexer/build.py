@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import hashlib
 import itertools
 import json
 import logging
@@ -25,17 +24,17 @@ import time
 from collections.abc import Iterable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-
-import numpy as np
 
 from indexer import wal
 from indexer.langid import LanguageDetector, normalize_lang
-from indexer.layout import adopt_generation, current_name, fsync_tree, generation_dir, is_live_root
+from indexer.layout import adopt_generation, fsync_tree, generation_dir, is_live_root
 from indexer.manifest import MANIFEST, Manifest
 from indexer.readers import Document, read_corpus
 from indexer.write import Batch, EncoderInfo, Timer, WriteOptions, passage_text, write_index
 from models.base import Encoder
+from models.cache import cache_kind, load_or_compute
 from xlir.errors import CorpusError, OverwriteRefused, XlirError
 
 log = logging.getLogger(__name__)
@@ -50,44 +49,6 @@ class BuildOptions(WriteOptions):
     default_lang: str | None = None
     overwrite: bool = False
     resume: bool = True  # keep each chunk's embeddings until the build succeeds, so a rerun skips them
-
-
-class _ChunkCache:
-    """Embeddings of finished chunks, kept beside the build (``.<out>.resume/``) until it succeeds.
-
-    A killed build run again over the same corpus reads the same chunks in the same order: each one whose texts
-    (and encoder) match a saved entry is loaded instead of embedded, so the expensive stage resumes where it
-    stopped; reading, BM25 and FAISS are redone (they are a small share of the time).
-    """
-
-    def __init__(self, folder: Path | None, encoder: Encoder) -> None:
-        self.folder = folder
-        self.tag = f"{encoder.checksum}/{getattr(encoder, 'backend', 'torch')}/{encoder.dim}"
-        self.reused = 0
-
-    def embed(self, encoder: Encoder, texts: Sequence[str], batch_size: int) -> np.ndarray:
-        if self.folder is None:
-            return encoder.encode_passages(texts, batch_size=batch_size)
-        h = hashlib.sha256(self.tag.encode())
-        for t in texts:
-            data = t.encode("utf-8", "surrogatepass")
-            h.update(len(data).to_bytes(8, "little"))
-            h.update(data)
-        path = self.folder / f"{h.hexdigest()[:32]}.npy"
-        if path.is_file():
-            try:
-                vecs = np.load(path)
-                if vecs.shape == (len(texts), encoder.dim):
-                    self.reused += len(texts)
-                    return vecs
-            except (OSError, ValueError):
-                pass
-        vecs = encoder.encode_passages(texts, batch_size=batch_size)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".tmp.npy")
-        np.save(tmp, np.ascontiguousarray(vecs, dtype=np.float32))
-        os.replace(tmp, path)
-        return vecs
 
 
 def chunks(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
@@ -164,8 +125,7 @@ def overwrite_target(out: Path) -> str:
     live = "CURRENT" in entries or (known is not None and "wal" in entries)
     if live:
         try:
-            current_name(out)
-            gen_ok = _manifest_tops(generation_dir(out)) is not None
+            gen_ok = _manifest_tops(generation_dir(out)) is not None  # generation_dir reads and checks CURRENT
         except (XlirError, OSError):
             gen_ok = False
         if not gen_ok:
@@ -287,13 +247,17 @@ def staged(out: Path, overwrite: bool = False) -> Iterator[Path]:
 
 
 def embedded_batches(source: Iterable[Document], encoder: Encoder, opts: BuildOptions, detector: LanguageDetector,
-                     *, cache: _ChunkCache | None = None, timer: Timer | None = None,
+                     *, resume: Path | None = None, timer: Timer | None = None,
                      counts: MutableMapping[str, int] | None = None, unique: bool = True) -> Iterator[Batch]:
     """Read -> language -> embed: the documents of ``source`` in chunks of ``opts.chunk_docs``, each with its
     normalised language (given, or detected) and its vector. Empty documents are skipped; a repeated id is a
-    :class:`CorpusError` when ``unique``. ``counts`` gets ``languages_detected``, ``skipped_empty`` and, once
-    every chunk is out, ``resumed_docs``; ``timer`` the seconds of reading, language ID and embedding."""
-    cache = cache or _ChunkCache(None, encoder)
+    :class:`CorpusError` when ``unique``. ``counts`` gets ``languages_detected``, ``skipped_empty`` and
+    ``resumed_docs``; ``timer`` the seconds of reading, language ID and embedding.
+
+    ``resume`` is a folder of the embedding cache (:func:`models.cache.load_or_compute`) that keeps each chunk's
+    vectors. A killed build run again over the same corpus reads the same chunks in the same order: each one whose
+    texts (and encoder) match a saved entry is loaded instead of embedded, so the expensive stage resumes where it
+    stopped; reading, BM25 and FAISS are redone (they are a small share of the time)."""
     timer = timer or Timer()
     counts = {} if counts is None else counts
     for key in ("languages_detected", "skipped_empty", "resumed_docs"):
@@ -325,11 +289,12 @@ def embedded_batches(source: Iterable[Document], encoder: Encoder, opts: BuildOp
                 langs.append(detector.detect(text))
                 counts["languages_detected"] += 1
         t0 = timer.add("langid", t0)
-        vecs = cache.embed(encoder, texts, opts.batch_size)
+        vecs, cached = load_or_compute(resume, encoder, cache_kind(encoder, "passage"), texts,
+                                       partial(encoder.encode_passages, texts, batch_size=opts.batch_size))
+        counts["resumed_docs"] += len(texts) if cached else 0
         timer.add("embed", t0)
         yield docs, langs, vecs
         t0 = time.perf_counter()
-    counts["resumed_docs"] = cache.reused
 
 
 def build_index(
@@ -351,10 +316,9 @@ def build_index(
         try:
             timer = Timer()
             counts: dict[str, int] = {}
-            cache = _ChunkCache(resume_dir if opts.resume and documents is None else None, encoder)
             source = read_corpus(paths, opts.default_lang) if documents is None else documents
-            batches = embedded_batches(source, encoder, opts, detector or LanguageDetector(), cache=cache,
-                                       timer=timer, counts=counts)
+            batches = embedded_batches(source, encoder, opts, detector or LanguageDetector(), timer=timer,
+                                       counts=counts, resume=resume_dir if opts.resume and documents is None else None)
             manifest = write_index(tmp, batches, opts, EncoderInfo(encoder.name, encoder.checksum, encoder.dim),
                                    sources=paths, build_info=counts, timer=timer)
         except XlirError:  # bad input or options: rerunning as is cannot succeed, nothing worth keeping

@@ -5,9 +5,9 @@
 
 1. read both files (one sentence per line, or JSONL with ``{"text": ...}``), skipping and counting blank and
    invalid UTF-8 lines; optional de-duplication;
-2. embed each side in chunks into ``$XLIR_HOME/cache/mining/<encoder checksum>/<key>.f32``, keyed by the file's
-   sha256 and the options that change the vectors; a finished file is reused by any later job, an interrupted
-   one continues from its last finished chunk;
+2. embed each side in chunks into ``$XLIR_HOME/cache/mining/<encoder checksum>/<key>.f32``, keyed by the encoder
+   checksum, the kind (with the backend) and the side's texts (:func:`models.cache.cache_key`); a finished file
+   is reused by any later job, an interrupted one continues from its last finished chunk;
 3. search both directions (exact, or IVF beyond ``exact_max`` rows), each chunk of queries saved in the job's
    work directory ``<out>.work/`` so that a killed job restarts where it stopped;
 4. score with the margin, write ``<out>.tmp``, fsync, rename to ``<out>``, remove the work directory.
@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ from tqdm import tqdm
 
 from indexer.mining import MinedArrays, MinedPair, MineOptions
 from indexer.mining_search import ArrayRows, F32Rows, SearchPlan, mine_rows
+from models.cache import atomic_path, cache_key, cache_kind
 from models.registry import xlir_home
 from xlir.errors import CorpusError
 
@@ -54,6 +54,7 @@ class MineReport:
     pairs: int  # rows written
     src_unique: int  # sentences embedded (== src unless dedup)
     tgt_unique: int
+    embeddings: tuple[F32Rows, F32Rows]  # each side's vectors in the cache (in the removed work dir without checksum)
     src_skipped: dict[str, int] = field(default_factory=dict)  # kind -> lines, see SKIP_KINDS
     tgt_skipped: dict[str, int] = field(default_factory=dict)
     fwd_plan: SearchPlan | None = None
@@ -89,12 +90,6 @@ def _embed(encoder: PassageEncoder, texts: Sequence[str], batch_size: int, side:
     if not np.isfinite(vecs).all():
         raise ValueError(f"encoder returned NaN or infinite values for {side} sentences")
     return np.ascontiguousarray(vecs, dtype=np.float32)
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def embed_to_file(
@@ -143,23 +138,17 @@ def embed_to_file(
                 fh.write(vecs.astype("<f4", copy=False).tobytes())
                 fh.flush()
                 os.fsync(fh.fileno())
-                _write_json_atomic(state_path, {"rows": n, "dim": dim, "done": stop, "version": CACHE_VERSION})
+                with atomic_path(state_path) as tmp:
+                    tmp.write_text(json.dumps({"rows": n, "dim": dim, "done": stop, "version": CACHE_VERSION}))
                 bar.update(stop - start)
         finally:
             if fh is not None:
                 fh.close()
     os.replace(partial, path)
-    _write_json_atomic(meta_path, {"rows": n, "dim": dim, "version": CACHE_VERSION})
+    with atomic_path(meta_path) as tmp:
+        tmp.write_text(json.dumps({"rows": n, "dim": dim, "version": CACHE_VERSION}))
     state_path.unlink(missing_ok=True)
     return F32Rows(path, n, dim), reused
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _dedup(texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
@@ -328,19 +317,6 @@ def default_cache_dir() -> Path:
     return xlir_home() / "cache" / "mining"
 
 
-def embedding_root(checksum: str, cache_dir: Path | None = None) -> Path:
-    """Where the embeddings of an encoder's mining inputs are cached."""
-    return (cache_dir or default_cache_dir()) / str(checksum)[:16]
-
-
-def embedding_name(path: Path, dedup: bool, backend: str = "torch") -> str:
-    """Cache file name of a mining input's embeddings: the file's sha256 and what changes the rows (the encoder
-    backend too: ONNX and int8 vectors differ slightly from torch ones)."""
-    key = json.dumps({"file": file_sha256(path), "dedup": dedup, "kind": "passage", "reader": CACHE_VERSION,
-                      **({"backend": backend} if backend != "torch" else {})}, sort_keys=True)
-    return hashlib.sha256(key.encode()).hexdigest()[:32] + ".f32"
-
-
 def mine_files(
     encoder: PassageEncoder,
     src_path: str | os.PathLike[str],
@@ -377,16 +353,16 @@ def mine_files(
     work.mkdir(parents=True, exist_ok=True)
     checksum = getattr(encoder, "checksum", None)
     name = getattr(encoder, "name", type(encoder).__name__)
-    emb_root = embedding_root(checksum, cache_dir) if checksum else work / "embeddings"
+    key = (str(checksum or name), cache_kind(encoder, "passage"))
+    emb_root = (cache_dir or default_cache_dir()) / key[0][:16] if checksum else work / "embeddings"
 
     t0 = time.perf_counter()
-    backend = str(getattr(encoder, "backend", "torch"))
-    src_emb, src_cached = embed_to_file(encoder, src_u, emb_root / embedding_name(src_p, opts.dedup, backend),
-                                        batch_size=opts.batch_size, progress=progress, desc="embed src")
-    tgt_emb, tgt_cached = embed_to_file(encoder, tgt_u, emb_root / embedding_name(tgt_p, opts.dedup, backend),
-                                        batch_size=opts.batch_size, progress=progress, desc="embed tgt")
+    (src_emb, src_cached), (tgt_emb, tgt_cached) = (
+        embed_to_file(encoder, texts, emb_root / f"{cache_key(*key, texts)}.f32", batch_size=opts.batch_size,
+                      progress=progress, desc=f"embed {side}")
+        for side, texts in (("src", src_u), ("tgt", tgt_u)))
     embed_s = time.perf_counter() - t0
-    job_key = {"encoder": str(checksum or name), "src": str(src_emb.path.name), "tgt": str(tgt_emb.path.name)}
+    job_key = {"encoder": key[0], "src": str(src_emb.path.name), "tgt": str(tgt_emb.path.name)}
     mined, rep = mine_rows(src_emb, tgt_emb, opts, work=work / "search", job_key=job_key, progress=progress)
     t1 = time.perf_counter()
     src_rows, tgt_rows = src_map[mined.src], tgt_map[mined.tgt]
@@ -399,8 +375,8 @@ def mine_files(
     shutil.rmtree(work, ignore_errors=True)
     return MineReport(
         src_path=src_p, tgt_path=tgt_p, out_path=out_p, src=len(src_texts), tgt=len(tgt_texts),
-        pairs=len(mined), src_unique=len(src_u), tgt_unique=len(tgt_u), src_skipped=src_skipped,
-        tgt_skipped=tgt_skipped, fwd_plan=rep.fwd, bwd_plan=rep.bwd,
+        pairs=len(mined), src_unique=len(src_u), tgt_unique=len(tgt_u), embeddings=(src_emb, tgt_emb),
+        src_skipped=src_skipped, tgt_skipped=tgt_skipped, fwd_plan=rep.fwd, bwd_plan=rep.bwd,
         embed_cached=(src_cached, tgt_cached), resumed_chunks=rep.resumed_chunks, embed_seconds=embed_s,
         index_seconds=rep.index_seconds, search_seconds=rep.search_seconds, score_seconds=rep.score_seconds,
         write_seconds=time.perf_counter() - t1,

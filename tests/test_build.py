@@ -145,36 +145,6 @@ def test_encoder_failure_mid_build_leaves_nothing(tmp_path: Path, corpus: Path) 
     _assert_nothing_left(tmp_path, tmp_path / "idx")
 
 
-def test_killed_build_resumes_without_embedding_finished_chunks(tmp_path: Path, corpus: Path) -> None:
-    class Dying(FakeEncoder):
-        def __init__(self) -> None:
-            super().__init__(dim=8, table=_table())
-            self.calls = 0
-
-        def encode_passages(self, texts, **kw):  # type: ignore[no-untyped-def]
-            self.calls += 1
-            if self.calls == 3:
-                raise KeyboardInterrupt  # as if killed while embedding the third chunk
-            return super().encode_passages(texts, **kw)
-
-    out = tmp_path / "idx"
-    with pytest.raises(KeyboardInterrupt):
-        build_index([corpus], out, Dying(), BuildOptions(progress=False, chunk_docs=2))
-    _assert_nothing_left(tmp_path, out)
-    assert len(list((tmp_path / ".idx.resume").glob("*.npy"))) == 2
-    enc = FakeEncoder(dim=8, table=_table())
-    m = build_index([corpus], out, enc, BuildOptions(progress=False, chunk_docs=2))
-    assert sum(len(c) for c in enc.passage_calls) == 3  # 4 of the 7 documents came from the finished chunks
-    assert m.build["resumed_docs"] == 4
-    assert not (tmp_path / ".idx.resume").exists()
-    clean = build_index([corpus], tmp_path / "clean", FakeEncoder(dim=8, table=_table()),
-                        BuildOptions(progress=False, chunk_docs=2, resume=False))
-    assert not (tmp_path / ".clean.resume").exists()
-    for a, b in zip(sorted(out.rglob("*.f32")), sorted((tmp_path / "clean").rglob("*.f32")), strict=True):
-        assert a.read_bytes() == b.read_bytes()
-    assert clean.doc_count == m.doc_count == 7
-
-
 def test_empty_corpus_bad_lang_and_existing_output(tmp_path: Path, corpus: Path) -> None:
     empty = write_jsonl(tmp_path / "empty.jsonl", [])
     with pytest.raises(CorpusError, match="no documents found"):

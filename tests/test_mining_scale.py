@@ -1,8 +1,8 @@
-"""Mining at scale: IVF search against the exact path, chunked reading, resumption, planning, the cache."""
+"""Mining at scale: IVF search against the exact path, chunked reading, resumption, planning (its embedding cache:
+tests/test_embedding_cache.py)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,7 +13,7 @@ import pytest
 from indexer import mining_search
 from indexer.centering import center_sides
 from indexer.mining import MinedArrays, MineOptions, mine
-from indexer.mining_job import embed_to_file, mine_files, mine_texts
+from indexer.mining_job import mine_texts
 from indexer.mining_search import (
     ArrayRows,
     F32Rows,
@@ -200,47 +200,6 @@ class CountingEncoder:
         self.embedded += len(texts)
         out = np.stack([np.random.default_rng(abs(hash(t)) % 2**32).normal(size=self.dim) for t in texts])
         return unit(out)
-
-
-def test_embedding_file_resumes_after_a_crash(tmp_path: Path) -> None:
-    texts = [f"sentence {i}" for i in range(1000)]
-    path = tmp_path / "emb" / "x.f32"
-    with pytest.raises(KeyboardInterrupt):
-        embed_to_file(CountingEncoder(fail_on=4), texts, path, chunk=300)
-    assert not path.exists()
-    state = json.loads(path.with_name("x.f32.partial.json").read_text())
-    assert state["done"] == 900
-    enc = CountingEncoder()
-    rows, reused = embed_to_file(enc, texts, path, chunk=300)
-    assert (reused, enc.embedded) == (900, 100)
-    np.testing.assert_allclose(rows.read(0, 1000), CountingEncoder().encode_passages(texts), atol=1e-7)
-    assert sorted(p.name for p in path.parent.iterdir()) == ["x.f32", "x.f32.json"]
-    enc2 = CountingEncoder()
-    _, reused2 = embed_to_file(enc2, texts, path, chunk=300)
-    assert (reused2, enc2.embedded) == (1000, 0)
-
-
-def test_mine_files_reuses_cached_embeddings_across_jobs(tmp_path: Path) -> None:
-    src, tgt = tmp_path / "a.txt", tmp_path / "b.txt"
-    src.write_text("\n".join(f"s{i}" for i in range(300)) + "\n")
-    tgt.write_text("\n".join(f"t{i}" for i in range(200)) + "\n")
-    cache = tmp_path / "cache"
-    enc = CountingEncoder()
-    r1 = mine_files(enc, src, tgt, tmp_path / "o1.tsv", cache_dir=cache, k=2)
-    assert (enc.embedded, r1.embed_cached) == (500, (0, 0))
-    r2 = mine_files(enc, src, tgt, tmp_path / "o2.tsv", cache_dir=cache, k=3, retrieval="fwd",
-                    search="ivf", nprobe=2)
-    assert (enc.embedded, r2.embed_cached) == (500, (300, 200))
-    assert r2.fwd_plan is not None and r2.fwd_plan.kind == "ivf-flat"
-    assert len((tmp_path / "o2.tsv").read_text().splitlines()) == 301
-    onnx = CountingEncoder()
-    onnx.backend = "onnx-int8"  # type: ignore[attr-defined]  # same weights checksum, other vectors: own entry
-    mine_files(onnx, src, tgt, tmp_path / "o4.tsv", cache_dir=cache)
-    assert onnx.embedded == 500
-    tgt.write_text("\n".join(f"t{i}" for i in range(201)) + "\n")  # changed file: new key
-    mine_files(enc, src, tgt, tmp_path / "o3.tsv", cache_dir=cache)
-    assert enc.embedded == 701
-    assert not any(p.name.endswith(".work") for p in tmp_path.iterdir())
 
 
 def test_mine_texts_ivf_path_maps_dedup_rows() -> None:

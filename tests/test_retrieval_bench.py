@@ -316,7 +316,7 @@ def test_main_end_to_end_with_a_fake_encoder(tmp_path: Path, monkeypatch: pytest
 
 
 # --------------------------------------------------------------------------------------------------
-# LAReQA's AP@20, the alpha rule, the embedding cache key, the detected-language conditions
+# LAReQA's AP@20, the alpha rule, the detected-language conditions
 # --------------------------------------------------------------------------------------------------
 
 
@@ -354,17 +354,6 @@ def test_sweep_takes_the_best_alpha_then_the_larger_on_ties() -> None:
     assert retrieval.sweep(runs({0.0: 2, 1.0: 2}), ds, alphas=(0.0, 1.0))[0] == 1.0
     with pytest.raises(ValueError):
         retrieval.sweep(runs(scores), ds, alphas=())
-
-
-def test_embedding_cache_key() -> None:
-    from benchmarks.embeddings import cache_key
-
-    base = cache_key("sum1", "passage", ["a", "b"])
-    assert base == cache_key("sum1", "passage", ["a", "b"]) and len(base) == 64
-    others = [cache_key("sum2", "passage", ["a", "b"]), cache_key("sum1", "query", ["a", "b"]),
-              cache_key("sum1", "passage", ["a", "c"]), cache_key("sum1", "passage", ["b", "a"]),
-              cache_key("sum1", "passage", ["ab"]), cache_key("sum1", "passage", ["a", "b", ""])]
-    assert len({base, *others}) == len(others) + 1
 
 
 def test_detected_conditions_leave_lang_to_the_detector() -> None:
