@@ -23,7 +23,7 @@ from indexer.manifest import Manifest
 from indexer.store import open_index
 from indexer.write import EncoderInfo, WriteOptions, write_index
 from models.base import Encoder
-from xlir.errors import Conflict, CorpusError
+from xlir.errors import CorpusError
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +39,15 @@ class CompactReport:
     seconds: float
 
 
-def compact(root: Path, *, progress: bool = False, keep: int = layout.KEEP_PREVIOUS,
-            before_publish: Callable[[str], None] | None = None) -> CompactReport:
+def compact(root: Path, *, progress: bool = False, before_publish: Callable[[str], None] | None = None
+            ) -> CompactReport:
     """Merge the current generation and its log into a new generation and publish it (see the module doc).
 
     ``before_publish(new_dir)`` is called once the new generation is complete, just before publishing (tests).
     """
     root = Path(root)
     t0 = time.perf_counter()
-    with wal.root_lock(root, blocking=False, name=layout.COMPACT_LOCK) as got:
-        if not got:
-            raise Conflict(f"a compaction of {root} is already running")
-        layout.cleanup(root)
+    with layout.compacting(root):
         with wal.root_lock(root):
             old = layout.current_name(root)
             log_path = layout.wal_path(root, old)
@@ -75,7 +72,6 @@ def compact(root: Path, *, progress: bool = False, keep: int = layout.KEEP_PREVI
             before_publish(str(root / new))
         last_lsn = res.records[-1].lsn if res.records else 0
         carried = layout.publish(root, new, old, last_lsn if log_path.exists() else None)
-        layout.remove_old_generations(root, keep)
     report = CompactReport(old=layout.generation_label(old), new=layout.generation_label(new), docs=snap.size,
                            from_delta=snap.view.live_delta, tombstones=snap.view.tomb_count,
                            carried_records=carried, seconds=round(time.perf_counter() - t0, 3))
@@ -87,14 +83,4 @@ def compact(root: Path, *, progress: bool = False, keep: int = layout.KEEP_PREVI
 def rebuild(paths: Sequence[Path], root: Path, encoder: Encoder, options: BuildOptions) -> tuple[Manifest, str]:
     """``xlir index --overwrite`` on a live root: build a new generation from ``paths`` and publish it with an
     empty log (a rebuild replaces the whole collection, including updates written since the last one)."""
-    root = Path(root)
-    with wal.root_lock(root, blocking=False, name=layout.COMPACT_LOCK) as got:
-        if not got:
-            raise Conflict(f"a compaction of {root} is running")
-        layout.cleanup(root)
-        old = layout.current_name(root)
-        new = layout.next_generation(root)
-        manifest = build_index(paths, root / new, encoder, options)
-        layout.publish(root, new, old, None)
-        layout.remove_old_generations(root)
-    return manifest, new
+    return layout.replace_generation(root, lambda directory: build_index(paths, directory, encoder, options))

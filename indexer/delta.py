@@ -29,6 +29,7 @@ from indexer.centering import center
 from indexer.layout import ROOT_GENERATION
 from indexer.readers import Document
 from indexer.store import Hits, Index, SearchIndex
+from indexer.text import tokenize
 from indexer.topk import top_k
 from indexer.write import Batch, passage_text
 from xlir.errors import IndexInvalid
@@ -109,9 +110,6 @@ class Delta:
         for rec in records:
             self.apply(rec)
 
-    def __len__(self) -> int:
-        return len(self.docs)
-
     @cached_property
     def main_ids(self) -> dict[str, int]:
         """Document id -> row of the generation, read from its docstores at the first write or replay."""
@@ -146,8 +144,6 @@ class Delta:
 
     def apply(self, rec: wal.Record) -> bool:
         """Apply one log record; returns whether a document was replaced or deleted."""
-        from indexer.text import tokenize
-
         self.lsn = max(self.lsn, rec.lsn)
         existed = self._remove(rec.doc_id)
         if rec.op == wal.DELETE:
@@ -325,8 +321,6 @@ def main_id_map(index: Index) -> dict[str, int]:
 
 def main_postings_from_docs(index: Index) -> Postings:
     """BM25 term frequencies of an index built before they were saved, recomputed from its documents."""
-    from indexer.text import tokenize
-
     docs = [tokenize(passage_text(d["title"], d["text"])) for d in map(index.doc, range(index.size))]
     return Postings.from_tokens(docs)  # terms are looked up by string, so its own vocabulary serves
 
@@ -335,15 +329,17 @@ def live_batches(index: LiveIndex, size: int = 4096) -> Iterator[Batch]:
     """Every live document of a snapshot with its language and stored raw vector, in row order, in batches of at
     most ``size`` (what a compaction writes)."""
     v, main = index.view, index.main
-    for info, raw in zip(main.manifest.shards, main._raw_vectors(), strict=True):
+
+    def batch(docs: list[dict[str, Any]], vecs: np.ndarray) -> Batch:
+        langs = [d["lang"] for d in docs]
+        return [Document(d["id"], d["text"], d.get("title", ""), d["lang"]) for d in docs], langs, vecs
+
+    for info, raw in zip(main.manifest.shards, main.raw_vectors(), strict=True):
         for start in range(0, info.count, size):
             rows = np.arange(start, min(start + size, info.count))
             if v.tomb_count:
                 rows = rows[~v.main_tomb[info.offset + rows]]
-            docs = [main.doc(info.offset + int(i)) for i in rows]
-            yield [Document(**d) for d in docs], [d["lang"] for d in docs], np.asarray(raw[rows], dtype=np.float32)
+            yield batch([main.doc(info.offset + int(i)) for i in rows], np.asarray(raw[rows], dtype=np.float32))
     live = np.flatnonzero(~v.dead)
     for start in range(0, len(live), size):
-        docs = [v.docs[j] for j in live[start : start + size]]
-        yield ([Document(id=d["id"], text=d["text"], title=d.get("title", ""), lang=d["lang"]) for d in docs],
-               [d["lang"] for d in docs], v.vecs[live[start : start + size]])
+        yield batch([v.docs[j] for j in live[start : start + size]], v.vecs[live[start : start + size]])

@@ -16,19 +16,14 @@ from typing import Any
 import faiss
 import numpy as np
 
-from indexer.planning import IVF_MIN_VECTORS, TuneOptions, ivf_nlist, pq_sizes, tune_index
+from indexer.planning import HNSW_M, IVF_MIN_VECTORS, TuneOptions, ivf_nlist, pq_sizes, tune_index
 from indexer.topk import Transform, read_rows, top_k
 
 INDEX_TYPES = ("flat", "hnsw", "ivfflat", "ivfsq8", "ivfpq")
 IVF_TYPES = ("ivfflat", "ivfsq8", "ivfpq")
-IVFPQ_MIN_DOCS = IVF_MIN_VECTORS
-HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
 HNSW_EF_SEARCH = 128
 IVF_NPROBE = 16  # before tuning
-
-__all__ = ["INDEX_TYPES", "IVF_TYPES", "DenseShard", "apply_search_params", "build_faiss_index", "ivf_nlist",
-           "load_shard_index", "search_shards"]
 
 
 def build_faiss_index(
@@ -150,12 +145,10 @@ class DenseShard:
         return int(self.index.ntotal)
 
 
-def load_shard_index(path: Path, offset: int, mmap: bool = True,
-                     search_params: Mapping[str, Any] | None = None) -> DenseShard:
+def load_shard_index(path: Path, offset: int, search_params: Mapping[str, Any] | None = None) -> DenseShard:
     """Read a shard's index (memory-mapped when the type allows) and apply its recorded ``search_params``."""
-    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
     try:
-        index = faiss.read_index(str(path), flags)
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
     except RuntimeError:  # index types without mmap support are read into memory
         index = faiss.read_index(str(path))
     apply_search_params(index, search_params)

@@ -23,7 +23,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from indexer import wal
 from indexer.manifest import MANIFEST, Manifest
@@ -40,6 +43,7 @@ ROOT_GENERATION = "."
 COMPACT_LOCK = "COMPACT.lock"
 KEEP_PREVIOUS = 1  # generations kept besides the current one (a server may still be finishing queries on it)
 _GEN_RE = re.compile(r"^generations/g(\d{6})$")
+T = TypeVar("T")
 
 
 def current_name(root: Path) -> str:
@@ -80,14 +84,7 @@ def is_live_root(root: Path) -> bool:
 
 def set_current(root: Path, name: str) -> None:
     """Point ``root/CURRENT`` at ``name`` atomically and durably."""
-    root = Path(root)
-    tmp = root / (CURRENT + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(name + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(root / CURRENT)
-    wal.fsync_dir(root)
+    wal.write_durably(Path(root) / CURRENT, f"{name}\n".encode())
 
 
 def fsync_tree(directory: Path) -> None:
@@ -100,36 +97,35 @@ def fsync_tree(directory: Path) -> None:
         wal.fsync_dir(d)
 
 
-def cleanup(root: Path) -> list[str]:
+def _generations(root: Path) -> list[tuple[Path, int | None]]:
+    """The directories under ``root/generations``, each with its generation number (None: a temporary one)."""
+    gens = Path(root) / GENERATIONS
+    return [(p, None if p.name.startswith(".") else generation_number(f"{GENERATIONS}/{p.name}"))
+            for p in (sorted(gens.iterdir()) if gens.is_dir() else [])]
+
+
+def _remove_generation(root: Path, directory: Path, number: int | None) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+    if number is not None:  # a temporary directory has no log
+        wal_path(root, f"{GENERATIONS}/{directory.name}").unlink(missing_ok=True)
+
+
+def cleanup(root: Path) -> None:
     """Remove what killed builds or compactions left: temporary directories under ``generations/`` and
-    generations (with their logs) that ``CURRENT`` does not name and that are newer than it. Returns what went."""
-    root = Path(root)
-    gens = root / GENERATIONS
-    removed: list[str] = []
-    if not gens.is_dir():
-        return removed
+    generations (with their logs) that ``CURRENT`` does not name and that are newer than it."""
     current = generation_number(current_name(root))
-    for p in sorted(gens.iterdir()):
-        name = f"{GENERATIONS}/{p.name}"
-        if p.name.startswith(".") or generation_number(name) > current:
-            shutil.rmtree(p, ignore_errors=True)
-            if not p.name.startswith("."):
-                wal_path(root, name).unlink(missing_ok=True)
-            removed.append(p.name)
-    return removed
+    for p, n in _generations(root):
+        if n is None or n > current:
+            _remove_generation(root, p, n)
 
 
-def remove_old_generations(root: Path, keep: int = KEEP_PREVIOUS) -> None:
-    """Delete generations (and their logs) older than the current one and the ``keep`` before it."""
+def remove_old_generations(root: Path) -> None:
+    """Delete generations (and their logs) older than the current one and the ``KEEP_PREVIOUS`` before it."""
     current = generation_number(current_name(root))
-    gens = root / GENERATIONS
-    for p in sorted(gens.iterdir()) if gens.is_dir() else []:
-        name = f"{GENERATIONS}/{p.name}"
-        n = generation_number(name)
-        if not p.name.startswith(".") and n < current - keep:
-            shutil.rmtree(p, ignore_errors=True)
-            wal_path(root, name).unlink(missing_ok=True)
-    if current - keep > 0 and (root / MANIFEST).exists():  # generation 0: the root's own index files
+    for p, n in _generations(root):
+        if n is not None and n < current - KEEP_PREVIOUS:
+            _remove_generation(root, p, n)
+    if current - KEEP_PREVIOUS > 0 and (root / MANIFEST).exists():  # generation 0: the root's own index files
         _remove_root_generation(root)
         wal_path(root, ROOT_GENERATION).unlink(missing_ok=True)
 
@@ -149,10 +145,7 @@ def _remove_root_generation(root: Path) -> None:
 
 
 def next_generation(root: Path) -> str:
-    gens = Path(root) / GENERATIONS
-    numbers = [generation_number(current_name(root))]
-    if gens.is_dir():
-        numbers += [generation_number(f"{GENERATIONS}/{p.name}") for p in gens.iterdir() if not p.name.startswith(".")]
+    numbers = [generation_number(current_name(root))] + [n for _, n in _generations(root) if n is not None]
     (Path(root) / GENERATIONS).mkdir(exist_ok=True)
     return f"{GENERATIONS}/g{max(numbers) + 1:06d}"
 
@@ -161,8 +154,9 @@ def publish(root: Path, new: str, expected_current: str, after_lsn: int | None) 
     """Make generation ``new`` (already complete under ``root``) the current one.
 
     Under the root's lock: the records of ``expected_current``'s log with an LSN above ``after_lsn`` (None: none,
-    a rebuild replaces everything) are copied into ``new``'s log, then ``CURRENT`` is swapped. Returns how many
-    records were carried. Raises :class:`Conflict` if another generation was published meanwhile, and
+    a rebuild replaces everything) are copied into ``new``'s log, then ``CURRENT`` is swapped; generations older
+    than the previous one are removed after (:func:`remove_old_generations`). Returns how many records were
+    carried. Raises :class:`Conflict` if another generation was published meanwhile, and
     :class:`~indexer.wal.WalCorrupt` (nothing published, the log untouched) if the log is damaged.
     """
     root = Path(root)
@@ -179,7 +173,31 @@ def publish(root: Path, new: str, expected_current: str, after_lsn: int | None) 
         new_log.parent.mkdir(parents=True, exist_ok=True)
         wal.create(new_log, tail)
         set_current(root, new)
+    remove_old_generations(root)
     return len(tail)
+
+
+@contextmanager
+def compacting(root: Path) -> Iterator[None]:
+    """Hold ``root``'s ``COMPACT.lock`` (one compaction or rebuild at a time; :class:`Conflict` if another runs),
+    after removing what killed ones left (:func:`cleanup`)."""
+    with wal.root_lock(root, blocking=False, name=COMPACT_LOCK) as got:
+        if not got:
+            raise Conflict(f"a compaction of {root} is already running")
+        cleanup(root)
+        yield
+
+
+def replace_generation(root: Path, write: Callable[[Path], T]) -> tuple[T, str]:
+    """Write ``root``'s next generation with ``write(directory)`` and publish it with an empty log (the new
+    generation replaces the whole collection, updates written since the last one included); returns what
+    ``write`` returned and the generation's name."""
+    root = Path(root)
+    with compacting(root):
+        old, new = current_name(root), next_generation(root)
+        result = write(root / new)
+        publish(root, new, old, None)
+    return result, new
 
 
 def adopt_generation(root: Path, built: Path) -> str:
@@ -187,14 +205,4 @@ def adopt_generation(root: Path, built: Path) -> str:
     generation, with an empty log. For ``xlir index --overwrite`` of a plain index that took its first update
     while the new one was being built: replacing the directory would leave the server writing to the old
     directory's log; a new generation is followed by every reader and writer."""
-    root = Path(root)
-    with wal.root_lock(root, blocking=False, name=COMPACT_LOCK) as got:
-        if not got:
-            raise Conflict(f"a compaction of {root} is running")
-        cleanup(root)
-        old = current_name(root)
-        new = next_generation(root)
-        Path(built).rename(root / new)
-        publish(root, new, old, None)
-        remove_old_generations(root)
-    return new
+    return replace_generation(root, Path(built).rename)[1]

@@ -20,8 +20,11 @@ import numpy as np
 
 from indexer import wal
 from indexer.bm25 import Postings
+from indexer.build import BuildOptions, embedded_batches
 from indexer.delta import Delta, LiveIndex, main_postings_from_docs
+from indexer.langid import LanguageDetector, normalize_lang
 from indexer.layout import ROOT_GENERATION, current_name, generation_dir, generation_label, wal_path
+from indexer.readers import read_corpus
 from indexer.store import Index, open_index, verify_index
 from indexer.write import passage_text
 from xlir.errors import BadQuery, DocumentNotFound, IndexInvalid, IndexNotReady
@@ -62,12 +65,11 @@ class LiveStore:
     new snapshot published to readers.
     """
 
-    def __init__(self, root: Path, *, encoder_checksum: str | None = None, verify: str = "size",
-                 on_publish: Callable[[LiveIndex], None] | None = None) -> None:
+    def __init__(self, root: Path, *, encoder_checksum: str | None = None, verify: str = "size") -> None:
         self.root = Path(root)
         self.encoder_checksum = encoder_checksum
         self.verify = verify
-        self.on_publish = on_publish
+        self.on_publish: Callable[[LiveIndex], None] | None = None  # the server's: called with each new snapshot
         self._lock = threading.Lock()
         self._pending_lock = threading.Lock()
         self._pending: list[_Ticket] = []
@@ -81,11 +83,11 @@ class LiveStore:
         self._verified_main: tuple[str, Index] | None = None
         self.generation = ROOT_GENERATION
         self.reload_error: str | None = None
-        self.reloads = 0
         self.main: Index
         self.delta: Delta
         self.snapshot: LiveIndex
-        self._load(self._open_main(current_name(self.root)), current_name(self.root))
+        name = current_name(self.root)
+        self._load(self._open_main(name), name)
 
     # -- loading
     def _open_main(self, name: str) -> Index:
@@ -185,7 +187,6 @@ class LiveStore:
             if self._verified_main is not None and self._verified_main[0] == name:
                 self._verified_main = None  # served now; no lock: _verified may hold it for seconds
             self.reload_error, self._log_failed = None, False
-            self.reloads += 1
             log.info("serving generation %s (%d docs)", name, self.snapshot.size)
         return True
 
@@ -222,7 +223,7 @@ class LiveStore:
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.shape != (len(docs), self.delta.dim):
             raise ValueError(f"expected {len(docs)} vectors of dim {self.delta.dim}, got shape {vectors.shape}")
-        return self._submit(_Ticket("upsert", (list(docs), np.asarray(vectors, dtype=np.float32))))
+        return self._submit(_Ticket("upsert", (list(docs), vectors)))
 
     def delete(self, doc_id: str) -> WriteResult:
         """Delete a document; raises :class:`DocumentNotFound` for an unknown id (nothing is logged)."""
@@ -308,23 +309,17 @@ class LiveStore:
     def _apply_batch(self, batch: list[_Ticket], lsn: int) -> list[wal.Record]:
         records: list[wal.Record] = []
         for t in batch:
-            existed: list[bool] = []
             if t.op == "upsert":
                 docs, vecs = t.payload
-                for doc, vec in zip(docs, vecs, strict=True):
-                    lsn += 1
-                    rec = wal.Record.upsert(lsn, doc, vec)
-                    records.append(rec)
-                    existed.append(self.delta.apply(rec))
+                new = [wal.Record.upsert(lsn + i, d, v) for i, (d, v) in enumerate(zip(docs, vecs, strict=True), 1)]
             elif not self.delta.exists(t.payload):
                 t.error = DocumentNotFound(f"no document with id {t.payload!r}")
                 continue
             else:
-                lsn += 1
-                rec = wal.Record.delete(lsn, t.payload)
-                records.append(rec)
-                existed.append(self.delta.apply(rec))
-            t.result = existed
+                new = [wal.Record.delete(lsn + 1, t.payload)]
+            lsn += len(new)
+            records += new
+            t.result = [self.delta.apply(rec) for rec in new]  # whether each replaced or deleted a document
         return records
 
     def close(self) -> None:
@@ -345,8 +340,6 @@ class LiveStore:
 
 def prepare_documents(raw: Sequence[dict[str, Any]], detect: Callable[[str], str]) -> list[dict[str, str]]:
     """Validate and normalise documents for an upsert (``id``, ``text``, optional ``title``, ``lang``)."""
-    from indexer.langid import normalize_lang
-
     out = []
     for i, d in enumerate(raw):
         doc_id = str(d.get("id") or "").strip()
@@ -377,21 +370,16 @@ class AppendReport:
 
 
 def append_files(root: Path, paths: Sequence[Path], encoder: Any, *, default_lang: str | None = None,
-                 batch_size: int = 32, chunk_docs: int = 512,
-                 progress: Callable[[int], None] | None = None) -> AppendReport:
+                 batch_size: int = 32) -> AppendReport:
     """``xlir index --append``: upsert the documents of corpus files into the live index at ``root``.
 
     Documents are read, given their language and embedded as a build does (:func:`indexer.build.embedded_batches`:
-    empty ones skipped, a repeated id replaces the earlier one) and written to the log in chunks of ``chunk_docs``,
+    empty ones skipped, a repeated id replaces the earlier one) and written to the log in chunks of 512 documents,
     each fsync'd (a running server picks them up at its next refresh). Killed midway, the finished chunks stay;
     running it again is harmless, as an upsert of the same document is idempotent.
     """
-    from indexer.build import BuildOptions, embedded_batches
-    from indexer.langid import LanguageDetector
-    from indexer.readers import read_corpus
-
     store = LiveStore(root, encoder_checksum=encoder.checksum, verify="size")
-    opts = BuildOptions(batch_size=batch_size, chunk_docs=chunk_docs, default_lang=default_lang)
+    opts = BuildOptions(batch_size=batch_size, chunk_docs=512, default_lang=default_lang)
     counts: dict[str, int] = {}
     count = replaced = 0
     try:
@@ -401,8 +389,6 @@ def append_files(root: Path, paths: Sequence[Path], encoder: Any, *, default_lan
                                 for d, lang in zip(docs, langs, strict=True)], vecs)
             count += res.count
             replaced += sum(res.existed)
-            if progress is not None:
-                progress(len(docs))
     finally:
         store.close()
     return AppendReport(count=count, replaced=replaced, skipped_empty=counts.get("skipped_empty", 0),

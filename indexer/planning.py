@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import faiss
@@ -53,21 +53,15 @@ import numpy as np
 
 from indexer.topk import Transform, read_rows, top_k_dot
 
-__all__ = [
-    "ANN_FALLBACK", "AUTO_HNSW", "DEFAULT_ANN", "FLAT_MAX_VECTORS", "IVF_MIN_VECTORS", "TARGET_RECALL", "IndexPlan",
-    "TuneOptions",
-    "format_bytes", "holdout_sample", "index_bytes", "ivf_nlist", "parse_bytes", "plan_index",
-    "pq_sizes", "recall_at_k", "recall_per_query", "tune_index", "tune_search_params",
-]
-
 FLAT_MAX_VECTORS: Final = 200_000
 IVF_MIN_VECTORS: Final = 10_000  # a shard smaller than this gets a flat index whatever the plan (IVF needs training)
 DEFAULT_ANN: Final = "hnsw"
 AUTO_HNSW: Final = {"M": 16, "efConstruction": 40}  # the graph --index auto builds (explicit hnsw: M=32, efC=200)
 ANN_FALLBACK: Final = "ivfflat"
 TARGET_RECALL: Final = 0.95
-HNSW_M: Final = 32
+HNSW_M: Final = 32  # the graph an explicit --index hnsw builds
 PQ_NBITS: Final = 8
+
 
 def ivf_nlist(n: int) -> int:
     """Inverted lists for ``n`` vectors: ~4 sqrt(n), and at least 39 training points per list."""
@@ -132,9 +126,6 @@ class IndexPlan:
     options: dict[str, Any] = field(default_factory=dict)  # build options of the kind, e.g. {"m": 96} for ivfpq
     memory_budget: int | None = None
     flat_max: int = FLAT_MAX_VECTORS
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def plan_index(n_vectors: int, dim: int, memory_budget_bytes: int | None = None, *,
@@ -314,15 +305,12 @@ def tune_index(index: faiss.Index, vectors: np.ndarray, *, transform: Transform 
     if _knob(index) is None or n <= opts.k + 1:
         return {}
     t0 = time.perf_counter()
+    exclude: np.ndarray | None = None
     if held_out:
-        rows = np.arange(n, len(vectors))
-        queries = read_rows(vectors, rows, transform)
-        exact = top_k_dot(vectors[:n], queries, opts.k, transform=transform)
-        exclude = None
+        queries = read_rows(vectors, np.arange(n, len(vectors)), transform)
     else:
-        queries, rows = holdout_sample(vectors, opts.sample, noise=opts.noise, seed=opts.seed, transform=transform)
-        exact = top_k_dot(vectors, queries, opts.k, exclude=rows, transform=transform)
-        exclude = rows
+        queries, exclude = holdout_sample(vectors, opts.sample, noise=opts.noise, seed=opts.seed, transform=transform)
+    exact = top_k_dot(vectors[:n], queries, opts.k, exclude=exclude, transform=transform)
     t_exact = time.perf_counter() - t0
     out = tune_search_params(index, queries, exact, target_recall=opts.target_recall, exclude=exclude, z=opts.z)
     sample = "last rows, added after tuning" if held_out else "leave-one-out"

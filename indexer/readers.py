@@ -89,9 +89,10 @@ def _first(record: dict[str, object], keys: Sequence[str]) -> object | None:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """The lines of ``path`` that are not blank, with their numbers."""
     try:
         with _open_text(path) as fh:
-            yield from enumerate(fh, start=1)
+            yield from ((lineno, line) for lineno, line in enumerate(fh, start=1) if line.strip())
     except UnicodeDecodeError as exc:
         raise CorpusError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
     except (OSError, EOFError) as exc:
@@ -100,8 +101,6 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
 
 def read_jsonl(path: Path, default_lang: str | None = None) -> Iterator[Document]:
     for lineno, line in _lines(path):
-        if not line.strip():
-            continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -129,8 +128,6 @@ def read_tsv(path: Path, default_lang: str | None = None) -> Iterator[Document]:
     """``id<TAB>text[<TAB>title[<TAB>lang]]``, or any column order given by a header row naming id and text."""
     columns: dict[str, int] = {"id": 0, "text": 1, "title": 2, "lang": 3}
     for lineno, line in _lines(path):
-        if not line.strip():
-            continue
         row = next(csv.reader([line.rstrip("\n")], delimiter="\t", quoting=csv.QUOTE_NONE))
         if lineno == 1:
             header = [c.strip().lower() for c in row]
@@ -160,33 +157,23 @@ def _corpus_files(directory: Path) -> list[Path]:
     files = sorted(directory.glob("docs-*.jsonl")) + sorted(directory.glob("docs-*.jsonl.gz"))
     if files:
         return files
-    raise CorpusError(
-        f"{directory}: not a BEIR (corpus.jsonl) or MIRACL (docs-*.jsonl[.gz]) corpus directory"
-    )
-
-
-def detect_format(path: Path) -> str:
-    if path.is_dir():
-        return "dir"
-    name = path.name.lower().removesuffix(".gz")
-    if name.endswith((".jsonl", ".json", ".ndjson")):
-        return "jsonl"
-    if name.endswith((".tsv", ".tab", ".txt")):
-        return "tsv"
-    raise CorpusError(f"{path}: unknown corpus format (expected .jsonl, .tsv, optionally .gz, or a BEIR/MIRACL dir)")
+    raise CorpusError(f"{directory}: not a BEIR (corpus.jsonl) or MIRACL (docs-*.jsonl[.gz]) corpus directory")
 
 
 def read_corpus(paths: Sequence[Path], default_lang: str | None = None) -> Iterator[Document]:
-    """Stream the documents of every path in order."""
+    """Stream the documents of every path in order; the format of a file is told by its name."""
     for path in paths:
         path = Path(path)
         if not path.exists():
             raise CorpusError(f"{path}: no such file or directory")
-        fmt = detect_format(path)
-        if fmt == "dir":
+        name = path.name.lower().removesuffix(".gz")
+        if path.is_dir():
             for f in _corpus_files(path):
                 yield from read_jsonl(f, default_lang)
-        elif fmt == "jsonl":
+        elif name.endswith((".jsonl", ".json", ".ndjson")):
             yield from read_jsonl(path, default_lang)
-        else:
+        elif name.endswith((".tsv", ".tab", ".txt")):
             yield from read_tsv(path, default_lang)
+        else:
+            raise CorpusError(f"{path}: unknown corpus format (expected .jsonl, .tsv, optionally .gz, "
+                              "or a BEIR/MIRACL dir)")

@@ -82,7 +82,7 @@ class SearchIndex(ABC):
 
 
 class Index(SearchIndex):
-    def __init__(self, directory: Path, manifest: Manifest, mmap: bool = True) -> None:
+    def __init__(self, directory: Path, manifest: Manifest) -> None:
         self.dir = directory
         self.manifest = manifest
         try:
@@ -91,7 +91,7 @@ class Index(SearchIndex):
             langs = []
             for info in manifest.shards:
                 sdir = directory / info.name
-                shard = load_shard_index(sdir / f"{VECTOR_SET}.faiss", info.offset, mmap=mmap,
+                shard = load_shard_index(sdir / f"{VECTOR_SET}.faiss", info.offset,
                                          search_params=info.index.get(VECTOR_SET))  # tuned nprobe / efSearch
                 if shard.size != info.count:
                     raise IndexInvalid(f"{sdir}: FAISS index holds {shard.size} vectors, manifest says {info.count}")
@@ -99,7 +99,7 @@ class Index(SearchIndex):
                 self.docstores.append(DocStore(sdir))
                 langs.append(np.load(sdir / LANGS_FILE))
             self.langs = np.concatenate(langs) if langs else np.zeros(0, dtype=np.uint16)
-            self.bm25 = BM25Searcher(directory / "bm25", mmap=mmap)
+            self.bm25 = BM25Searcher(directory / "bm25")
         except IndexInvalid:
             raise
         except Exception as exc:
@@ -114,7 +114,7 @@ class Index(SearchIndex):
         self._raw: list[np.ndarray] | None = None
         self._norms: dict[str, list[np.ndarray]] = {}
         try:  # mapped now (no read): a directory swapped later (xlir index --overwrite) cannot mix into this one
-            self._raw_vectors()
+            self.raw_vectors()
         except (OSError, ValueError):
             self._raw = None
 
@@ -147,7 +147,8 @@ class Index(SearchIndex):
             return [Hits(rows, scores) for scores, rows in search_shards(self.shards, queries, k, masks)]
         return self._dense_exact(queries, k, mode, masks)
 
-    def _raw_vectors(self) -> list[np.ndarray]:
+    def raw_vectors(self) -> list[np.ndarray]:
+        """Each shard's stored raw vectors, memory-mapped (exact search in another mode, compaction)."""
         if self._raw is None:
             dim = self.vector_set.dim
             self._raw = [
@@ -159,7 +160,7 @@ class Index(SearchIndex):
 
     def _dense_exact(self, queries: np.ndarray, k: int, mode: str,
                      masks: list[np.ndarray] | None) -> list[Hits]:
-        raws = self._raw_vectors()
+        raws = self.raw_vectors()
         codes = self.manifest.lang_codes  # ``self.langs`` holds rows of it
         shifts = np.zeros((len(codes), self.vector_set.dim), dtype=np.float32) if mode == "off" else \
             self.require_centroids(mode).lookup(mode, codes)[0]
@@ -243,7 +244,7 @@ def _dir_identity(path: Path) -> tuple[int, int] | None:
 _OPEN_ATTEMPTS = 5
 
 
-def open_index(directory: Path, mmap: bool = True, verify: str = "size") -> Index:
+def open_index(directory: Path, verify: str = "size") -> Index:
     """Open an index for search after ``verify_index`` at ``verify`` (default: sizes only, cheap).
 
     ``xlir index --overwrite`` replaces a plain index by swapping directories (``indexer.build.replace_dir``):
@@ -255,7 +256,7 @@ def open_index(directory: Path, mmap: bool = True, verify: str = "size") -> Inde
         before = _dir_identity(path)
         try:
             gdir = generation_dir(path)
-            index = Index(gdir, verify_index(gdir, level=verify), mmap=mmap)
+            index = Index(gdir, verify_index(gdir, level=verify))
         except (IndexInvalid, OSError):
             if attempt + 1 < _OPEN_ATTEMPTS and _dir_identity(path) != before:
                 continue

@@ -7,8 +7,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["Transform", "read_rows", "top_k", "top_k_dot"]
-
 Transform = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (block of vectors, their rows) -> block to score
 
 

@@ -50,7 +50,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 
@@ -111,14 +111,11 @@ def _payload(rec: Record) -> bytes:
     return _HEAD.pack(rec.lsn, ord(rec.op), len(body)) + body + vec
 
 
-def frame(payload: bytes, version: int = VERSION) -> bytes:
-    """``payload`` with its record header in format ``version``."""
+def encode(rec: Record, version: int = VERSION) -> bytes:
+    """``rec`` as a record of format ``version``: its header, then its payload."""
+    payload = _payload(rec)
     head = _LEN_CRC.pack(len(payload), zlib.crc32(payload))
     return head + (_U32.pack(zlib.crc32(head)) if version == 2 else b"") + payload
-
-
-def encode(rec: Record, version: int = VERSION) -> bytes:
-    return frame(_payload(rec), version)
 
 
 def decode(payload: bytes) -> Record:
@@ -154,7 +151,6 @@ class ReadResult:
     torn: bool  # a torn tail was found (and ignored) after ``end``
     version: int = VERSION
     ino: int = 0  # inode of the file read (a rewrite in the current format replaces it)
-    size: int = 0  # size of the file read
 
 
 @dataclass(frozen=True)
@@ -278,7 +274,7 @@ def read(path: Path, start: int = 0) -> ReadResult:
         version = VERSIONS.get(head)
         if version is None:
             if len(head) < len(MAGIC) and any(m.startswith(head) for m in VERSIONS):
-                return ReadResult([], len(head), torn=bool(head), ino=st.st_ino, size=st.st_size)  # creation cut
+                return ReadResult([], len(head), torn=bool(head), ino=st.st_ino)  # creation cut
             data = head + fh.read()
             following = intact_after(data, len(MAGIC), _guess_version(data))
             raise _corrupt(path, 0, f"not a known log format: magic {head!r}", following)
@@ -286,7 +282,7 @@ def read(path: Path, start: int = 0) -> ReadResult:
         fh.seek(base)
         data = fh.read()
     res = _parse(path, data, base, version)
-    res.ino, res.size = st.st_ino, st.st_size
+    res.ino = st.st_ino
     return res
 
 
@@ -378,11 +374,8 @@ class WalWriter:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         res = read(self.path) if self.path.exists() else None
-        if res is None or res.end < len(MAGIC):  # no log yet, or its creation was cut short (no records)
-            create(self.path)
-            res = read(self.path)
-        elif res.version != VERSION:
-            create(self.path, res.records)  # atomically: readers see the old file or the new one
+        if res is None or res.end < len(MAGIC) or res.version != VERSION:  # none, creation cut short, version 1
+            create(self.path, res.records if res is not None else [])  # atomic: readers see the old or the new
             res = read(self.path)
         self.last_lsn = res.records[-1].lsn if res.records else 0
         self._fh: BinaryIO = open(self.path, "r+b")  # noqa: SIM115 - kept open for appends
@@ -419,23 +412,26 @@ class WalWriter:
         self._fh.close()
 
 
-def create(path: Path, records: list[Record] | None = None) -> None:
-    """Write a new log (magic + ``records``, current format) durably: temp file, fsync, rename, directory fsync."""
-    path = Path(path)
+def write_durably(path: Path, data: bytes) -> None:
+    """Replace ``path`` by a file holding ``data``: temporary file ``<path>.tmp``, fsync, rename, directory fsync."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
-        fh.write(MAGIC + b"".join(encode(r) for r in records or []))
+        fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
     tmp.replace(path)
     fsync_dir(path.parent)
 
 
+def create(path: Path, records: list[Record] | None = None) -> None:
+    """Write a new log (magic + ``records``, current format) durably (:func:`write_durably`)."""
+    write_durably(Path(path), MAGIC + b"".join(encode(r) for r in records or []))
+
+
 @contextmanager
 def root_lock(root: Path, *, blocking: bool = True, name: str = LOCK_FILE) -> Iterator[bool]:
     """Exclusive advisory lock on ``root/name`` across processes; yields False if not ``blocking`` and busy."""
-    fh = open(Path(root) / name, "a+b")  # noqa: SIM115 - closed below
-    try:
+    with open(Path(root) / name, "a+b") as fh:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -445,16 +441,9 @@ def root_lock(root: Path, *, blocking: bool = True, name: str = LOCK_FILE) -> It
             yield True
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-    finally:
-        fh.close()
 
 
 def records_after(path: Path, lsn: int) -> list[Record]:
     """The records of ``path`` with an LSN above ``lsn`` (what a compaction carries into the next generation's
     log; by LSN rather than offset, as a writer may have rewritten a version-1 log meanwhile)."""
     return [r for r in read(path).records if r.lsn > lsn]
-
-
-def doc_payload(doc: dict[str, Any]) -> dict[str, str]:
-    return {"id": str(doc["id"]), "title": str(doc.get("title") or ""), "text": str(doc.get("text") or ""),
-            "lang": str(doc["lang"])}

@@ -14,7 +14,7 @@ import functools
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from indexer.layout import CENTROIDS_FILE, LANGS_FILE, SHARD_STATS_FILE, VECTOR_
 from indexer.manifest import BM25Info, FileInfo, Manifest, ShardInfo, VectorSetInfo, library_versions
 from indexer.planning import FLAT_MAX_VECTORS, IVF_MIN_VECTORS, TARGET_RECALL, TuneOptions, plan_index
 from indexer.readers import Document
+from indexer.text import ANALYZER_NAME, tokenize
 from models.registry import file_sha256
 from xlir.errors import CorpusError, XlirError
 
@@ -132,7 +133,6 @@ def index_shard(root: Path, info: ShardInfo, dim: int, index_type: str, mode: st
     index, params = build_faiss_index(index_type, raw, transform=transform, options=options, tune=tune)
     faiss.write_index(index, str(sdir / f"{VECTOR_SET}.faiss"))
     info.index[VECTOR_SET] = {**params, "centering": mode}
-    del raw
 
 
 def _plan(opts: WriteOptions, n_vectors: int, dim: int) -> dict[str, Any]:
@@ -144,7 +144,7 @@ def _plan(opts: WriteOptions, n_vectors: int, dim: int) -> dict[str, Any]:
         plan = plan_index(n_vectors, dim, opts.memory_budget, flat_max=opts.flat_max)
     except ValueError as exc:
         raise XlirError(str(exc)) from exc
-    return {"requested": AUTO, **plan.to_dict(), "target_recall": opts.target_recall}
+    return {"requested": AUTO, **asdict(plan), "target_recall": opts.target_recall}
 
 
 def write_index(out: Path, batches: Iterable[Batch], options: WriteOptions, encoder: EncoderInfo, *,
@@ -153,8 +153,6 @@ def write_index(out: Path, batches: Iterable[Batch], options: WriteOptions, enco
     """Write the documents of ``batches``, in order, into the (new, empty or missing) directory ``out``; returns
     the manifest written there last. ``build_info`` is added to the manifest's ``build`` record once every batch
     is consumed (counts its producer kept); ``timer`` collects the seconds of each stage (the producer's too)."""
-    from indexer.text import ANALYZER_NAME, tokenize
-
     opts, timer, dim = options, timer or Timer(), encoder.dim
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
