@@ -9,7 +9,6 @@ from fastapi import Depends, Request
 from app.mining import MiningService
 from app.service import DocumentService, SearchService
 from app.state import AppState
-from xlir.errors import IndexNotReady
 
 
 def get_state(request: Request) -> AppState:
@@ -21,27 +20,21 @@ StateDep = Annotated[AppState, Depends(get_state)]
 
 
 def get_service(state: StateDep) -> SearchService:
-    if state.service is None:
-        raise IndexNotReady(state.error or "the index is not loaded yet")
-    return state.service
+    return state.loaded(state.service)
 
 
 ServiceDep = Annotated[SearchService, Depends(get_service)]
 
 
 def get_mining(state: StateDep) -> MiningService:
-    if state.mining is None:
-        raise IndexNotReady(state.error or "the index is not loaded yet")
-    return state.mining
+    return state.loaded(state.mining)
 
 
 MiningDep = Annotated[MiningService, Depends(get_mining)]
 
 
 def get_documents(state: StateDep) -> DocumentService:
-    if state.documents is None:
-        raise IndexNotReady(state.error or "the index is not loaded yet")
-    return state.documents
+    return state.loaded(state.documents)
 
 
 DocumentsDep = Annotated[DocumentService, Depends(get_documents)]

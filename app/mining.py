@@ -11,10 +11,11 @@ import asyncio
 import threading
 
 from app.schemas import MinedPairOut, MineRequest, MineResponse
+from app.service import check_text
 from indexer.mining import MineOptions
 from indexer.mining_job import mine_texts_result
 from models.base import Encoder
-from xlir.errors import BadQuery, Overloaded, PayloadTooLarge, QueryTooLong
+from xlir.errors import Overloaded, PayloadTooLarge
 
 
 class MiningService:
@@ -32,10 +33,7 @@ class MiningService:
                                       f"{self.max_sentences} per side (XLIR_MINE_MAX_SENTENCES): use `xlir mine` "
                                       "for larger jobs")
             for i, text in enumerate(texts):
-                if not text.strip():
-                    raise BadQuery(f"{side}[{i}] is empty")
-                if len(text) > self.max_chars:
-                    raise QueryTooLong(f"{side}[{i}] has {len(text)} characters; the limit is {self.max_chars}")
+                check_text(f"{side}[{i}]", text, self.max_chars)
 
     def run(self, req: MineRequest) -> MineResponse:
         """Synchronous: validate, mine, shape the response."""

@@ -39,6 +39,8 @@ Text = Annotated[str, BeforeValidator(utf8_text)]
 """Any text of a request: a string that can be encoded as UTF-8."""
 DocId = Annotated[str, BeforeValidator(utf8_text), AfterValidator(valid_doc_id)]
 """A document id (``indexer.readers.doc_id_problem``: the same rule as ids in corpora)."""
+QueryLang = Annotated[str, BeforeValidator(utf8_text), AfterValidator(known_lang)]
+"""The language of a query or a text to embed: an ISO 639-1 code (or one normalised to it, ``indexer.langid``)."""
 Int = Annotated[int, Strict()]
 Bool = Annotated[bool, Strict()]
 Float = Annotated[float, Strict(), AllowInfNan(False)]
@@ -61,10 +63,6 @@ class Centering(StrEnum):
     off = "off"
     offset = "offset"
     full = "full"
-
-
-def _query_lang(v: str | None) -> str | None:
-    return None if v is None else known_lang(v)
 
 
 class SearchRequest(BaseModel):
@@ -94,15 +92,10 @@ class SearchRequest(BaseModel):
     rerank: Bool = Field(False, description="rescore the top rerank_depth with the configured cross-encoder")
     rerank_depth: Int = Field(50, ge=1, le=1000, description="checked even without rerank; default 50 or "
                               "XLIR_MAX_RERANK_DEPTH if lower")
-    lang: Text | None = Field(None, description="language of the query (ISO 639-1); detected when omitted")
+    lang: QueryLang | None = Field(None, description="language of the query (ISO 639-1); detected when omitted")
     centering: Centering | None = Field(
         None, description="language centring of dense scores: off, offset (mu_lang - mu_all) or full (mu_lang); "
         "default: the mode the index was built with")
-
-    @field_validator("lang")
-    @classmethod
-    def _lang(cls, v: str | None) -> str | None:
-        return _query_lang(v)
 
     @field_validator("query")
     @classmethod
@@ -164,13 +157,9 @@ class EmbedRequest(BaseModel):
     texts: list[Text] = Field(min_length=1, description="texts to embed")
     kind: EmbedKind = Field(EmbedKind.query, description="query or passage (the encoder's prefixes differ)")
     centered: Bool = Field(False, description="remove each text's language centroid (the index's)")
-    lang: Text | None = Field(None, description="language of all texts when centered; detected per text if omitted")
+    lang: QueryLang | None = Field(
+        None, description="language of all texts when centered; detected per text if omitted")
     centering: Centering | None = Field(None, description="offset or full; default: the index's mode")
-
-    @field_validator("lang")
-    @classmethod
-    def _lang(cls, v: str | None) -> str | None:
-        return _query_lang(v)
 
 
 class EmbedResponse(BaseModel):

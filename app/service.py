@@ -113,10 +113,11 @@ def center_query(
     return center(qvec, shift), info
 
 
-def dense_run(index: SearchIndex, qvec: np.ndarray, depth: int, mask: np.ndarray | None,
-              mode: str | None = None) -> fusion.Run:
-    hits = index.dense(qvec.reshape(1, -1), depth, mask, mode)[0]
-    return fusion.Run(hits.rows, hits.scores)
+def dense_runs(index: SearchIndex, queries: np.ndarray, depth: int, mask: np.ndarray | None,
+               mode: str | None = None) -> list[fusion.Run]:
+    """One run per row of ``queries`` (already centred)."""
+    hits = index.dense(np.ascontiguousarray(queries, dtype=np.float32), depth, mask, mode)
+    return [fusion.Run(h.rows, h.scores) for h in hits]
 
 
 def bm25_run(index: SearchIndex, tokens: list[str], depth: int, mask: np.ndarray | None) -> fusion.Run:
@@ -126,6 +127,14 @@ def bm25_run(index: SearchIndex, tokens: list[str], depth: int, mask: np.ndarray
 
 def centering_mode(index: SearchIndex, req: SearchRequest | EmbedRequest) -> str:
     return req.centering.value if req.centering is not None else index.centering
+
+
+def check_text(label: str, text: str, max_chars: int) -> None:
+    """A query, or a text to embed or mine: not blank, at most ``max_chars`` characters."""
+    if not text.strip():
+        raise BadQuery(f"{label} is empty")
+    if len(text) > max_chars:
+        raise QueryTooLong(f"{label} has {len(text)} characters; the limit is {max_chars}")
 
 
 def snippet(text: str, limit: int) -> str:
@@ -168,11 +177,7 @@ class SearchService:
         languages of ``index``, default the one served); returns the request with a defaulted ``rerank_depth``
         lowered to ``XLIR_MAX_RERANK_DEPTH``."""
         index = self.index if index is None else index
-        if not req.query.strip():
-            raise BadQuery("query is empty")
-        if len(req.query) > self.limits.max_query_chars:
-            raise QueryTooLong(
-                f"query has {len(req.query)} characters; the limit is {self.limits.max_query_chars}")
+        check_text("query", req.query, self.limits.max_query_chars)
         if req.rerank and self.reranker is None:
             raise RerankerNotConfigured(
                 "rerank=true but no cross-encoder is configured: start the server with "
@@ -214,11 +219,9 @@ class SearchService:
                 lang, source = self.query_language(req.query, req.lang) if mode != "off" or req.lang else (None, None)
                 centred, info = center_query(index, self.table, qvec, mode, lang, source)
                 if self.dense_batcher is not None and mask is None:  # one FAISS call for the concurrent queries
-                    def run(queries: np.ndarray) -> list[fusion.Run]:
-                        hits = index.dense(np.ascontiguousarray(queries, dtype=np.float32), depth, None, mode)
-                        return [fusion.Run(h.rows, h.scores) for h in hits]
-                    return await self.dense_batcher.search((id(index), depth, mode), centred, run)
-                return await asyncio.to_thread(dense_run, index, centred, depth, mask, mode)
+                    return await self.dense_batcher.search((id(index), depth, mode), centred,
+                                                           lambda qs: dense_runs(index, qs, depth, None, mode))
+                return (await asyncio.to_thread(dense_runs, index, centred.reshape(1, -1), depth, mask, mode))[0]
             jobs["dense"] = asyncio.ensure_future(dense())
         try:
             results = await asyncio.gather(*jobs.values())
@@ -271,10 +274,7 @@ class SearchService:
         if len(req.texts) > self.limits.embed_max_texts:
             raise BadQuery(f"{len(req.texts)} texts; the limit per request is {self.limits.embed_max_texts}")
         for i, text in enumerate(req.texts):
-            if not text.strip():
-                raise BadQuery(f"texts[{i}] is empty")
-            if len(text) > self.limits.max_query_chars:
-                raise QueryTooLong(f"texts[{i}] has {len(text)} characters; the limit is {self.limits.max_query_chars}")
+            check_text(f"texts[{i}]", text, self.limits.max_query_chars)
         texts: Sequence[str] = req.texts
         if req.kind is EmbedKind.query:
             vecs = await asyncio.to_thread(self.encoder.encode_queries, texts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from app.batching import QueryBatcher, VectorBatcher
 from app.mining import MiningService
@@ -16,9 +17,10 @@ from indexer.store import Index, encoder_mismatch
 from models.base import Encoder
 from models.encoders import load_encoder
 from models.rerankers import CrossEncoderReranker, Reranker
-from xlir.errors import IndexInvalid, ModelNotFound, XlirError
+from xlir.errors import IndexInvalid, IndexNotReady, ModelNotFound, XlirError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -40,6 +42,12 @@ class AppState:
         if self.service is None:
             return self.error or "the index is not loaded yet"
         return self.service.batcher.down
+
+    def loaded(self, part: T | None) -> T:
+        """``part`` (a service of this state), or ``IndexNotReady`` with the reason nothing was loaded."""
+        if part is None:
+            raise IndexNotReady(self.error or "the index is not loaded yet")
+        return part
 
 
 def check_encoder(index: Index, encoder: Encoder) -> None:

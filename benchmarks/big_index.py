@@ -98,11 +98,11 @@ def build(n: int, out: Path, *, seed: int = 0, model: str = "e5-small", index_ty
 
 
 def cached(n: int, *, seed: int = 0, model: str = "e5-small", index_type: str = "auto", home: Path | None = None,
-           progress: bool = True, centering: str = "auto") -> Path:
-    """The cached synthetic index of ``n`` passages, built first if missing."""
+           progress: bool = True, centering: str = "auto", rebuild: bool = False) -> Path:
+    """The cached synthetic index of ``n`` passages, built first if missing (or ``rebuild``)."""
     _, checksum = model_identity(model, home)
     out = cache_dir(n, seed, checksum, index_type, home, centering)
-    if not (out / MANIFEST).is_file():
+    if rebuild or not (out / MANIFEST).is_file():
         build(n, out, seed=seed, model=model, index_type=index_type, home=home, progress=progress,
               centering=centering)
     return out
@@ -129,11 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rebuild", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    _, checksum = model_identity(args.model)
-    out = cache_dir(args.n, args.seed, checksum, args.index, centering=args.centering)
-    if args.rebuild or not (out / MANIFEST).is_file():
-        build(args.n, out, seed=args.seed, model=args.model, index_type=args.index, progress=not args.no_progress,
-              centering=args.centering)
+    out = cached(args.n, seed=args.seed, model=args.model, index_type=args.index, progress=not args.no_progress,
+                 centering=args.centering, rebuild=args.rebuild)
     print(json.dumps(summary(out), indent=1, default=str))
     return 0
 

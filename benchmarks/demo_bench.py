@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,8 @@ def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 180.0)
     raise SystemExit(f"the server was not ready after {timeout:.0f}s")
 
 
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
+def pct(values: Sequence[float] | np.ndarray, q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
 def machine() -> str:
@@ -78,6 +79,22 @@ def commit() -> str:
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def save_results(out: Path | None, res: dict[str, Any], report: str | None = None) -> None:
+    """The raw figures as JSON at ``out`` (and ``report`` beside it as ``.md``); nothing without ``--out``."""
+    if out is None:
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    if report is not None:
+        out.with_suffix(".md").write_text(report + "\n", encoding="utf-8")
 
 
 def queries() -> list[str]:
@@ -241,9 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             "rest": bench_rest(index_dir, qs, args.repeats),
             "bm25_vs_rank_bm25": bench_bm25_vs_rank_bm25(index_dir, qs, 20),
         }
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=2))
+    save_results(args.out, res)
     print(markdown(res))
     return 0
 

@@ -23,7 +23,6 @@ Two runs on the same file:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -35,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.demo_bench import commit, machine, save_results
 from indexer.build import BuildOptions, build_index
 from models.base import ProgressFn
 
@@ -122,8 +122,6 @@ def run_build(corpus: Path, out: Path, encoder: Any, index_type: str, batch_size
 
 def run(n: int, *, model: str, backend: str, index_type: str, batch_size: int, seed: int, workdir: Path,
         skip_encoder: bool = False) -> dict[str, Any]:
-    from benchmarks.demo_bench import commit, machine
-
     res: dict[str, Any] = {"machine": machine(), "commit": commit(), "n": n, "index_type_requested": index_type,
                            "batch_size": batch_size, "loadavg_start": os.getloadavg()}
     corpus = workdir / "corpus.jsonl"
@@ -200,10 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                   seed=args.seed, workdir=Path(tmp), skip_encoder=args.zero_cost_only)
     report = markdown(res)
     print(report)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=1) + "\n")
-        args.out.with_suffix(".md").write_text(report)
+    save_results(args.out, res, report)
     return 0
 
 

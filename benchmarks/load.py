@@ -1,4 +1,5 @@
 """Load test of ``xlir serve`` over REST: throughput, latency percentiles, errors, lost writes, memory (issue 5, 6).
+Over 500 lines: one script (plan, client loop, fault checks, report) that is run as a whole.
 
 Run against a running server::
 
@@ -62,15 +63,12 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.demo_bench import free_port
-from benchmarks.retrieval import latency_summary
+from benchmarks.demo_bench import CORPUS, PROBES, commit, free_port, machine, save_results, wait_ready
+from benchmarks.retrieval import latency_summary, server_info
 from indexer.centering import AUTO, MODES
 
 CENTERING_CHOICES = (AUTO, *MODES)
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE_CORPUS = REPO / "data" / "sample" / "corpus.jsonl"
-SAMPLE_PROBES = REPO / "data" / "sample" / "probes.jsonl"
 OPS = ("search", "upsert")
 STATUS_CLASSES = ("2xx", "4xx", "429", "5xx", "error")
 
@@ -136,7 +134,7 @@ def default_queries() -> tuple[str, list[str]]:
     try:
         qs = load_xquad_r(default_data_dir(), "sentence").queries
     except (DatasetError, OSError):
-        return "sample probes", read_queries(SAMPLE_PROBES)
+        return "sample probes", read_queries(PROBES)
     by_lang: dict[str, list[str]] = {}
     for q in qs:
         by_lang.setdefault(q.lang, []).append(q.text)
@@ -147,7 +145,7 @@ def default_queries() -> tuple[str, list[str]]:
 def upsert_texts() -> list[tuple[str, str, str]]:
     """(title, text, lang) of the sample corpus: what upserts send (with a unique marker added)."""
     out = []
-    for line in SAMPLE_CORPUS.read_text(encoding="utf-8").splitlines():
+    for line in CORPUS.read_text(encoding="utf-8").splitlines():
         if line.strip():
             d = json.loads(line)
             out.append((d.get("title", ""), d["text"], d.get("lang", "")))
@@ -204,8 +202,6 @@ class Server:
 def local_server(index: Path, env: Mapping[str, str], *, log: Path | None = None,
                  timeout: float = 600.0) -> Iterator[Server]:
     """``xlir serve`` on a free loopback port with the extra ``XLIR_*`` environment ``env``; stopped on exit."""
-    from benchmarks.demo_bench import wait_ready
-
     port = free_port()
     xlir = Path(sys.executable).with_name("xlir")
     cmd = [str(xlir), "serve", "--index", str(index), "--port", str(port), "--log-level", "warning"]
@@ -632,9 +628,6 @@ def _env(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from benchmarks.demo_bench import commit, machine
-    from benchmarks.retrieval import server_info
-
     args = parser().parse_args(argv)
     try:
         mix = parse_mix(args.mix)
@@ -682,10 +675,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     res["loadavg_end"] = os.getloadavg()
     report = markdown(res)
     print(report)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=1, default=str) + "\n")
-        args.out.with_suffix(".md").write_text(report)
+    save_results(args.out, res, report)
     return 0
 
 

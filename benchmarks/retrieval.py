@@ -1,4 +1,5 @@
 """Retrieval benchmark THROUGH THE PRODUCT: an xlir index, the server's one retrieval path or its REST API, ranx scores.
+Over 500 lines: one benchmark (index cache, in-process and REST runners, metrics, TREC files, CLI) run as a whole.
 
 Run: ``xlir bench retrieval --dataset xquad-r-sentence [--langs en,de,zh] [--max-per-lang 100] [--out DIR]``
 (or ``python -m benchmarks.retrieval ...``; ``--help`` lists every option).
@@ -53,7 +54,6 @@ import asyncio
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -203,10 +203,6 @@ def index_for(dataset: RetrievalDataset, encoder: Encoder, cache_root: Path | No
     finally:
         docs_file.unlink(missing_ok=True)
     return out
-
-
-def clear_index(dataset: RetrievalDataset, encoder: Encoder, cache_root: Path | None = None) -> None:
-    shutil.rmtree(index_dir(dataset, encoder, cache_root or default_cache_root()), ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -34,9 +34,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -48,6 +46,7 @@ from typing import Any
 import numpy as np
 from rank_bm25 import BM25Okapi
 
+from benchmarks.demo_bench import commit, machine, rss_bytes, save_results
 from indexer import bm25 as bm25_mod
 from indexer.text import ANALYZER_NAME, tokenize
 from indexer.topk import top_k
@@ -97,11 +96,6 @@ def topk_agree(ours: tuple[np.ndarray, np.ndarray], base: tuple[np.ndarray, np.n
             return False
         i = j + 1
     return True
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _dir_bytes(path: Path) -> int:
@@ -260,13 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = ap.parse_args(argv)
-    from benchmarks.demo_bench import commit, machine
-
     res = {"machine": machine(), "commit": commit(),
            **run(args.n, args.queries, args.baseline_queries, args.seed, args.data_dir, args.repeats)}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=2))
+    save_results(args.out, res)
     print(markdown(res))
     return 0
 

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 import tempfile
 import time
@@ -67,6 +66,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from benchmarks.demo_bench import commit, machine, rss_bytes, save_results
 from indexer.dense import build_faiss_index
 from indexer.planning import (
     AUTO_HNSW,
@@ -126,13 +126,6 @@ def synth_vectors(n: int, dim: int = 384, n_queries: int = 0, seed: int = 0, par
         block /= np.linalg.norm(block, axis=1, keepdims=True)
         out[start : start + m] = block
     return out[:n], out[n:]
-
-
-def rss_bytes() -> int:
-    import os
-
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def serialized_bytes(index: faiss.Index) -> int:
@@ -439,14 +432,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibrate", action="store_true", help="compare the generator with real e5-small embeddings")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
-    from benchmarks.demo_bench import commit, machine
-
     res: dict[str, Any] = {"machine": machine(), "commit": commit(), **run(args)}
     if args.calibrate:
         res["calibration"] = calibrate(args.seed, SynthParams(growth=args.growth))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=2))
+    save_results(args.out, res)
     print(markdown(res))
     return 0
 

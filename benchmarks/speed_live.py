@@ -21,7 +21,6 @@ Measured, one query at a time (as the server runs them), top 10:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.demo_bench import commit, machine, save_results
 from indexer import wal
 from indexer.bm25 import BM25Builder, BM25Searcher, Postings, Segment, lucene_scores
 from indexer.text import tokenize
@@ -126,8 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
-    from benchmarks.demo_bench import commit, machine
-
     res = {"machine": machine(), "commit": commit(),
            "bm25": run_bm25(args.n, args.queries, args.delta, args.deleted, args.seed, args.repeats),
            "wal": run_wal(args.commits)}
@@ -140,9 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     walres: dict[str, dict[str, float]] = res["wal"]  # type: ignore[assignment]
     for batch, w in walres.items():
         print(f"WAL batch {batch}: {w['ms_per_commit']:.2f} ms/commit, {w['docs_per_s']:.0f} docs/s")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=2))
+    save_results(args.out, res)
     return 0
 
 

