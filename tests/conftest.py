@@ -96,6 +96,14 @@ def retrieve(index: Any, req: Any, qvec: np.ndarray | None = None, tokens: Seque
     return asyncio.run(run())
 
 
+def fake_index(folder: Path, docs: Sequence[dict[str, object]]) -> Path:
+    """An index of ``docs`` built with the fake encoder in ``folder/idx`` (the corpus beside it)."""
+    from indexer.build import BuildOptions, build_index
+
+    build_index([write_jsonl(folder / "c.jsonl", docs)], folder / "idx", FakeEncoder(), BuildOptions(progress=False))
+    return folder / "idx"
+
+
 def write_jsonl(path: Path, records: Sequence[dict[str, object]]) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     return path

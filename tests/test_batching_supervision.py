@@ -16,8 +16,7 @@ from fastapi.testclient import TestClient
 from app.batching import QueryBatcher
 from app.main import create_app
 from app.settings import Settings
-from indexer.build import BuildOptions, build_index
-from tests.conftest import FakeEncoder, write_jsonl
+from tests.conftest import FakeEncoder, fake_index
 from xlir.errors import EncoderUnavailable
 
 if TYPE_CHECKING:
@@ -98,9 +97,7 @@ DOCS = [{"id": f"d{i}", "title": "", "text": f"apples and pears number {i}", "la
 
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("supervision")
-    build_index([write_jsonl(tmp / "c.jsonl", DOCS)], tmp / "idx", FakeEncoder(), BuildOptions(progress=False))
-    return tmp / "idx"
+    return fake_index(tmp_path_factory.mktemp("supervision"), DOCS)
 
 
 @pytest.fixture

@@ -12,17 +12,14 @@ from app.deps import get_service
 from app.main import create_app
 from app.metrics import Metrics
 from app.settings import Settings
-from indexer.build import BuildOptions, build_index
-from tests.conftest import FakeEncoder, write_jsonl
+from tests.conftest import FakeEncoder, fake_index
 from tests.test_api import DOCS
 from xlir.errors import Overloaded
 
 
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("metrics")
-    build_index([write_jsonl(tmp / "c.jsonl", DOCS)], tmp / "idx", FakeEncoder(), BuildOptions(progress=False))
-    return tmp / "idx"
+    return fake_index(tmp_path_factory.mktemp("metrics"), DOCS)
 
 
 @pytest.fixture

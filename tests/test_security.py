@@ -16,8 +16,7 @@ from app.deps import get_service
 from app.main import create_app
 from app.security import ApiKeys, BodyLimit, confine_path, require_scope
 from app.settings import Settings, parse_api_keys
-from indexer.build import BuildOptions, build_index
-from tests.conftest import FakeEncoder, write_jsonl
+from tests.conftest import FakeEncoder, fake_index
 from tests.test_api import DOCS, ReverseReranker
 from xlir.errors import PathNotAllowed
 
@@ -28,9 +27,7 @@ OPEN_PATHS = {"/health", "/ready", "/metrics"}
 
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("security")
-    build_index([write_jsonl(tmp / "c.jsonl", DOCS)], tmp / "idx", FakeEncoder(), BuildOptions(progress=False))
-    return tmp / "idx"
+    return fake_index(tmp_path_factory.mktemp("security"), DOCS)
 
 
 def make_app(index_dir: Path, **settings: object):  # type: ignore[no-untyped-def]

@@ -13,8 +13,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from indexer.build import BuildOptions, build_index
-from tests.conftest import FakeEncoder, write_jsonl
+from tests.conftest import FakeEncoder, fake_index
 from tests.test_api import DOCS, ReverseReranker
 
 LONE = "\ud800"  # valid JSON as the escape "\ud800", but no UTF-8 encoding exists
@@ -22,9 +21,7 @@ LONE = "\ud800"  # valid JSON as the escape "\ud800", but no UTF-8 encoding exis
 
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("validation")
-    build_index([write_jsonl(tmp / "c.jsonl", DOCS)], tmp / "idx", FakeEncoder(), BuildOptions(progress=False))
-    return tmp / "idx"
+    return fake_index(tmp_path_factory.mktemp("validation"), DOCS)
 
 
 @pytest.fixture
