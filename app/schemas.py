@@ -13,18 +13,16 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, Strict, field_validator
 
+from app.batching import first_unencodable
 from indexer.langid import known_lang, normalize_lang
 from indexer.readers import ID_RULE, MAX_ID_CHARS, doc_id_problem
 
 
 def utf8_text(value: object) -> object:
     """Refuse a string that cannot be encoded as UTF-8 (a lone surrogate); other inputs go on to the type check."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"not valid Unicode text: the character at position {exc.start} is a lone surrogate "
-                             f"(U+{ord(value[exc.start]):04X}), which cannot be encoded as UTF-8") from None
+    if isinstance(value, str) and (pos := first_unencodable(value)) is not None:
+        raise ValueError(f"not valid Unicode text: the character at position {pos} is a lone surrogate "
+                         f"(U+{ord(value[pos]):04X}), which cannot be encoded as UTF-8")
     return value
 
 
