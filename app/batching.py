@@ -36,6 +36,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from indexer.readers import first_unencodable
 from models.base import token_budget_batches
 from xlir.errors import EncoderUnavailable, Overloaded, TextNotEncodable, XlirError
 
@@ -44,15 +45,6 @@ log = logging.getLogger(__name__)
 EncodeFn = Callable[[Sequence[str]], np.ndarray]
 LengthsFn = Callable[[Sequence[str]], Sequence[int]]
 Item = tuple[str, asyncio.Future[np.ndarray]]
-
-
-def first_unencodable(text: str) -> int | None:
-    """Position of the first character UTF-8 cannot encode (a lone surrogate), or None."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return exc.start
-    return None
 
 
 def item_error(text: str, exc: BaseException, encoder_works: bool) -> BaseException:

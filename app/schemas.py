@@ -13,9 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, Strict, field_validator
 
-from app.batching import first_unencodable
 from indexer.langid import known_lang, normalize_lang
-from indexer.readers import ID_RULE, MAX_ID_CHARS, doc_id_problem
+from indexer.readers import ID_RULE, MAX_ID_CHARS, doc_id_problem, first_unencodable
 
 
 def utf8_text(value: object) -> object:

@@ -51,13 +51,14 @@ def doc_id_problem(doc_id: str) -> str | None:
     return None
 
 
-def is_utf8(text: str) -> bool:
-    """Whether ``text`` can be encoded as UTF-8: false only for lone surrogates, which JSON escapes can carry."""
+def first_unencodable(text: str) -> int | None:
+    """Position of the first character UTF-8 cannot encode (a lone surrogate, which JSON escapes can carry), or
+    None. The one test of the corpora, the API's text fields and the query batcher."""
     try:
         text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
 
 
 def _check_id(path: Path, lineno: int, doc_id: str) -> str:
@@ -118,7 +119,7 @@ def read_jsonl(path: Path, default_lang: str | None = None) -> Iterator[Document
         title = rec.get("title") or ""
         lang = rec.get("lang") or rec.get("language") or default_lang
         for name, value in (("text", text), ("title", title), ("lang", lang)):
-            if isinstance(value, str) and not is_utf8(value):
+            if isinstance(value, str) and first_unencodable(value) is not None:
                 raise CorpusError(f"{path}:{lineno}: the {name} holds a lone surrogate (a \\ud800-style escape), "
                                   "which is not Unicode text")
         yield Document(_check_id(path, lineno, str(doc_id)), text, str(title), str(lang) if lang else None)
