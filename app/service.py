@@ -10,13 +10,15 @@ vectors from its embedding cache behind the same batcher.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from app import feedback as prf
 from app import fusion
 from app.batching import QueryBatcher, VectorBatcher
 from app.schemas import (
@@ -27,6 +29,9 @@ from app.schemas import (
     EmbedKind,
     EmbedRequest,
     EmbedResponse,
+    Feedback,
+    FeedbackInfo,
+    FeedbackMerge,
     Fusion,
     Mode,
     ReloadResponse,
@@ -38,10 +43,10 @@ from app.schemas import (
 )
 from indexer.build import passage_text
 from indexer.centering import Centroids, center
-from indexer.delta import main_id_map
-from indexer.langid import LanguageDetector
+from indexer.delta import LiveIndex, main_id_map
+from indexer.langid import UNDETERMINED, LangGuess, LanguageDetector, best, combine, embedding_posteriors, restrict
 from indexer.live import LiveStore, generation_label, prepare_documents
-from indexer.store import SearchIndex
+from indexer.store import Index, SearchIndex
 from models.base import Encoder
 from models.rerankers import Reranker
 from xlir.errors import BadQuery, DocumentNotFound, PayloadTooLarge, QueryTooLong, RerankerNotConfigured
@@ -70,6 +75,7 @@ class Retrieved:
     hits: list[fusion.FusedHit]
     docs: dict[int, dict[str, str]]
     centering: CenteringInfo | None
+    feedback: FeedbackInfo | None = None  # None when feedback=off
 
 
 def resolve_mode(index: SearchIndex, req: SearchRequest) -> SearchRequest:
@@ -97,20 +103,106 @@ def fuse(req: SearchRequest, runs: dict[str, fusion.Run], k: int) -> list[fusion
     return fusion.weighted(runs, {"dense": req.alpha, "bm25": 1.0 - req.alpha}, k=k)
 
 
+@dataclass(frozen=True)
+class QueryLangPolicy:
+    """How a query without ``lang`` gets its language and shift (issue 19; figures in benchmarks/RESULTS.md 7.2).
+
+    ``restrict``: choose among the index's languages (else among all of py3langid's, as before issue 19);
+    ``temperature``: also weigh the cosines of the raw query vector to the index's language means
+    (:func:`indexer.langid.embedding_posteriors`; None: the text alone); below ``min_confidence`` the query takes
+    the ``low`` shift: ``mixture`` (the posterior-weighted mixture of the candidates' shifts), ``fallback`` (the
+    language-agnostic one) or ``argmax`` (the best candidate's all the same). A text whose posterior mass on the
+    index's languages is below ``outside_mass`` is in none of them (a Japanese query on a German-French index): it
+    keeps the unrestricted label, so the encoder's centroid table can serve it. ``weigh_outside``: the confidence
+    is the candidate's posterior times the text's posterior mass on the index's languages, so a text py3langid
+    puts elsewhere (a name, a number: "Denver Broncos" looks Portuguese) counts as uncertain and, below
+    ``min_confidence``, takes the language-agnostic shift as it did before issue 19."""
+
+    restrict: bool = True
+    temperature: float | None = 0.01
+    min_confidence: float = 0.5
+    low: str = "fallback"
+    outside_mass: float = 0.001
+    weigh_outside: bool = True
+
+    def __post_init__(self) -> None:
+        if self.low not in LOW_CONFIDENCE:
+            raise ValueError(f"unknown low-confidence policy {self.low!r}; choose from {', '.join(LOW_CONFIDENCE)}")
+        if self.temperature is not None and self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+
+
+LOW_CONFIDENCE = ("mixture", "fallback", "argmax")
+UNRESTRICTED = QueryLangPolicy(restrict=False, temperature=None, low="argmax")  # the detector before issue 19
+MIN_CANDIDATE_SHARE = 0.01  # lang_candidates lists the index's languages with at least this posterior
+
+
+def guess_language(detector: LanguageDetector, text: str, index: SearchIndex | None, qvec: np.ndarray | None,
+                   policy: QueryLangPolicy) -> LangGuess:
+    """The language of a query without ``lang``: the text's posteriors over the index's languages, times the
+    embedding evidence when the policy asks and every candidate has a mean in the index's centroids."""
+    candidates = [lang for lang in (index.languages if index is not None else ()) if lang != UNDETERMINED]
+    if not policy.restrict or not candidates:
+        lang = detector.detect(text)
+        probs = detector.posteriors(text)
+        return LangGuess(lang, probs.get(lang, 0.0), probs)
+    everything = detector.posteriors(text)
+    if everything and sum(everything.get(lang, 0.0) for lang in candidates) < policy.outside_mass:
+        return best(everything)  # in none of the index's languages
+    text_probs = restrict(everything, candidates)
+    emb: dict[str, float] = {}
+    centroids = index.centroids if index is not None else None
+    if policy.temperature is not None and qvec is not None and centroids is not None:
+        rows = {lang: i for i, lang in enumerate(centroids.langs)}
+        if all(lang in rows for lang in candidates):
+            means = centroids.means[[rows[lang] for lang in candidates]]
+            emb = embedding_posteriors(qvec, means, candidates, policy.temperature)
+    guess = best(combine(text_probs, emb))
+    if policy.weigh_outside and everything:  # the confidence also says how likely the text is in none of them
+        inside = sum(everything.get(lang, 0.0) for lang in candidates)
+        return LangGuess(guess.lang, guess.confidence * inside, guess.probs)
+    return guess
+
+
 def center_query(
-    index: SearchIndex, table: Centroids | None, qvec: np.ndarray, mode: str, lang: str | None, lang_source: str | None
+    index: SearchIndex, table: Centroids | None, qvec: np.ndarray, mode: str, guess: LangGuess | None,
+    lang_source: str | None, policy: QueryLangPolicy | None = None,
 ) -> tuple[np.ndarray, CenteringInfo]:
     """Shift a raw query vector under ``mode`` by the rule of :mod:`indexer.centering` (as the index's documents
-    of its language are); the info says where the centroid came from, or that the fallback was taken."""
+    of its language are); the info says where the centroid came from, or that the fallback was taken. A detected
+    language below ``policy.min_confidence`` takes the policy's low-confidence shift instead."""
+    policy = policy or QueryLangPolicy()
+    lang = guess.lang if guess is not None else None
     info = CenteringInfo(mode=Centering(mode), query_lang=lang, lang_source=lang_source, applied=False, source=None)
+    if guess is not None:
+        info.lang_confidence = round(guess.confidence, 4)
+        if lang_source == "detected":
+            info.lang_candidates = {k: round(p, 4) for k, p in guess.probs.items() if p >= MIN_CANDIDATE_SHARE}
     if mode == "off":
         return qvec, info
-    shift, info.source = index.require_centroids(mode).query_shift(mode, lang, table, index.languages)
+    centroids = index.require_centroids(mode)
+    fallback = "the global mean" if mode == "full" else "none"
+    confidence = guess.confidence if guess is not None else 1.0
+    probs = guess.probs if guess is not None else {}
+    low = (lang_source == "detected" and confidence < policy.min_confidence
+           and (lang == UNDETERMINED or lang in index.languages))  # not a language the index lacks (table)
+    if low and policy.low == "mixture" and probs:
+        info.applied, info.source, info.shift = True, "index", "mixture"
+        info.note = (f"language confidence {confidence:.2f} < {policy.min_confidence}: the query took the "
+                     "posterior-weighted mixture of its candidate languages' shifts")
+        return center(qvec, centroids.mixture_shift(mode, probs), centroids.basis(mode)), info
+    if low and policy.low == "fallback":
+        info.shift = "fallback"
+        info.note = (f"language confidence {confidence:.2f} < {policy.min_confidence}: the query took the "
+                     f"language-agnostic shift ({fallback}; pass `lang`)")
+        return center(qvec, centroids.query_shift(mode, None, None, index.languages)[0], centroids.basis(mode)), info
+    shift, info.source = centroids.query_shift(mode, lang, table, index.languages)
     info.applied = info.source is not None
+    info.shift = "language" if info.applied else "fallback"
     if not info.applied:
         info.note = (f"no centroid for the query language {lang!r} in the index or the centroid table: the query took "
-                     f"the shift of such documents ({'the global mean' if mode == 'full' else 'none'}; pass `lang`)")
-    return center(qvec, shift), info
+                     f"the shift of such documents ({fallback}; pass `lang`)")
+    return center(qvec, shift, centroids.basis(mode)), info
 
 
 def dense_runs(index: SearchIndex, queries: np.ndarray, depth: int, mask: np.ndarray | None,
@@ -123,6 +215,45 @@ def dense_runs(index: SearchIndex, queries: np.ndarray, depth: int, mask: np.nda
 def bm25_run(index: SearchIndex, tokens: list[str], depth: int, mask: np.ndarray | None) -> fusion.Run:
     hits = index.bm25_search(tokens, depth, mask)
     return fusion.Run(hits.rows, hits.scores)
+
+
+def stored_vectors(index: SearchIndex, rows: Sequence[int]) -> tuple[np.ndarray, list[str]]:
+    """The raw stored vectors of ``rows`` and their languages: a generation's rows from its ``main.f32`` files (the
+    vectors exact re-scoring uses), a live index's delta rows from its delta (``LiveIndex.view``)."""
+    dim = index.vector_set.dim
+    if isinstance(index, LiveIndex):
+        v = index.view
+        main_rows = [r for r in rows if r < v.main_n]
+        mvecs, mlangs = stored_vectors(index.main, main_rows)
+        vecs, langs, it = np.zeros((len(rows), dim), dtype=np.float32), [], iter(range(len(main_rows)))
+        for i, r in enumerate(rows):
+            if r < v.main_n:
+                j = next(it)
+                vecs[i], lang = mvecs[j], mlangs[j]
+            else:
+                vecs[i], lang = v.vecs[r - v.main_n], v.langs[r - v.main_n]
+            langs.append(lang)
+        return vecs, langs
+    if not isinstance(index, Index):
+        raise TypeError(f"{type(index).__name__} keeps no stored vectors")
+    raws = index.raw_vectors()
+    offsets = [s.offset for s in index.manifest.shards]
+    codes = index.manifest.lang_codes
+    vecs = np.zeros((len(rows), dim), dtype=np.float32)
+    for i, r in enumerate(rows):
+        shard = bisect.bisect_right(offsets, r) - 1
+        vecs[i] = raws[shard][r - offsets[shard]]
+    return vecs, [codes[int(index.langs[r])] for r in rows]
+
+
+def feedback_vectors(index: SearchIndex, rows: Sequence[int], mode: str) -> tuple[np.ndarray, list[str]]:
+    """The documents of ``rows`` as the dense search scores them: stored raw vectors centred under ``mode`` by the
+    rule of :mod:`indexer.centering` (what the FAISS index, the delta and exact re-scoring hold)."""
+    raw, langs = stored_vectors(index, rows)
+    if mode == "off":
+        return center(raw, np.zeros(1, dtype=np.float32)), langs
+    cents = index.require_centroids(mode)
+    return center(raw, cents.lookup(mode, langs)[0], cents.basis(mode)), langs
 
 
 def centering_mode(index: SearchIndex, req: SearchRequest | EmbedRequest) -> str:
@@ -156,6 +287,7 @@ class SearchService:
         detector: LanguageDetector | None = None,
         centroid_table: Centroids | None = None,
         dense_batcher: VectorBatcher | None = None,
+        lang_policy: QueryLangPolicy | None = None,
     ) -> None:
         self.index = index
         self.dense_batcher = dense_batcher
@@ -166,11 +298,26 @@ class SearchService:
         self.limits = limits
         self.detector = detector or LanguageDetector()
         self.table = centroid_table
+        if lang_policy is not None:
+            self.lang_policy = lang_policy
 
-    def query_language(self, text: str, given: str | None) -> tuple[str | None, str | None]:
+    lang_policy: QueryLangPolicy = QueryLangPolicy()  # the server's default; an instance may be given its own
+
+    def query_language(self, text: str, given: str | None, index: SearchIndex | None = None,
+                       qvec: np.ndarray | None = None) -> tuple[str | None, str | None]:
+        """The request's ``lang``, else the detected one (among ``index``'s languages when given)."""
         if given:
             return given, "request"
-        return self.detector.detect(text), "detected"
+        if index is None:
+            return self.detector.detect(text), "detected"
+        return self.query_guess(text, given, index, qvec)[0].lang, "detected"
+
+    def query_guess(self, text: str, given: str | None, index: SearchIndex,
+                    qvec: np.ndarray | None) -> tuple[LangGuess, str]:
+        """:meth:`query_language` with the confidence and the candidates' posteriors (:func:`guess_language`)."""
+        if given:
+            return LangGuess(given, 1.0, {given: 1.0}), "request"
+        return guess_language(self.detector, text, index, qvec, self.lang_policy), "detected"
 
     def validate(self, req: SearchRequest, index: SearchIndex | None = None) -> SearchRequest:
         """Check every field whatever the others say (``rerank_depth`` without ``rerank`` too; ``langs`` against the
@@ -202,22 +349,27 @@ class SearchService:
         req = self.validate(req, index)
         req = resolve_mode(index, req)
         depth = candidate_depth(req, self.limits)
+        if req.feedback is not Feedback.off:
+            depth = max(depth, req.feedback_docs)
         mask = index.lang_mask(req.langs)
         mode = centering_mode(index, req)
         if mode != "off":
             index.require_centroids(mode)
         info: CenteringInfo | None = None
+        qc: np.ndarray | None = None  # the centred query (feedback starts from it)
         jobs: dict[str, asyncio.Future[fusion.Run] | asyncio.Task[fusion.Run]] = {}
         if req.mode in (Mode.bm25, Mode.hybrid):
             jobs["bm25"] = asyncio.ensure_future(asyncio.to_thread(
                 lambda: bm25_run(index, self.tokenize(req.query), depth, mask)))
         if req.mode in (Mode.dense, Mode.hybrid):
             async def dense() -> fusion.Run:
-                nonlocal info
+                nonlocal info, qc
                 qvec = await self.batcher.encode(req.query)
                 # language ID takes well under a millisecond: no need to leave the event loop for it
-                lang, source = self.query_language(req.query, req.lang) if mode != "off" or req.lang else (None, None)
-                centred, info = center_query(index, self.table, qvec, mode, lang, source)
+                guess, source = (self.query_guess(req.query, req.lang, index, qvec) if mode != "off" or req.lang
+                                 else (None, None))
+                centred, info = center_query(index, self.table, qvec, mode, guess, source, self.lang_policy)
+                qc = centred
                 if self.dense_batcher is not None and mask is None:  # one FAISS call for the concurrent queries
                     return await self.dense_batcher.search((id(index), depth, mode), centred,
                                                            lambda qs: dense_runs(index, qs, depth, None, mode))
@@ -231,10 +383,46 @@ class SearchService:
         runs = dict(zip(jobs, results, strict=True))
         runs = {name: runs[name] for name in ("dense", "bm25") if name in runs}
         hits = fuse(req, runs, depth)
+        fb: FeedbackInfo | None = None
+        if req.feedback is not Feedback.off:
+            hits, fb = await self._feedback(index, req, runs, hits, qc, depth, mask, mode)
         docs = {h.row: index.doc(h.row) for h in hits[: max(req.k, req.rerank_depth if req.rerank else 0)]}
         if req.rerank:
             hits = await asyncio.to_thread(self._rerank, req, hits[: req.rerank_depth], docs)
-        return Retrieved(req, hits[: req.k], docs, info)
+        return Retrieved(req, hits[: req.k], docs, info, fb)
+
+    async def _feedback(self, index: SearchIndex, req: SearchRequest, runs: dict[str, fusion.Run],
+                        hits: list[fusion.FusedHit], qc: np.ndarray | None, depth: int, mask: np.ndarray | None,
+                        mode: str) -> tuple[list[fusion.FusedHit], FeedbackInfo]:
+        """The feedback stage (after fusion, before rerank; :mod:`app.feedback`): the gate looks at the centred
+        vectors of the top ``feedback_docs`` fused hits; when it opens, a second dense search with the Rocchio
+        query (no second encoding, same ``langs`` mask and centring) replaces the dense run (or is RRF-merged with
+        it, ``feedback_merge``), and the runs are fused again (hybrid: with the same BM25 run)."""
+        gate = "always" if req.feedback is Feedback.dense else req.feedback_gate.value
+        out = FeedbackInfo(mode=req.feedback, gate=gate, applied=False, reason="")
+        if qc is None or "dense" not in runs:
+            out.reason = f"mode {req.mode.value} has no dense run to take feedback from"
+            return hits, out
+        top = [h.row for h in hits[: req.feedback_docs]]
+        try:
+            vecs, langs = await asyncio.to_thread(feedback_vectors, index, top, mode)
+        except (OSError, ValueError, TypeError) as exc:
+            out.reason = f"the index's stored vectors cannot be read ({exc}): feedback needs them"
+            return hits, out
+        decision = prf.decide(gate, vecs, langs, req.feedback_threshold)
+        out.reason, out.evidence = decision.reason, decision.evidence
+        query = prf.feedback_query(qc, vecs, decision, req.feedback_weight)
+        if query is None:
+            return hits, out
+        if self.dense_batcher is not None and mask is None:  # batched with the other queries' searches
+            second = await self.dense_batcher.search((id(index), depth, mode), query,
+                                                     lambda qs: dense_runs(index, qs, depth, None, mode))
+        else:
+            second = (await asyncio.to_thread(dense_runs, index, query.reshape(1, -1), depth, mask, mode))[0]
+        if req.feedback_merge is FeedbackMerge.rrf:
+            second = fusion.Run(*prf.merge_rrf(runs["dense"].rows, second.rows, depth))
+        out.applied, out.docs = True, len(decision.use)
+        return fuse(req, {**runs, "dense": second}, depth), out
 
     async def search(self, req: SearchRequest) -> SearchResponse:
         """``POST /search`` and ``xlir search``: :meth:`retrieve`, as a response."""
@@ -251,7 +439,7 @@ class SearchService:
         return SearchResponse(
             query=req.query, mode=req.mode, fusion=req.fusion if req.mode is Mode.hybrid else None,
             reranked=req.rerank, took_ms=round((time.perf_counter() - t0) * 1000, 3), centering=got.centering,
-            results=out,
+            feedback=got.feedback, results=out,
         )
 
     def _rerank(self, req: SearchRequest, hits: list[fusion.FusedHit], docs: dict[int, dict[str, str]]
@@ -288,13 +476,16 @@ class SearchService:
         if mode == "off":
             raise BadQuery("centered=true needs centering 'offset' or 'full' (this index was built with 'off')")
         out, langs = [], []
+        # a centred embedding is one language's: an uncertain detection bets on its best candidate (reported in
+        # `langs`) rather than taking the language-agnostic shift, which /embed refuses
+        policy = replace(self.lang_policy, low="argmax")
         for text, vec in zip(texts, vecs, strict=True):
-            lang, source = self.query_language(text, req.lang)
-            centred, info = center_query(index, self.table, vec, mode, lang, source)
+            guess, source = self.query_guess(text, req.lang, index, vec)
+            centred, info = center_query(index, self.table, vec, mode, guess, source, policy)
             if not info.applied:
                 raise BadQuery(f"cannot centre {text[:40]!r}: {info.note}")
             out.append(centred)
-            langs.append(lang)
+            langs.append(guess.lang)
         return EmbedResponse(model=self.encoder.name, dim=self.encoder.dim, embeddings=np.stack(out).tolist(),
                              langs=langs, centering=Centering(mode))
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -43,7 +44,7 @@ from xlir.errors import CorpusError
 __all__ = [
     "SPLITS", "TATOEBA_PAIRS", "XQUAD_LANGS", "XQUAD_LEVELS", "DatasetError", "Query", "RetrievalDataset",
     "answer_sentences", "default_data_dir", "doc_article", "load_miracl", "load_sample", "load_tatoeba", "load_xquad_r",
-    "split_sentences",
+    "split_sentences", "xquad_nonparallel", "xquad_parallel_subset", "xquad_r_pools",
 ]
 
 TATOEBA_PAIRS: Final = ("ara", "cmn", "deu", "fra", "hin", "jpn", "kor", "rus", "spa")
@@ -373,6 +374,73 @@ def load_xquad_r(data_dir: Path, level: str = "sentence", langs: Sequence[str] |
     notes = {"skipped_answers": sum(skipped.values()), "queries_without_relevant": unanswerable}
     notes.update({f"skipped_answers:{lang}": n for lang, n in sorted(skipped.items())})
     return RetrievalDataset(f"xquad-r-{level}", docs, queries, qrels, notes)
+
+
+# --------------------------------------------------------------------------------------------------
+# XQuAD-R variants (issue 19): a non-parallel pool and a parallel pool of the same size
+# --------------------------------------------------------------------------------------------------
+
+
+def doc_paragraph(doc_id: str) -> tuple[int, int]:
+    """``(article, paragraph)`` of an XQuAD-R doc id (``lang/article/para[/sent]``): the same in every language."""
+    parts = doc_id.split("/")
+    return int(parts[1]), int(parts[2])
+
+
+def _shuffled_paragraphs(full: RetrievalDataset, seed: int) -> list[tuple[int, int]]:
+    paras = sorted({doc_paragraph(d.id) for d in full.docs})
+    random.Random(seed).shuffle(paras)
+    return paras
+
+
+def _restricted(full: RetrievalDataset, docs: list[Document], name: str, notes: Mapping[str, int]) -> RetrievalDataset:
+    """``full`` with only ``docs`` as candidates: each query's qrels cut to them, queries left without any dropped
+    (dataset order kept)."""
+    ids = {d.id for d in docs}
+    qrels = {q.qid: {d: v for d, v in full.qrels[q.qid].items() if d in ids} for q in full.queries}
+    queries = [q for q in full.queries if any(v > 0 for v in qrels[q.qid].values())]
+    out_notes = {**full.notes, **notes, "queries_without_kept_relevant": len(full.queries) - len(queries)}
+    return RetrievalDataset(name, docs, queries, {q.qid: qrels[q.qid] for q in queries}, out_notes)
+
+
+def xquad_nonparallel(full: RetrievalDataset, seed: int = 0) -> RetrievalDataset:
+    """The **non-parallel** variant of an XQuAD-R pool (:func:`load_xquad_r`, sentences or paragraphs): each
+    paragraph kept in one language only, the languages assigned round-robin (:data:`XQUAD_LANGS` order) over the
+    paragraphs after a shuffle seeded by ``seed``; queries in every language, each judged against the sentences of
+    the one kept copy (a query whose kept copy holds no answer sentence is dropped). The article-based dev/test
+    split of the full pool is kept (queries keep their split)."""
+    langs = [lang for lang in XQUAD_LANGS if any(d.lang == lang for d in full.docs)]
+    if not langs:
+        raise DatasetError(f"{full.name}: no documents in the XQuAD-R languages")
+    kept = {para: langs[i % len(langs)] for i, para in enumerate(_shuffled_paragraphs(full, seed))}
+    docs = [d for d in full.docs if kept[doc_paragraph(d.id)] == d.lang]
+    return _restricted(full, docs, f"{full.name}-nonparallel-s{seed}", {"paragraphs": len(kept), "seed": seed})
+
+
+def xquad_parallel_subset(full: RetrievalDataset, n_docs: int, seed: int = 0) -> RetrievalDataset:
+    """A **parallel** pool of about ``n_docs`` documents: whole paragraphs of ``full`` kept in all their languages,
+    taken in the order of the same seeded shuffle as :func:`xquad_nonparallel` until at least ``n_docs`` documents
+    are in; the queries of those paragraphs (in every language), the dev/test split kept."""
+    if n_docs < 1:
+        raise DatasetError(f"n_docs must be >= 1, not {n_docs}")
+    per_para = Counter(doc_paragraph(d.id) for d in full.docs)
+    chosen: set[tuple[int, int]] = set()
+    total = 0
+    for para in _shuffled_paragraphs(full, seed):
+        if total >= n_docs:
+            break
+        chosen.add(para)
+        total += per_para[para]
+    docs = [d for d in full.docs if doc_paragraph(d.id) in chosen]
+    return _restricted(full, docs, f"{full.name}-parallel{n_docs}-s{seed}", {"paragraphs": len(chosen), "seed": seed})
+
+
+def xquad_r_pools(data_dir: Path, seed: int = 0, level: str = "sentence") -> dict[str, RetrievalDataset]:
+    """The three XQuAD-R pools of issue 19: ``full`` (fully parallel), ``nonparallel`` and ``parallel`` (same size
+    as ``nonparallel``, in documents)."""
+    full = load_xquad_r(data_dir, level=level)
+    nonpar = xquad_nonparallel(full, seed)
+    return {"nonparallel": nonpar, "parallel": xquad_parallel_subset(full, len(nonpar.docs), seed), "full": full}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -187,7 +187,8 @@ def run_bucc(data: Path, model: str, noise: int, pairs: Sequence[str] | None = N
         out: dict[str, Any] = {"src": len(task["src"]), "tgt": len(task["tgt"]), "noise": task["noise"]}
         for margin, centering in CONDITIONS:
             t0 = time.perf_counter()
-            mined, rep = mine_rows(ArrayRows(x), ArrayRows(y), MineOptions(margin=margin, centering=centering))
+            mined, rep = mine_rows(ArrayRows(x), ArrayRows(y), MineOptions(margin=margin, centering=centering,
+                                                                           threshold=None))
             best: dict[str, Any] = dict(best_f1(mined.score, mined.src, mined.tgt, task["gold"]))
             best["seconds"] = round(time.perf_counter() - t0, 2)
             best["search"] = rep.fwd.kind
@@ -195,7 +196,7 @@ def run_bucc(data: Path, model: str, noise: int, pairs: Sequence[str] | None = N
             curves.setdefault(f"{margin}/{centering}", {})[pair] = (mined, task["gold"])
         # the IVF path on the same pools (forced: the pools are under exact_max), with the default nprobe
         mined, rep = mine_rows(ArrayRows(x), ArrayRows(y), MineOptions(centering="full", margin="absolute",
-                                                                       search="ivf"))
+                                                                       threshold=None, search="ivf"))
         ivf: dict[str, Any] = dict(best_f1(mined.score, mined.src, mined.tgt, task["gold"]))
         ivf["search"] = rep.fwd.describe()
         out["absolute/full/ivf"] = ivf
@@ -315,7 +316,7 @@ def run_speed(data: Path, model: str, n: int, nprobe: int | None, backend: str =
             sides.append((v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32))
         x, y = sides
     else:
-        opts = MineOptions(centering="off", nprobe=nprobe)
+        opts = MineOptions(centering="off", nprobe=nprobe, threshold=None)
         rep = mine_files(enc, src_p, tgt_p, folder / f"pairs-{n}.tsv", opts, progress=True)
         res["embed"] = {"seconds": rep.embed_seconds, "cached": list(rep.embed_cached), "extrapolated": False,
                         "sentences_per_s": (rep.src_unique + rep.tgt_unique) / rep.embed_seconds
@@ -326,7 +327,7 @@ def run_speed(data: Path, model: str, n: int, nprobe: int | None, backend: str =
     runs: dict[str, Any] = {}
     for name, search in (("ivf", "ivf"), ("exact", "exact")):
         t0 = time.perf_counter()
-        mined, srep = mine_rows(ArrayRows(x), ArrayRows(y), MineOptions(centering="off", search=search,
+        mined, srep = mine_rows(ArrayRows(x), ArrayRows(y), MineOptions(centering="off", search=search, threshold=None,
                                                                         nprobe=nprobe, memory_budget=16 << 30))
         total = time.perf_counter() - t0
         runs[name] = {"seconds": total, "index_s": srep.index_seconds, "search_s": srep.search_seconds,
@@ -387,7 +388,7 @@ def scale_child(n: int, dim: int, nprobe: int, folder: Path, budget: int) -> dic
             synthetic_side(p, n, dim, centres, seed)
     rss_after_write = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     t1 = time.perf_counter()
-    opts = MineOptions(nprobe=nprobe, memory_budget=budget, centering="full")
+    opts = MineOptions(nprobe=nprobe, memory_budget=budget, centering="full", threshold=None)
     mined, rep = mine_rows(F32Rows(folder / f"src-{n}.f32", n, dim), F32Rows(folder / f"tgt-{n}.f32", n, dim), opts,
                            work=folder / "work", job_key={"n": n}, progress=True)
     t2 = time.perf_counter()

@@ -75,17 +75,21 @@ METRICS: tuple[str, ...] = ("map@20", "ndcg@10", "recall@100")
 ALPHAS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 DEFAULT_ALPHA = 0.7  # the product default (SearchRequest.alpha)
 DEFAULT_K = 100
+# every condition but `dense-feedback` runs without query feedback (as they were recorded before it existed), so
+# that each measures one thing; `dense-feedback` is the product's default dense search (feedback auto, rrf merge)
 CONDITIONS: dict[str, dict[str, Any]] = {
     "bm25": {"mode": "bm25"},
-    "dense": {"mode": "dense"},
-    "hybrid-rrf": {"mode": "hybrid", "fusion": "rrf"},
-    "hybrid-weighted": {"mode": "hybrid", "fusion": "weighted"},
+    "dense": {"mode": "dense", "feedback": "off"},
+    "dense-feedback": {"mode": "dense"},
+    "hybrid-rrf": {"mode": "hybrid", "fusion": "rrf", "feedback": "off"},
+    "hybrid-weighted": {"mode": "hybrid", "fusion": "weighted", "feedback": "off"},
     # language centring per request (the index is built with `auto`): what it is worth, condition by condition;
     # "-detected": no `lang` in the request, the query language is the detector's (what the server does then)
-    "dense-detected": {"mode": "dense", "detect_lang": True},
-    "dense-centering-off": {"mode": "dense", "centering": "off"},
-    "dense-centering-offset": {"mode": "dense", "centering": "offset"},
-    "dense-centering-offset-detected": {"mode": "dense", "centering": "offset", "detect_lang": True},
+    "dense-detected": {"mode": "dense", "detect_lang": True, "feedback": "off"},
+    "dense-centering-off": {"mode": "dense", "centering": "off", "feedback": "off"},
+    "dense-centering-offset": {"mode": "dense", "centering": "offset", "feedback": "off"},
+    "dense-centering-offset-detected": {"mode": "dense", "centering": "offset", "detect_lang": True,
+                                        "feedback": "off"},
 }
 DETECT = "detect_lang"  # a condition's flag, not a request field: leave `lang` out of the request
 DEFAULT_CONDITIONS = ("bm25", "dense", "hybrid-rrf", "hybrid-weighted")
@@ -167,6 +171,18 @@ def index_dir(dataset: RetrievalDataset, encoder: Encoder, cache_root: Path) -> 
     return Path(cache_root) / f"{_safe(dataset.name)}-{encoder.checksum[:12]}-{docs_hash(dataset)[:12]}"
 
 
+def built_by_current_rule(directory: Path) -> bool:
+    """Whether a cached index's centroids follow today's centring rule (an index cached before LSAR is rebuilt)."""
+    from indexer.centering import MIN_CENTROID_DOCS, Centroids, lsar_rank
+    from indexer.manifest import Manifest
+
+    name = Manifest.read(directory).vector_sets["main"].centroids
+    if name is None:
+        return True
+    c = Centroids.load(directory / name)
+    return c.lsar_rank == lsar_rank(int((c.counts >= MIN_CENTROID_DOCS).sum()))
+
+
 def index_for(dataset: RetrievalDataset, encoder: Encoder, cache_root: Path | None = None, *,
               progress: bool = True) -> Path:
     """The xlir index of ``dataset``'s documents embedded by ``encoder``: built once, then reused.
@@ -183,7 +199,7 @@ def index_for(dataset: RetrievalDataset, encoder: Encoder, cache_root: Path | No
         raise DatasetError(f"dataset {dataset.name!r} has no documents")
     root = Path(cache_root) if cache_root is not None else default_cache_root()
     out = index_dir(dataset, encoder, root)
-    if (out / MANIFEST_NAME).is_file():
+    if (out / MANIFEST_NAME).is_file() and built_by_current_rule(out):
         return out
     root.mkdir(parents=True, exist_ok=True)
     docs_file = root / f".{out.name}.docs-{os.getpid()}.jsonl"

@@ -265,6 +265,10 @@ def search_cmd(
                                                    "detected)")] = None,
     centering: Annotated[str | None, typer.Option("--centering", help="off | offset | full (default: the "
                                                   "index's)")] = None,
+    feedback: Annotated[str, typer.Option("--feedback", help="auto | dense | off: dense pseudo-relevance "
+                                          "feedback (README: Query feedback)")] = "auto",
+    feedback_merge: Annotated[str, typer.Option("--feedback-merge", help="rrf | second: fuse the first and "
+                                                "the feedback list, or take the second")] = "rrf",
     as_json: Annotated[bool, typer.Option("--json", help="print the JSON response")] = False,
     home: HomeOpt = None,
     device: DeviceOpt = "auto",
@@ -276,7 +280,7 @@ def search_cmd(
     from app.schemas import SearchRequest
 
     req = validated(SearchRequest, query=query, k=k, mode=mode, fusion=fusion, alpha=alpha, langs=langs or None,
-                    lang=query_lang, centering=centering)
+                    lang=query_lang, centering=centering, feedback=feedback, feedback_merge=feedback_merge)
     if (index is None) == (target is None):
         fail("give exactly one of --index DIR or --target URL")
     if target is not None:
@@ -315,11 +319,12 @@ def mine_cmd(
     model: Annotated[str, typer.Option("--model", "-m")] = "e5-small",
     k: Annotated[int, typer.Option("--k", help="neighbourhood size of the margin")] = 4,
     margin: Annotated[str, typer.Option("--margin", help="absolute (cosine) | ratio | distance; absolute with "
-                                        "centring had the best BUCC-style F1 here (benchmarks/RESULTS.md "
-                                        "section 4)")] = "absolute",
+                                        "centring and the runner-up threshold transferred best to new languages "
+                                        "(benchmarks/RESULTS.md 7.3)")] = "absolute",
     retrieval: Annotated[str, typer.Option("--retrieval", help="fwd | bwd | max | intersect")] = "max",
-    threshold: Annotated[float | None, typer.Option("--threshold", help="keep pairs scoring at least this (e5-small, "
-                                                    "absolute margin, full centring: 0.50 was F1-optimal)")] = None,
+    threshold: Annotated[str, typer.Option("--threshold", help="keep pairs scoring at least this: a number, "
+                                           "runner-up (the 0.875 quantile of every sentence's second-best score in "
+                                           "this run), otsu (the split of this run's scores), or none")] = "runner-up",
     one_to_one: Annotated[bool, typer.Option("--one-to-one", help="each sentence in at most one pair")] = False,
     dedup: Annotated[bool, typer.Option("--dedup", help="drop repeated sentences on each side")] = False,
     centering: Annotated[str, typer.Option("--centering", help="off | offset | full: remove each side's "
@@ -348,12 +353,14 @@ def mine_cmd(
     """
     from indexer.mining import MineOptions
     from indexer.mining_job import mine_files
+    from indexer.mining_threshold import parse_threshold
     from indexer.planning import parse_bytes
     from models.encoders import load_encoder
 
     try:
-        opts = MineOptions(k=k, margin=margin, retrieval=retrieval, threshold=threshold, one_to_one=one_to_one,
-                           dedup=dedup, centering=centering, batch_size=batch_size, search=search,
+        opts = MineOptions(k=k, margin=margin, retrieval=retrieval, threshold=parse_threshold(threshold),
+                           one_to_one=one_to_one, dedup=dedup, centering=centering, batch_size=batch_size,
+                           search=search,
                            exact_max=exact_max, nprobe=nprobe, memory_budget=parse_bytes(memory_budget),
                            chunk=chunk)
     except ValueError as exc:
@@ -369,6 +376,9 @@ def mine_cmd(
         fail(str(exc))
     for side, plan in (("src->tgt", rep.fwd_plan), ("tgt->src", rep.bwd_plan)):
         typer.echo(f"search {side}: {plan.describe() if plan else '-'}", err=True)
+    if opts.threshold is not None:
+        typer.echo(f"threshold: {'-' if rep.threshold is None else f'{rep.threshold:.4f}'}"
+                   + (f" (set by the {opts.threshold} rule)" if isinstance(opts.threshold, str) else ""), err=True)
     if rep.resumed_chunks or any(rep.embed_cached):
         typer.echo(f"reused: {rep.embed_cached[0]:,} + {rep.embed_cached[1]:,} cached embeddings, "
                    f"{rep.resumed_chunks} finished search chunks", err=True)

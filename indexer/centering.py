@@ -8,7 +8,9 @@ the (unit-norm) passage embeddings and the global mean ``mu_all``, a vector ``x`
 - ``off``:    ``x`` (unchanged)
 - ``offset``: ``normalize(x - (mu_l - mu_all))``: removes only the language's offset from the global mean, so a
   single-language index is unchanged by construction
-- ``full``:   ``normalize(x - mu_l)``: removes the whole language mean
+- ``full``:   ``normalize(P (x - mu_l))``: removes the whole language mean, then (LSAR) projects out the top
+  ``r = min(8, L - 1)`` right singular vectors of the matrix of the L reliable language means (``P``;
+  :meth:`Centroids.basis`). Centroids saved before LSAR carry no rank: their indexes are searched as built.
 
 This module alone decides what is subtracted (:meth:`Centroids.lookup`), for documents (build, live delta,
 exact re-scoring) and queries (server, ``xlir search``, benchmarks, ``/embed``) alike. **The rule**: a vector of
@@ -39,6 +41,16 @@ AUTO_MIN_SHARE = 0.01
 # a language with fewer documents has no reliable mean (with one document, `full` would erase it): the rule's
 # fallback applies to it
 MIN_CENTROID_DOCS = 10
+# LSAR (Xie et al. 2022, "Discovering Low-rank Subspaces for Language-agnostic Multilingual Representations"):
+# under ``full``, after the mean is removed, the top r right singular vectors of the matrix of language means are
+# projected out of every vector too, r = min(LSAR_MAX_RANK, L - 1) for the L languages with a reliable mean
+# (benchmarks/RESULTS.md 7.4: r = L - 1 gained on the dev split of every XQuAD-R pool measured, r = L lost once)
+LSAR_MAX_RANK = 8
+
+
+def lsar_rank(n_langs: int) -> int:
+    """The number of language directions projected out of an index of ``n_langs`` reliable languages."""
+    return max(0, min(LSAR_MAX_RANK, n_langs - 1))
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -96,7 +108,8 @@ class CentroidStats:
         counts = np.asarray([self.counts[lang] for lang in langs], dtype=np.int64)
         sums = np.stack([self.sums[lang] for lang in langs])
         return Centroids(langs=langs, means=(sums / counts[:, None]).astype(np.float32), counts=counts,
-                         global_mean=(sums.sum(axis=0) / counts.sum()).astype(np.float32))
+                         global_mean=(sums.sum(axis=0) / counts.sum()).astype(np.float32),
+                         lsar_rank=lsar_rank(int((counts >= MIN_CENTROID_DOCS).sum())))
 
 
 @dataclass(frozen=True)
@@ -105,9 +118,22 @@ class Centroids:
     means: np.ndarray  # L x d, float32
     counts: np.ndarray  # L, int64
     global_mean: np.ndarray  # d, float32
+    lsar_rank: int = 0  # 0: centroids saved before LSAR (their index is searched as it was built)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_row", {lang: i for i, lang in enumerate(self.langs)})
+        object.__setattr__(self, "_basis", None)
+
+    def basis(self, mode: str) -> np.ndarray | None:
+        """d x r: the language directions projected out under ``mode`` (LSAR; ``full`` only), or None."""
+        if mode != "full" or self.lsar_rank < 1:
+            return None
+        if self._basis is None:  # type: ignore[attr-defined]
+            reliable = self.means[self.counts >= MIN_CENTROID_DOCS].astype(np.float64)
+            vt = np.linalg.svd(reliable, full_matrices=False)[2] if len(reliable) else np.zeros((0, reliable.shape[1]))
+            object.__setattr__(self, "_basis", np.ascontiguousarray(vt[: self.lsar_rank].T, dtype=np.float32))
+        basis: np.ndarray = self._basis  # type: ignore[attr-defined]
+        return basis if basis.shape[1] else None
 
     def _own(self, mode: str, lang: str) -> np.ndarray | None:
         row = self._row.get(lang)  # type: ignore[attr-defined]
@@ -140,10 +166,19 @@ class Centroids:
         shifts, sources = self.lookup(mode, [lang or ""], None if lang in held else table)
         return shifts[0], sources[0]
 
+    def mixture_shift(self, mode: str, weights: Mapping[str, float]) -> np.ndarray:
+        """The shift of a query whose language is uncertain: :func:`mixture` of the shifts (:meth:`lookup`, the
+        rule of this module) of the candidate languages in ``weights`` (their posteriors)."""
+        langs = list(weights)
+        return mixture(self.lookup(mode, langs)[0], np.asarray([weights[x] for x in langs], dtype=np.float64))
+
     def save(self, path: Path, encoder_checksum: str) -> None:
         tmp = path.with_name(path.name + ".tmp.npz")
+        meta = {"encoder_checksum": encoder_checksum}
+        if self.lsar_rank:  # centroids without LSAR keep the bytes they had before it existed
+            meta["lsar_rank"] = self.lsar_rank  # type: ignore[assignment]
         np.savez(tmp, means=self.means, counts=self.counts, global_mean=self.global_mean,
-                 langs=np.asarray(self.langs), meta=np.asarray(json.dumps({"encoder_checksum": encoder_checksum})))
+                 langs=np.asarray(self.langs), meta=np.asarray(json.dumps(meta)))
         tmp.replace(path)
 
     @classmethod
@@ -152,7 +187,8 @@ class Centroids:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
                 table = cls(langs=[str(x) for x in z["langs"]], means=z["means"].astype(np.float32),
-                            counts=z["counts"], global_mean=z["global_mean"].astype(np.float32))
+                            counts=z["counts"], global_mean=z["global_mean"].astype(np.float32),
+                            lsar_rank=int(meta.get("lsar_rank", 0)))
         except (OSError, KeyError, ValueError) as exc:
             raise IndexInvalid(f"cannot read centroid table {path}: {exc}") from exc
         if encoder_checksum is not None and meta.get("encoder_checksum") != encoder_checksum:
@@ -174,34 +210,58 @@ def resolve_auto(counts: Mapping[str, int]) -> str:
     return "full" if len(big) >= 2 else "offset"
 
 
-def center(vecs: np.ndarray, shifts: np.ndarray) -> np.ndarray:
-    """``normalize(vecs - shifts)``; ``shifts`` is one row per vector or one row for all."""
-    return normalize(np.asarray(vecs, dtype=np.float32) - shifts)
+def mixture(shifts: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``sum_i w_i shifts_i / sum_i w_i``: one shift from the L x d ``shifts`` of candidate languages and their
+    non-negative weights (at least one positive)."""
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 1 or len(w) != len(shifts):
+        raise ValueError(f"{len(w)} weights for {len(shifts)} shifts")
+    if (w < 0).any() or w.sum() <= 0:
+        raise ValueError("mixture weights must be non-negative with a positive sum")
+    return ((w / w.sum()) @ np.asarray(shifts, dtype=np.float64)).astype(np.float32)
 
 
-def center_by_lang(vecs: np.ndarray, lang_rows: np.ndarray, table_shifts: np.ndarray) -> np.ndarray:
+def center(vecs: np.ndarray, shifts: np.ndarray, basis: np.ndarray | None = None) -> np.ndarray:
+    """``normalize(P (vecs - shifts))``; ``shifts`` is one row per vector or one row for all; ``P`` projects out
+    the columns of ``basis`` (orthonormal, :meth:`Centroids.basis`), or is the identity without one."""
+    x = np.asarray(vecs, dtype=np.float32) - shifts
+    if basis is not None:
+        x = x - (x @ basis) @ basis.T
+    return normalize(x)
+
+
+def center_by_lang(vecs: np.ndarray, lang_rows: np.ndarray, table_shifts: np.ndarray,
+                   basis: np.ndarray | None = None) -> np.ndarray:
     """Centre each vector with the shift of its language (``lang_rows`` index ``table_shifts``)."""
-    return center(vecs, table_shifts[lang_rows])
+    return center(vecs, table_shifts[lang_rows], basis)
 
 
 def centered_scores(raw: np.ndarray, lang_rows: np.ndarray, query: np.ndarray, table_shifts: np.ndarray,
-                    norms: np.ndarray | None = None) -> np.ndarray:
+                    norms: np.ndarray | None = None, basis: np.ndarray | None = None) -> np.ndarray:
     """Cosine of each raw document vector, centred with its language's shift, with an already centred query.
 
-    Equals ``center_by_lang(raw, lang_rows, table_shifts) @ query`` without materialising the centred matrix:
-    ``((raw @ q) - (shifts @ q)[lang]) / |raw - shift[lang]|``. ``norms`` can be passed when precomputed.
+    Equals ``center_by_lang(raw, lang_rows, table_shifts, basis) @ query`` without materialising the centred
+    matrix: ``((raw @ Pq) - (shifts @ Pq)[lang]) / |P (raw - shift[lang])|`` (``P`` symmetric: the projection moves
+    to the query, a no-op for one centred by :func:`center` with the same basis). ``norms`` can be passed when
+    precomputed.
     """
     q = np.asarray(query, dtype=np.float32)
+    if basis is not None:
+        q = (q - basis @ (basis.T @ q)).astype(np.float32)
     if norms is None:
-        norms = centered_norms(raw, lang_rows, table_shifts)
+        norms = centered_norms(raw, lang_rows, table_shifts, basis)
     return ((raw @ q) - (table_shifts @ q)[lang_rows]) / norms
 
 
-def centered_norms(raw: np.ndarray, lang_rows: np.ndarray, table_shifts: np.ndarray) -> np.ndarray:
-    """``|raw_i - shift[lang_i]|`` via ``|x|^2 - 2 x.s + |s|^2`` (one pass over ``raw``)."""
+def centered_norms(raw: np.ndarray, lang_rows: np.ndarray, table_shifts: np.ndarray,
+                   basis: np.ndarray | None = None) -> np.ndarray:
+    """``|P (raw_i - shift[lang_i])|`` via ``|x|^2 - 2 x.s + |s|^2 - |B^T (x - s)|^2`` (one pass over ``raw``)."""
     dots = np.einsum("ij,ij->i", raw, table_shifts[lang_rows], dtype=np.float64) if len(raw) else np.zeros(0)
     sq = (np.einsum("ij,ij->i", raw, raw, dtype=np.float64) - 2 * dots
           + np.einsum("ij,ij->i", table_shifts, table_shifts, dtype=np.float64)[lang_rows])
+    if basis is not None and len(raw):
+        inside = (raw @ basis).astype(np.float64) - (table_shifts @ basis).astype(np.float64)[lang_rows]
+        sq -= np.einsum("ij,ij->i", inside, inside)
     return np.sqrt(np.maximum(sq, 1e-12)).astype(np.float32)
 
 

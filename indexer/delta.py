@@ -255,9 +255,11 @@ class LiveIndex(SearchIndex):
         key = f"dense:{mode}"
         with v._lock:
             if key not in v._cache:
-                off = mode == "off"  # else the rule of indexer.centering, with the generation's frozen centroids
-                v._cache[key] = center(v.vecs, np.zeros(1, np.float32) if off else
-                                       self.require_centroids(mode).lookup(mode, v.lang_codes())[0])
+                if mode == "off":
+                    v._cache[key] = center(v.vecs, np.zeros(1, np.float32))
+                else:  # the rule of indexer.centering, with the generation's frozen centroids
+                    cents = self.require_centroids(mode)
+                    v._cache[key] = center(v.vecs, cents.lookup(mode, v.lang_codes())[0], cents.basis(mode))
             mat: np.ndarray = v._cache[key]
         return mat
 

@@ -21,6 +21,14 @@ deliberate: py3langid readily labels short Mandarin or Modern Standard Arabic te
 or ``arz``, and a per-language filter on ``zh`` or ``ar`` should still find those texts.
 
 :class:`LanguageDetector` wraps py3langid and always returns normalised codes.
+
+**Short queries** (issue 19). Free to choose among all ~100 of its languages, py3langid gets a query of a few words
+wrong about half the time; the service knows which languages an index holds, so a query's language is chosen among
+them: :meth:`LanguageDetector.posteriors` gives the model's posteriors (macrolanguage members folded into their
+code) renormalised over the allowed codes, without touching the shared model (no ``set_languages``: thread-safe).
+:func:`embedding_posteriors` turns the cosines of the query's raw vector to each language's mean embedding into a
+second distribution, :func:`combine` multiplies the two, and :func:`best` gives the winner and its posterior, the
+confidence (``benchmarks/RESULTS.md`` 7.2 has the figures and the tuned temperature and threshold).
 """
 
 from __future__ import annotations
@@ -28,11 +36,16 @@ from __future__ import annotations
 import re
 import threading
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final
 
-__all__ = ["KNOWN_LANGS", "UNDETERMINED", "LanguageDetector", "known_lang", "normalize_lang"]
+import numpy as np
+
+__all__ = [
+    "KNOWN_LANGS", "UNDETERMINED", "LangGuess", "LanguageDetector", "best", "combine", "embedding_posteriors",
+    "known_lang", "normalize_lang", "restrict",
+]
 
 UNDETERMINED: Final = "und"
 """BCP-47 "undetermined": returned for text with no letters or no recognisable language."""
@@ -368,8 +381,11 @@ class LanguageDetector:
                     model = self._model = _load_model()
         return model
 
-    def detect(self, text: str) -> str:
-        """The language of ``text`` as a normalised code, or ``"und"``."""
+    def detect(self, text: str, among: Collection[str] | None = None) -> str:
+        """The language of ``text`` as a normalised code, or ``"und"``; with ``among``, the most likely of those
+        codes (``"und"`` when the model finds nothing, or nothing of ``among``)."""
+        if among is not None:
+            return best(self.posteriors(text, among)).lang
         text = text[: self.max_chars]
         if not _LETTER.search(text):
             return UNDETERMINED
@@ -378,6 +394,25 @@ class LanguageDetector:
         if confidence <= model.featureless + 1e-6:
             return UNDETERMINED
         return model.labels.get(label) or normalize_lang(label)
+
+    def posteriors(self, text: str, among: Collection[str] | None = None) -> dict[str, float]:
+        """The model's posterior of each normalised code for ``text`` (the macrolanguage members and script
+        variants of a code summed into it), renormalised over ``among`` when given; best first, summing to 1.
+        Empty when the text has no letters or the model sees no feature in it (nothing to go on). The shared
+        model is only read (``rank``), never restricted in place."""
+        text = text[: self.max_chars]
+        if not _LETTER.search(text):
+            return {}
+        model = self._get_model()
+        ranked = model.identifier.rank(text)
+        if not ranked or ranked[0][1] <= model.featureless + 1e-6:  # uniform: no feature seen
+            return {}
+        folded: dict[str, float] = {}
+        for label, p in ranked:
+            code = model.labels.get(label) or normalize_lang(label)
+            folded[code] = folded.get(code, 0.0) + float(p)
+        folded.pop(UNDETERMINED, None)
+        return restrict(folded, folded if among is None else among)
 
     def detect_many(self, texts: Iterable[str]) -> list[str]:
         """:meth:`detect` for each text, in input order."""
@@ -394,3 +429,67 @@ def known_lang(code: str) -> str:
     if lang not in KNOWN_LANGS:
         raise ValueError(f"unknown language code {code!r}; accepted ISO 639-1 codes: {', '.join(sorted(KNOWN_LANGS))}")
     return lang
+
+
+# --------------------------------------------------------------------------------------------------
+# Posteriors over a set of candidate languages (pure)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LangGuess:
+    """A query's language: the most likely candidate (``"und"`` when nothing points to one), its posterior (the
+    confidence, 0 for ``"und"``) and the posterior of every candidate, best first (empty for ``"und"``)."""
+
+    lang: str
+    confidence: float
+    probs: Mapping[str, float] = field(default_factory=dict)
+
+
+def restrict(probs: Mapping[str, float], among: Collection[str]) -> dict[str, float]:
+    """``probs`` kept for the codes in ``among`` and renormalised to sum 1, best first (ties: code order); empty
+    when none of them has any mass."""
+    kept = {code: float(p) for code, p in probs.items() if code in among and p > 0}
+    total = sum(kept.values())
+    if total <= 0:
+        return {}
+    return {code: p / total for code, p in sorted(kept.items(), key=lambda kv: (-kv[1], kv[0]))}
+
+
+def embedding_posteriors(vector: np.ndarray, means: np.ndarray, langs: Sequence[str],
+                         temperature: float) -> dict[str, float]:
+    """``softmax(cos(vector, means[i]) / temperature)`` over ``langs`` (one row of ``means`` each), best first:
+    how close the raw query vector lies to each language's mean embedding."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if len(langs) != len(means):
+        raise ValueError(f"{len(langs)} languages for {len(means)} means")
+    if not len(langs):
+        return {}
+    m = np.asarray(means, dtype=np.float64)
+    v = np.asarray(vector, dtype=np.float64)
+    norms = np.linalg.norm(m, axis=1) * (np.linalg.norm(v) or 1.0)
+    cos = (m @ v) / np.where(norms > 0, norms, 1.0)
+    z = np.exp((cos - cos.max()) / temperature)
+    return restrict(dict(zip(langs, (z / z.sum()).tolist(), strict=True)), langs)
+
+
+def combine(*dists: Mapping[str, float]) -> dict[str, float]:
+    """The normalised product of several posteriors over the same candidates (independent evidence); an empty
+    distribution (no evidence) is left out, and a code missing from one of the others gets nothing."""
+    present = [d for d in dists if d]
+    if not present:
+        return {}
+    out = {code: float(p) for code, p in present[0].items()}
+    for d in present[1:]:
+        out = {code: p * float(d.get(code, 0.0)) for code, p in out.items()}
+    return restrict(out, out)
+
+
+def best(probs: Mapping[str, float]) -> LangGuess:
+    """The :class:`LangGuess` of a posterior (``"und"`` with confidence 0 when it is empty)."""
+    ranked = restrict(probs, probs)
+    if not ranked:
+        return LangGuess(UNDETERMINED, 0.0, {})
+    lang = next(iter(ranked))
+    return LangGuess(lang, ranked[lang], ranked)

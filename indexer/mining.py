@@ -28,8 +28,10 @@ Candidates are each source's k nearest targets and each target's k nearest sourc
   pair only if neither its source nor its target has been used (LASER's ``max`` strategy; the result
   is one-to-one).
 
-``threshold`` keeps pairs with score >= threshold; ``one_to_one`` applies the same greedy rule to ``fwd``
-and ``bwd`` (``max`` and ``intersect`` are one-to-one already). Results are sorted by score desc, ties
+``threshold`` keeps pairs with score >= threshold; a rule name (``otsu``, ``runner-up``) sets it from the run's own
+scores (:mod:`indexer.mining_threshold`) after the k-NN pass, and :class:`MinedArrays` records the value used.
+``one_to_one`` applies the same greedy rule to ``fwd`` and ``bwd`` (``max`` and ``intersect`` are one-to-one
+already). Results are sorted by score desc, ties
 by (src, tgt) asc; ties between equal-scoring candidates of one sentence go to the lower index.
 
 Layers: :func:`knn`, :func:`apply_margin`, :func:`margin_scores`, :func:`mine` and :func:`mine_neighbours`
@@ -48,6 +50,7 @@ import faiss
 import numpy as np
 
 from indexer.centering import check_mode
+from indexer.mining_threshold import THRESHOLD_RULES, rule_threshold, runner_ups
 
 log = logging.getLogger(__name__)
 MARGINS = ("ratio", "distance", "absolute")
@@ -70,17 +73,25 @@ class MinedPair:
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_options(k: int, margin: str, retrieval: str, threshold: float | None) -> None:
+Threshold = float | str | None  # a number, a rule of indexer.mining_threshold, or none
+
+
+def _check_options(k: int, margin: str, retrieval: str, threshold: Threshold) -> None:
     if margin not in MARGINS:
         raise ValueError(f"unknown margin {margin!r}; choose from {', '.join(MARGINS)}")
     if retrieval not in RETRIEVALS:
         raise ValueError(f"unknown retrieval {retrieval!r}; choose from {', '.join(RETRIEVALS)}")
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
-    if threshold is not None and (
+    if isinstance(threshold, str):
+        if threshold not in THRESHOLD_RULES:
+            raise ValueError(f"unknown threshold rule {threshold!r}; give a number or one of "
+                             f"{', '.join(THRESHOLD_RULES)}")
+    elif threshold is not None and (
         isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or np.isnan(threshold)
     ):
-        raise ValueError(f"threshold must be a number or None, got {threshold!r}")
+        raise ValueError(f"threshold must be a number, a rule ({', '.join(THRESHOLD_RULES)}) or None, "
+                         f"got {threshold!r}")
 
 
 def _as_embeddings(a: np.ndarray, name: str) -> np.ndarray:
@@ -297,12 +308,12 @@ class MineOptions:
     """
 
     k: int = 4
-    margin: str = "ratio"
+    margin: str = "absolute"  # the defaults: chosen on NTREX by leave-languages-out (benchmarks/RESULTS.md 7.3)
     retrieval: str = "max"
-    threshold: float | None = None
+    threshold: Threshold = "runner-up"
     one_to_one: bool = False
     dedup: bool = False
-    centering: str = "off"
+    centering: str = "full"
     batch_size: int = 32
     search: str = "auto"
     exact_max: int = 50_000
@@ -335,6 +346,8 @@ class MinedArrays:
     k_fwd: int | None = None  # neighbours per source / per target the margin used (k clamped to the side)
     k_bwd: int | None = None
     floored: int = 0  # ratio margin: candidate pairs whose neighbourhood mean was raised to the floor
+    threshold: float | None = None  # the threshold applied (a rule's value), None = every retrieved pair kept
+    runner_up: np.ndarray | None = None  # each source's and each target's second-best score (threshold rules)
 
     def __len__(self) -> int:
         return len(self.score)
@@ -347,9 +360,10 @@ class MinedArrays:
 
 
 def _select(
-    cand: _Candidates, n: int, m: int, *, margin: str, retrieval: str, threshold: float | None, one_to_one: bool
+    cand: _Candidates, n: int, m: int, *, margin: str, retrieval: str, threshold: Threshold, one_to_one: bool
 ) -> MinedArrays:
-    """Score the candidates with the margin and pick the pairs of the retrieval strategy."""
+    """Score the candidates with the margin and pick the pairs of the retrieval strategy; a threshold rule is
+    computed from the retrieved pairs (before any threshold) and the runner-up scores, then applied."""
     u_score = apply_margin(cand.cos, cand.fwd_avg[cand.src], cand.bwd_avg[cand.tgt], margin)
     floored = 0
     if margin == "ratio":
@@ -362,6 +376,9 @@ def _select(
     fwd_ids, bwd_ids = cand.fwd_ids, cand.bwd_ids
     fwd_best, fwd_best_score = _best(u_score[cand.fwd_pos], fwd_ids)  # target per source
     bwd_best, bwd_best_score = _best(u_score[cand.bwd_pos], bwd_ids)  # source per target
+    runner_up = np.concatenate((runner_ups(u_score[cand.fwd_pos]), runner_ups(u_score[cand.bwd_pos])))
+    rule = threshold if isinstance(threshold, str) else None
+    cut = None if rule is not None or threshold is None else float(threshold)
     src_rows, tgt_rows = np.arange(n, dtype=np.int64), np.arange(m, dtype=np.int64)
     if retrieval == "fwd":
         src, tgt, score = src_rows, fwd_best, fwd_best_score
@@ -375,8 +392,8 @@ def _select(
         tgt = np.concatenate((fwd_best, tgt_rows))
         score = np.concatenate((fwd_best_score, bwd_best_score))
 
-    if threshold is not None:
-        ok = score >= threshold
+    if cut is not None:
+        ok = score >= cut
         src, tgt, score = src[ok], tgt[ok], score[ok]
     order = np.lexsort((tgt, src, -score))
     src, tgt, score = src[order], tgt[order], score[order]
@@ -385,8 +402,15 @@ def _select(
         # below the threshold comes after every pair above it.
         keep = _greedy_one_to_one(src, tgt)
         src, tgt, score = src[keep], tgt[keep], score[keep]
+    if rule is not None:  # set from the final list; it is sorted by score, so the cut keeps a prefix
+        cut = rule_threshold(rule, score, runner_up)
+        if cut is None:
+            log.warning("threshold rule %s found nothing to split (%d pairs): every pair is kept", rule, len(score))
+        else:
+            keep_n = int(np.count_nonzero(score >= cut))
+            src, tgt, score = src[:keep_n], tgt[:keep_n], score[:keep_n]
     return MinedArrays(score=score, src=src, tgt=tgt, k_fwd=int(fwd_ids.shape[1]), k_bwd=int(bwd_ids.shape[1]),
-                       floored=floored)
+                       floored=floored, threshold=cut, runner_up=runner_up)
 
 
 def mine(
@@ -396,7 +420,7 @@ def mine(
     k: int = 4,
     margin: str = "ratio",
     retrieval: str = "max",
-    threshold: float | None = None,
+    threshold: Threshold = None,
     one_to_one: bool = False,
     chunk: int = DEFAULT_CHUNK,
 ) -> list[MinedPair]:
@@ -423,7 +447,7 @@ def mine_neighbours(
     *,
     margin: str = "ratio",
     retrieval: str = "max",
-    threshold: float | None = None,
+    threshold: Threshold = None,
     one_to_one: bool = False,
 ) -> MinedArrays:
     """Mine from neighbour lists found elsewhere (chunked, approximate or resumed searches).

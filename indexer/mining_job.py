@@ -66,6 +66,7 @@ class MineReport:
     search_seconds: float = 0.0
     score_seconds: float = 0.0
     write_seconds: float = 0.0
+    threshold: float | None = None  # the threshold applied (the value a threshold rule set), None = no threshold
 
     @property
     def mine_seconds(self) -> float:
@@ -379,5 +380,5 @@ def mine_files(
         src_skipped=src_skipped, tgt_skipped=tgt_skipped, fwd_plan=rep.fwd, bwd_plan=rep.bwd,
         embed_cached=(src_cached, tgt_cached), resumed_chunks=rep.resumed_chunks, embed_seconds=embed_s,
         index_seconds=rep.index_seconds, search_seconds=rep.search_seconds, score_seconds=rep.score_seconds,
-        write_seconds=time.perf_counter() - t1,
+        write_seconds=time.perf_counter() - t1, threshold=mined.threshold,
     )

@@ -162,19 +162,21 @@ class Index(SearchIndex):
                      masks: list[np.ndarray] | None) -> list[Hits]:
         raws = self.raw_vectors()
         codes = self.manifest.lang_codes  # ``self.langs`` holds rows of it
-        shifts = np.zeros((len(codes), self.vector_set.dim), dtype=np.float32) if mode == "off" else \
-            self.require_centroids(mode).lookup(mode, codes)[0]
+        cents = None if mode == "off" else self.require_centroids(mode)
+        shifts = np.zeros((len(codes), self.vector_set.dim), dtype=np.float32) if cents is None else \
+            cents.lookup(mode, codes)[0]
+        basis = None if cents is None else cents.basis(mode)
         rows_of = [self.langs[s.offset : s.offset + s.size] for s in self.shards]
         if mode not in self._norms:
-            self._norms[mode] = [centered_norms(np.asarray(r), rows, shifts) for r, rows in zip(raws, rows_of,
-                                                                                                 strict=True)]
+            self._norms[mode] = [centered_norms(np.asarray(r), rows, shifts, basis)
+                                 for r, rows in zip(raws, rows_of, strict=True)]
         out = []
         for q in np.asarray(queries, dtype=np.float32):
             all_s, all_r = [], []
             for i, (raw, rows, shard) in enumerate(zip(raws, rows_of, self.shards, strict=True)):
                 if not len(raw):
                     continue
-                scores = centered_scores(np.asarray(raw), rows, q, shifts, self._norms[mode][i])
+                scores = centered_scores(np.asarray(raw), rows, q, shifts, self._norms[mode][i], basis)
                 s, top = top_k(scores, k, mask=None if masks is None else masks[i])
                 all_s.append(s.astype(np.float32))
                 all_r.append(top + shard.offset)

@@ -127,8 +127,10 @@ def index_shard(root: Path, info: ShardInfo, dim: int, index_type: str, mode: st
     shifts = centroids.lookup(mode, lang_codes)[0]  # rows of ``lang_codes``, as ``langs.npy`` holds them
     rows = np.load(sdir / LANGS_FILE) if info.count else np.zeros(0, dtype=np.int64)
 
+    basis = centroids.basis(mode)
+
     def transform(block: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        return block if mode == "off" else center_by_lang(block, rows[idx], shifts)
+        return block if mode == "off" else center_by_lang(block, rows[idx], shifts, basis)
 
     index, params = build_faiss_index(index_type, raw, transform=transform, options=options, tune=tune)
     faiss.write_index(index, str(sdir / f"{VECTOR_SET}.faiss"))

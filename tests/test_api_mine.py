@@ -45,7 +45,7 @@ def client(index_dir: Path) -> Iterator[TestClient]:
 
 
 def test_mine_returns_the_library_result(client: TestClient) -> None:
-    body = {"src": SRC, "tgt": TGT, "k": 2, "centering": "off", "threshold": 0.9}  # default margin: absolute
+    body = {"src": SRC, "tgt": TGT, "k": 2, "centering": "off", "threshold": 0.9, "margin": "absolute"}
     r = client.post("/mine", json=body)
     assert r.status_code == 200, r.text
     got = r.json()
@@ -66,10 +66,10 @@ def test_mine_returns_the_library_result(client: TestClient) -> None:
 
 def test_mine_options_change_the_result(client: TestClient) -> None:
     fwd = client.post("/mine", json={"src": SRC, "tgt": TGT, "retrieval": "fwd", "centering": "off",
-                                     "margin": "ratio"}).json()
+                                     "margin": "ratio", "threshold": None}).json()
     assert len(fwd["pairs"]) == 5  # every source gets its best target
     one = client.post("/mine", json={"src": SRC, "tgt": TGT, "retrieval": "fwd", "one_to_one": True,
-                                     "centering": "off", "margin": "ratio"}).json()
+                                     "centering": "off", "margin": "ratio", "threshold": None}).json()
     assert len(one["pairs"]) == 4 and len({p["tgt"] for p in one["pairs"]}) == 4
     cos = client.post("/mine", json={"src": SRC, "tgt": TGT, "margin": "absolute", "retrieval": "intersect",
                                      "centering": "off"}).json()

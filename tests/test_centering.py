@@ -105,7 +105,7 @@ def client_for(tmp_path: Path, synthetic: tuple[Path, list, dict]) -> Iterator: 
 
 
 def _ids(client: TestClient, **body: object) -> list[str]:
-    r = client.post("/search", json={"query": "Frage zu Thema fünf", "k": 20, "lang": "de", **body})
+    r = client.post("/search", json={"query": "Frage zu Thema fünf", "k": 20, "lang": "de", "feedback": "off", **body})
     assert r.status_code == 200, r.text
     return [h["id"] for h in r.json()["results"]]
 
@@ -131,7 +131,8 @@ def test_request_can_switch_mode_without_re_embedding(client_for, synthetic) -> 
     _, docs, table = synthetic
     c = client_for("full")
     for mode in ("off", "offset", "full"):
-        r = c.post("/search", json={"query": "Frage zu Thema fünf", "k": 20, "lang": "de", "centering": mode})
+        r = c.post("/search", json={"query": "Frage zu Thema fünf", "k": 20, "lang": "de", "centering": mode,
+                                    "feedback": "off"})  # the first search's exact scores
         body = r.json()
         assert_ranking([h["id"] for h in body["results"]], _reference_scores(docs, table, mode))
         assert body["centering"]["mode"] == mode and body["centering"]["applied"] == (mode != "off")
@@ -205,7 +206,8 @@ def test_query_language_without_centroid_uses_the_table_else_says_so(tmp_path: P
     c2 = client_for("full")
     r = c2.post("/search", json={"query": "Frage zu Thema fünf", "lang": "es"}).json()
     assert r["centering"] == {"mode": "full", "query_lang": "es", "lang_source": "request", "applied": True,
-                              "source": "table", "note": None}
+                              "source": "table", "note": None, "lang_confidence": 1.0, "lang_candidates": None,
+                              "shift": "language"}
 
 
 def test_centroid_table_round_trip_and_encoder_check(tmp_path: Path) -> None:
@@ -251,9 +253,13 @@ def test_embed_centered(client_for, synthetic) -> None:  # type: ignore[no-untyp
     _, docs, table = synthetic
     c = client_for("full")
     raw = normalize(np.asarray(table["Frage zu Thema fünf"], np.float32))
-    de = np.mean([normalize(np.asarray(table[d["text"]], np.float32)) for d in docs if d["lang"] == "de"], axis=0)
+    means = {lang: np.mean([normalize(np.asarray(table[d["text"]], np.float32)) for d in docs if d["lang"] == lang],
+                           axis=0) for lang in sorted({d["lang"] for d in docs})}
+    # LSAR: the top L - 1 right singular vectors of the language means are projected out after the mean
+    top = np.linalg.svd(np.stack(list(means.values())), full_matrices=False)[2][: len(means) - 1].T
+    x = raw - means["de"]
     body = c.post("/embed", json={"texts": ["Frage zu Thema fünf"], "centered": True, "lang": "de"}).json()
-    np.testing.assert_allclose(body["embeddings"][0], normalize(raw - de), atol=1e-5)
+    np.testing.assert_allclose(body["embeddings"][0], normalize(x - top @ (top.T @ x)), atol=1e-5)
     assert body["langs"] == ["de"] and body["centering"] == "full"
     r = c.post("/embed", json={"texts": ["Frage zu Thema fünf"], "centered": True, "lang": "ja"})
     assert r.status_code == 422 and "no centroid" in r.json()["detail"]

@@ -57,9 +57,19 @@ def _expected(mode: str, query: str, ids: list[str]) -> dict[str, float]:
         mean = raw[langs == lang].mean(0)
         return mean if mode == "full" else mean - glob
 
+    # LSAR under full: the top L - 1 right singular vectors of the reliable languages' means are projected out
+    reliable = [lang for lang in sorted(set(langs)) if (langs == lang).sum() >= MIN_CENTROID_DOCS]
+    top = np.zeros((DIM, 0))
+    if mode == "full":
+        means = np.stack([raw[langs == lang].mean(0) for lang in reliable])
+        top = np.linalg.svd(means, full_matrices=False)[2][: len(reliable) - 1].T
+
+    def transform(x: np.ndarray) -> np.ndarray:
+        return normalize(x - top @ (top.T @ x))
+
     lang, qv = QUERIES[query]
-    q = normalize(qv - shift(lang))
-    return {i: float(normalize(RAW_OF[i] - shift(LANG_OF[i])) @ q) for i in ids}
+    q = transform(qv - shift(lang))
+    return {i: float(transform(RAW_OF[i] - shift(LANG_OF[i])) @ q) for i in ids}
 
 
 @pytest.fixture

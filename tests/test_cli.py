@@ -54,6 +54,11 @@ def test_index_then_search_in_process(index: Path) -> None:
     assert [h["id"] for h in body["results"]][0] == "cat"
     res = xlir("search", "interest rates", "--index", str(index), "--mode", "bm25")
     assert res.returncode == 0 and "bank" in res.stdout.splitlines()[1]
+    res = xlir("search", "Where does the kitten nap?", "--index", str(index), "--json", "--mode", "dense",
+               "--feedback", "dense", "--feedback-merge", "second")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["feedback"]["mode"] == "dense"
+    assert_clean_error(xlir("search", "x", "--index", str(index), "--feedback", "maybe"), "feedback")
 
 
 def test_mine_two_files(tmp_path: Path) -> None:

@@ -172,7 +172,7 @@ def test_mine_files_reuses_cached_embeddings_across_jobs(tmp_path: Path) -> None
     r1 = mine_files(enc, src, tgt, tmp_path / "o1.tsv", cache_dir=cache, k=2)
     assert (enc.embedded, r1.embed_cached) == (500, (0, 0))
     r2 = mine_files(enc, src, tgt, tmp_path / "o2.tsv", cache_dir=cache, k=3, retrieval="fwd",
-                    search="ivf", nprobe=2)
+                    search="ivf", nprobe=2, threshold=None)
     assert (enc.embedded, r2.embed_cached) == (500, (300, 200))
     assert r2.fwd_plan is not None and r2.fwd_plan.kind == "ivf-flat"
     assert len((tmp_path / "o2.tsv").read_text().splitlines()) == 301

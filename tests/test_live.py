@@ -64,7 +64,7 @@ def _queries(enc: FakeEncoder) -> list[tuple[str, list[str] | None]]:
 def _run(index: Index, enc: FakeEncoder, mode: str, fusion: str, query: str, langs: list[str] | None,
          k: int, centering: str | None = "off") -> dict[str, float]:
     req = SearchRequest(query=query, k=k, mode=mode, fusion=fusion, langs=langs, centering=centering,  # type: ignore[arg-type]
-                        lang="en")
+                        lang="en", feedback="off")  # the updates' property; feedback: tests/test_feedback.py
     try:
         hits = retrieve(index, req, enc.encode_queries([query])[0], tokenize(query))
     except BadQuery as exc:  # the server refuses a filter on languages the index has none of: nothing found
@@ -186,12 +186,12 @@ def test_upserts_use_frozen_centroids_until_compaction(tmp_path: Path) -> None:
     live = store.snapshot
     assert live.centroids is not None  # the delta never moves the generation's centroids
     np.testing.assert_array_equal(live.centroids.means, frozen.means)
-    q = center(enc.encode_queries(["apfel markt"])[0], frozen.lookup("full", ["de"])[0][0])
+    q = center(enc.encode_queries(["apfel markt"])[0], frozen.lookup("full", ["de"])[0][0], frozen.basis("full"))
     hits = live.dense(q[None, :], len(base) + len(new))[0]
     by_row = dict(zip(hits.rows.tolist(), hits.scores.tolist(), strict=True))
     for j, d in enumerate(new):
         raw = enc.encode_passages([d["text"]])[0]
-        want = float(center(raw, frozen.lookup("full", ["de"])[0][0]) @ q)
+        want = float(center(raw, frozen.lookup("full", ["de"])[0][0], frozen.basis("full")) @ q)
         assert by_row[len(base) + j] == pytest.approx(want, abs=1e-5)
     compact(tmp_path / "idx")
     store.refresh()

@@ -44,7 +44,8 @@ def two_languages(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def test_k_at_or_above_the_side_size_with_centring(k: int, caplog: pytest.LogCaptureFixture) -> None:
     x, y, perm = two_languages()
     with caplog.at_level(logging.WARNING, logger="indexer.mining"):
-        mined, _ = mine_rows(ArrayRows(x), ArrayRows(y), MineOptions(k=k, centering="full", margin="ratio"))
+        mined, _ = mine_rows(ArrayRows(x), ArrayRows(y), MineOptions(k=k, centering="full", margin="ratio",
+                                                                     threshold=None))
     pairs = sorted(zip(mined.src.tolist(), mined.tgt.tolist(), strict=True))
     assert np.isfinite(mined.score).all() and (mined.score > 0).all()
     assert pairs == sorted((int(perm[j]), j) for j in range(N))
@@ -52,7 +53,8 @@ def test_k_at_or_above_the_side_size_with_centring(k: int, caplog: pytest.LogCap
     assert mined.floored > 0 and "ratio margin:" in caplog.text  # the neighbourhood means were ~0, and it is said
     assert (f"k={k} is more than the {N} rows" in caplog.text) == (k > N)
     # where every neighbourhood is the whole side, the ranking is that of the cosine
-    cos = mine_rows(ArrayRows(x), ArrayRows(y), MineOptions(k=k, centering="full", margin="absolute"))[0]
+    cos = mine_rows(ArrayRows(x), ArrayRows(y), MineOptions(k=k, centering="full", margin="absolute",
+                                                                 threshold=None))[0]
     assert pairs == sorted(zip(cos.src.tolist(), cos.tgt.tolist(), strict=True))
 
 

@@ -430,7 +430,7 @@ def test_read_sentences_errors(tmp_path: Path) -> None:
 def test_mine_files_writes_tsv(tmp_path: Path) -> None:
     src, tgt = write_corpus(tmp_path)
     out = tmp_path / "pairs.tsv"
-    report = mine_files(FakeEncoder(MEANINGS), src, tgt, out, k=2, threshold=1.5)
+    report = mine_files(FakeEncoder(MEANINGS), src, tgt, out, k=2, threshold=1.5, margin="ratio", centering="off")
     # 4 matched meanings, each cos 1 with k=2 neighbours (1 and 0): ratio = 1 / ((0.5 + 0.5) / 2) = 2
     assert out.read_text(encoding="utf-8").splitlines() == [
         "score\tsrc\ttgt\tsrc_line\ttgt_line",

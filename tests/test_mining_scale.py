@@ -121,7 +121,8 @@ def test_exhaustive_ivf_equals_exact_mining(retrieval: str, n: int, m: int) -> N
     """IVF visiting every list finds the exact neighbours: the mined pairs equal the exact path's."""
     x, y = parallel_sides(n, m)
     exact = mine(x, y, k=4, retrieval=retrieval)
-    opts = MineOptions(k=4, retrieval=retrieval, search="ivf", nprobe=10_000, chunk=333)
+    opts = MineOptions(k=4, retrieval=retrieval, search="ivf", nprobe=10_000, chunk=333, centering="off",
+                       threshold=None, margin="ratio")
     got, rep = mine_rows(ArrayRows(x), ArrayRows(y), opts)
     assert rep.fwd.kind == rep.bwd.kind == "ivf-flat"
     # same pairs; scores equal to float32 precision (so near-ties may be listed in another order)
@@ -143,9 +144,11 @@ def test_streamed_centring_equals_in_memory_centring() -> None:
     for mode in ("full", "offset"):
         cx, cy = center_sides(x, y, mode)
         want = mine(cx, cy)
-        got, _ = mine_rows(ArrayRows(x), ArrayRows(y), MineOptions(centering=mode, chunk=128))
+        got, _ = mine_rows(ArrayRows(x), ArrayRows(y), MineOptions(centering=mode, chunk=128, threshold=None,
+                                                                   margin="ratio"))
         assert as_tuples(got) == [(p.src, p.tgt) for p in want]
-        ivf, _ = mine_rows(ArrayRows(x), ArrayRows(y), MineOptions(centering=mode, search="ivf", nprobe=999))
+        ivf, _ = mine_rows(ArrayRows(x), ArrayRows(y), MineOptions(centering=mode, search="ivf", nprobe=999,
+                                                                   threshold=None, margin="ratio"))
         assert set(as_tuples(ivf)) == {(p.src, p.tgt) for p in want}
 
 
@@ -205,5 +208,5 @@ class CountingEncoder:
 def test_mine_texts_ivf_path_maps_dedup_rows() -> None:
     enc = CountingEncoder()
     src = [f"x{i % 400}" for i in range(600)]
-    pairs = mine_texts(enc, src, src, dedup=True, search="ivf", nprobe=100, retrieval="fwd")
+    pairs = mine_texts(enc, src, src, dedup=True, search="ivf", nprobe=100, retrieval="fwd", threshold=None)
     assert len(pairs) == 400 and all(p.src == p.tgt and p.src < 400 for p in pairs)
