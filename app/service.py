@@ -10,7 +10,6 @@ vectors from its embedding cache behind the same batcher.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -43,10 +42,10 @@ from app.schemas import (
 )
 from indexer.build import passage_text
 from indexer.centering import Centroids, center
-from indexer.delta import LiveIndex, main_id_map
+from indexer.delta import main_id_map
 from indexer.langid import UNDETERMINED, LangGuess, LanguageDetector, best, combine, embedding_posteriors, restrict
 from indexer.live import LiveStore, generation_label, prepare_documents
-from indexer.store import Index, SearchIndex
+from indexer.store import SearchIndex
 from models.base import Encoder
 from models.rerankers import Reranker
 from xlir.errors import BadQuery, DocumentNotFound, PayloadTooLarge, QueryTooLong, RerankerNotConfigured
@@ -217,45 +216,6 @@ def bm25_run(index: SearchIndex, tokens: list[str], depth: int, mask: np.ndarray
     return fusion.Run(hits.rows, hits.scores)
 
 
-def stored_vectors(index: SearchIndex, rows: Sequence[int]) -> tuple[np.ndarray, list[str]]:
-    """The raw stored vectors of ``rows`` and their languages: a generation's rows from its ``main.f32`` files (the
-    vectors exact re-scoring uses), a live index's delta rows from its delta (``LiveIndex.view``)."""
-    dim = index.vector_set.dim
-    if isinstance(index, LiveIndex):
-        v = index.view
-        main_rows = [r for r in rows if r < v.main_n]
-        mvecs, mlangs = stored_vectors(index.main, main_rows)
-        vecs, langs, it = np.zeros((len(rows), dim), dtype=np.float32), [], iter(range(len(main_rows)))
-        for i, r in enumerate(rows):
-            if r < v.main_n:
-                j = next(it)
-                vecs[i], lang = mvecs[j], mlangs[j]
-            else:
-                vecs[i], lang = v.vecs[r - v.main_n], v.langs[r - v.main_n]
-            langs.append(lang)
-        return vecs, langs
-    if not isinstance(index, Index):
-        raise TypeError(f"{type(index).__name__} keeps no stored vectors")
-    raws = index.raw_vectors()
-    offsets = [s.offset for s in index.manifest.shards]
-    codes = index.manifest.lang_codes
-    vecs = np.zeros((len(rows), dim), dtype=np.float32)
-    for i, r in enumerate(rows):
-        shard = bisect.bisect_right(offsets, r) - 1
-        vecs[i] = raws[shard][r - offsets[shard]]
-    return vecs, [codes[int(index.langs[r])] for r in rows]
-
-
-def feedback_vectors(index: SearchIndex, rows: Sequence[int], mode: str) -> tuple[np.ndarray, list[str]]:
-    """The documents of ``rows`` as the dense search scores them: stored raw vectors centred under ``mode`` by the
-    rule of :mod:`indexer.centering` (what the FAISS index, the delta and exact re-scoring hold)."""
-    raw, langs = stored_vectors(index, rows)
-    if mode == "off":
-        return center(raw, np.zeros(1, dtype=np.float32)), langs
-    cents = index.require_centroids(mode)
-    return center(raw, cents.lookup(mode, langs)[0], cents.basis(mode)), langs
-
-
 def centering_mode(index: SearchIndex, req: SearchRequest | EmbedRequest) -> str:
     return req.centering.value if req.centering is not None else index.centering
 
@@ -405,7 +365,7 @@ class SearchService:
             return hits, out
         top = [h.row for h in hits[: req.feedback_docs]]
         try:
-            vecs, langs = await asyncio.to_thread(feedback_vectors, index, top, mode)
+            vecs, langs = await asyncio.to_thread(index.centred_vectors, top, mode)
         except (OSError, ValueError, TypeError) as exc:
             out.reason = f"the index's stored vectors cannot be read ({exc}): feedback needs them"
             return hits, out

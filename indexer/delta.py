@@ -312,6 +312,21 @@ class LiveIndex(SearchIndex):
             return self.main.doc(row)
         return dict(self.view.docs[row - self.view.main_n])
 
+    def vectors(self, rows: Sequence[int]) -> tuple[np.ndarray, list[str]]:
+        """The generation's rows from ``main``, the delta's from the delta."""
+        v = self.view
+        main_vecs, main_langs = self.main.vectors([r for r in rows if r < v.main_n])
+        vecs = np.zeros((len(rows), self.vector_set.dim), dtype=np.float32)
+        langs: list[str] = []
+        j = 0
+        for i, r in enumerate(rows):
+            if r < v.main_n:
+                vecs[i], lang, j = main_vecs[j], main_langs[j], j + 1
+            else:
+                vecs[i], lang = v.vecs[r - v.main_n], v.langs[r - v.main_n]
+            langs.append(lang)
+        return vecs, langs
+
     def close(self) -> None:
         self.main.close()
 

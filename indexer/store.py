@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from indexer.bm25 import BM25Searcher
-from indexer.centering import Centroids, centered_norms, centered_scores, check_mode, resolve_auto
+from indexer.centering import Centroids, center, centered_norms, centered_scores, check_mode, resolve_auto
 from indexer.dense import DenseShard, load_shard_index, search_shards
 from indexer.docstore import DocStore
 from indexer.layout import LANGS_FILE, VECTOR_SET, generation_dir
@@ -79,6 +79,19 @@ class SearchIndex(ABC):
 
     @abstractmethod
     def doc(self, row: int) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def vectors(self, rows: Sequence[int]) -> tuple[np.ndarray, list[str]]:
+        """The stored raw vectors of ``rows`` (len(rows) x dim) and their languages."""
+
+    def centred_vectors(self, rows: Sequence[int], mode: str) -> tuple[np.ndarray, list[str]]:
+        """The documents of ``rows`` as the dense search scores them under ``mode``: their stored raw vectors centred
+        by the rule of :mod:`indexer.centering` (what the FAISS index, the delta and exact re-scoring hold)."""
+        raw, langs = self.vectors(rows)
+        if mode == "off":
+            return center(raw, np.zeros(1, dtype=np.float32)), langs
+        cents = self.require_centroids(mode)
+        return center(raw, cents.lookup(mode, langs)[0], cents.basis(mode)), langs
 
 
 class Index(SearchIndex):
@@ -194,6 +207,16 @@ class Index(SearchIndex):
     def doc(self, row: int) -> dict[str, Any]:
         shard = bisect.bisect_right(self._offsets, row) - 1
         return self.docstores[shard].get(row - self._offsets[shard])
+
+    def vectors(self, rows: Sequence[int]) -> tuple[np.ndarray, list[str]]:
+        """From each shard's ``main.f32`` (the vectors exact re-scoring and compaction use)."""
+        raws = self.raw_vectors()
+        codes = self.manifest.lang_codes
+        vecs = np.zeros((len(rows), self.vector_set.dim), dtype=np.float32)
+        for i, r in enumerate(rows):
+            shard = bisect.bisect_right(self._offsets, r) - 1
+            vecs[i] = raws[shard][r - self._offsets[shard]]
+        return vecs, [codes[int(self.langs[r])] for r in rows]
 
     def close(self) -> None:
         for ds in self.docstores:

@@ -19,7 +19,7 @@ from app import fusion
 from app.batching import QueryBatcher
 from app.main import create_app
 from app.schemas import SearchRequest
-from app.service import Retrieved, SearchService, feedback_vectors
+from app.service import Retrieved, SearchService
 from app.settings import Settings
 from benchmarks.datasets import (
     XQUAD_LANGS,
@@ -191,7 +191,7 @@ def test_feedback_auto_translations_moves_the_answer_up(index_dir: Path) -> None
     assert fb is not None and fb.applied and fb.docs == 2 and fb.gate == "translations"
     assert fb.evidence["agreeing_languages"] == 2 and fb.evidence["languages"] == 2
     # the scores are those of the Rocchio query over A_en and A_de
-    vecs, _ = feedback_vectors(index, [0, 1], "off")
+    vecs, _ = index.centred_vectors([0, 1], "off")
     q2 = prf.rocchio(Q, vecs, 1.0)
     assert got.hits[3].score == pytest.approx(float(unit(np.array([1, 0.1, 0, 0])) @ q2), abs=1e-6)
 
@@ -246,7 +246,7 @@ def test_feedback_in_hybrid_refuses_the_feedback_dense_run_with_bm25(index_dir: 
     got = run(index, ["text", "x_fr"], mode="hybrid", fusion="rrf", feedback="auto", feedback_gate="translations",
               feedback_threshold=0.7)
     assert got.feedback is not None and got.feedback.applied
-    vecs, _ = feedback_vectors(index, [0, 1], "off")  # the fused top 3: A_en, A_de, X_fr (BM25)
+    vecs, _ = index.centred_vectors([0, 1], "off")  # the fused top 3: A_en, A_de, X_fr (BM25)
     second = index.dense(prf.rocchio(Q, vecs, 1.0).reshape(1, -1), 100)[0]
     bm = index.bm25_search(["text", "x_fr"], 100)
     want = fusion.rrf({"dense": fusion.Run(second.rows, second.scores), "bm25": fusion.Run(bm.rows, bm.scores)}, k=6)
@@ -270,16 +270,16 @@ def test_feedback_on_a_live_index_uses_delta_vectors(tmp_path: Path) -> None:
               feedback_merge="second")
     assert ids(snap, got) == ["A_en", "A_de", "D_en", "A_es", "E_es", "X_fr"]
     assert got.feedback is not None and got.feedback.applied and got.feedback.docs == 2
-    vecs, langs = feedback_vectors(snap, [got.hits[1].row, got.hits[0].row], "off")
+    vecs, langs = snap.centred_vectors([got.hits[1].row, got.hits[0].row], "off")
     assert langs == ["de", "en"]
     np.testing.assert_allclose(vecs[0], unit(np.array([1, 0.5, 0, 0.1])), atol=1e-6)
     store.close()
 
 
-def test_feedback_vectors_are_centred_like_the_index(tmp_path: Path) -> None:
+def test_centred_vectors_are_centred_like_the_index(tmp_path: Path) -> None:
     index = open_index(build(tmp_path, list(VECS) * 1, centering="full"))
     rows = [0, 1, 3]
-    vecs, langs = feedback_vectors(index, rows, "full")
+    vecs, langs = index.centred_vectors(rows, "full")
     assert langs == ["en", "de", "es"]
     faiss_scores = index.dense(vecs, 6)  # each centred document vector finds itself first, at cosine 1
     assert [h.rows[0] for h in faiss_scores] == rows
