@@ -146,7 +146,8 @@ def guess_language(detector: LanguageDetector, text: str, index: SearchIndex | N
         probs = detector.posteriors(text)
         return LangGuess(lang, probs.get(lang, 0.0), probs)
     everything = detector.posteriors(text)
-    if everything and sum(everything.get(lang, 0.0) for lang in candidates) < policy.outside_mass:
+    inside = sum(everything.get(lang, 0.0) for lang in candidates)  # the text's posterior mass on them
+    if everything and inside < policy.outside_mass:
         return best(everything)  # in none of the index's languages
     text_probs = restrict(everything, candidates)
     emb: dict[str, float] = {}
@@ -158,7 +159,6 @@ def guess_language(detector: LanguageDetector, text: str, index: SearchIndex | N
             emb = embedding_posteriors(qvec, means, candidates, policy.temperature)
     guess = best(combine(text_probs, emb))
     if policy.weigh_outside and everything:  # the confidence also says how likely the text is in none of them
-        inside = sum(everything.get(lang, 0.0) for lang in candidates)
         return LangGuess(guess.lang, guess.confidence * inside, guess.probs)
     return guess
 

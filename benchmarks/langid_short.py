@@ -35,8 +35,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -183,20 +182,6 @@ def tune_temperature(ev: Evidence, truth: Sequence[str], temps: Sequence[float] 
 # --------------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def serving_policy(policy: Any) -> Iterator[None]:
-    """Run the one retrieval path with ``policy`` as the server's :class:`app.service.QueryLangPolicy` (the
-    benchmark's knob: :func:`benchmarks.retrieval.run_inprocess` builds its own service)."""
-    from app.service import SearchService
-
-    old = SearchService.lang_policy
-    SearchService.lang_policy = policy
-    try:
-        yield
-    finally:
-        SearchService.lang_policy = old
-
-
 def span_dataset(full: RetrievalDataset, spans: Sequence[Short], split: str) -> RetrievalDataset:
     """The XQuAD-R sentence pool with the answer spans of ``split`` as queries (qrels: their question's)."""
     kept = [s for s in spans if s.split == split and s.qid in full.qrels]
@@ -213,8 +198,7 @@ def e2e(index: Any, enc: Any, ds: RetrievalDataset, qvecs: np.ndarray, policy: A
 
     name = "dense" if centering == "full" else f"dense-centering-{centering}"
     params = dict(rb.CONDITIONS[name if true_lang else f"{name}-detected"])
-    with serving_policy(policy):
-        run = rb.run_inprocess(index, enc, ds, params, qvecs=qvecs, table=table)
+    run = rb.run_inprocess(index, enc, ds, params, qvecs=qvecs, table=table, lang_policy=policy)
     return {lang: v["map@20"] for lang, v in rb.evaluate(ds, run, ("map@20",)).items()}
 
 

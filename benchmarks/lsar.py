@@ -28,7 +28,7 @@ import numpy as np
 
 from benchmarks.datasets import RetrievalDataset, default_data_dir, xquad_r_pools
 from benchmarks.retrieval import Run, evaluate, index_for, query_vectors, same_language_qrels
-from indexer.centering import MIN_CENTROID_DOCS, Centroids, CentroidStats, center, lsar_rank
+from indexer.centering import Centroids, CentroidStats, center, lsar_rank
 from indexer.store import open_index
 
 RANKS = (0, 2, 4, 6, 7)
@@ -44,12 +44,11 @@ def lsar_runs(raw: np.ndarray, doc_ids: Sequence[str], doc_langs: Sequence[str],
         stats = CentroidStats(raw.shape[1])
         stats.add(doc_langs, raw)
         cents = stats.centroids()
-    vt = np.linalg.svd(cents.means[cents.counts >= MIN_CENTROID_DOCS].astype(np.float64), full_matrices=False)[2]
     docs_c = center(raw, cents.lookup("full", doc_langs)[0])
     qs_c = center(qvecs, cents.lookup("full", [q.lang for q in dataset.queries])[0])
     out: dict[int, Run] = {}
     for r in ranks:
-        basis = np.ascontiguousarray(vt[:r].T, dtype=np.float32) if r else None
+        basis = cents.directions(r) if r else None
         d = center(docs_c, np.zeros(1, np.float32), basis)
         q = center(qs_c, np.zeros(1, np.float32), basis)
         run = Run()

@@ -245,7 +245,8 @@ def load_centroid_table(encoder: Encoder) -> Any:
 
 def run_inprocess(index: SearchIndex, encoder: Encoder, dataset: RetrievalDataset, params: Mapping[str, Any],
                   k: int = DEFAULT_K, monolingual: bool = False, *, reranker: Reranker | None = None,
-                  cache_dir: Path | None = None, qvecs: np.ndarray | None = None, table: Any = None) -> Run:
+                  cache_dir: Path | None = None, qvecs: np.ndarray | None = None, table: Any = None,
+                  lang_policy: Any = None) -> Run:
     """Every query of ``dataset`` through the server's one retrieval path, :meth:`app.service.SearchService.retrieve`
     (validation, centring with the given or detected query language, fusion, reranking); only the query vectors
     come from elsewhere: the embedding cache, behind the same query batcher (``qvecs``, raw query vectors in
@@ -264,7 +265,7 @@ def run_inprocess(index: SearchIndex, encoder: Encoder, dataset: RetrievalDatase
         raise ValueError(f"{len(qvecs)} query vectors for {len(dataset.queries)} queries")
     cached = {q.text: v for q, v in zip(dataset.queries, qvecs, strict=True)}
     batcher = QueryBatcher(lambda texts: np.stack([cached[t] for t in texts]), max_batch=1, max_wait_ms=0.0)
-    service = SearchService(index, encoder, batcher, tokenize, reranker, centroid_table=table)
+    service = SearchService(index, encoder, batcher, tokenize, reranker, centroid_table=table, lang_policy=lang_policy)
 
     async def run_all() -> Run:
         run = Run()

@@ -129,11 +129,15 @@ class Centroids:
         if mode != "full" or self.lsar_rank < 1:
             return None
         if self._basis is None:  # type: ignore[attr-defined]
-            reliable = self.means[self.counts >= MIN_CENTROID_DOCS].astype(np.float64)
-            vt = np.linalg.svd(reliable, full_matrices=False)[2] if len(reliable) else np.zeros((0, reliable.shape[1]))
-            object.__setattr__(self, "_basis", np.ascontiguousarray(vt[: self.lsar_rank].T, dtype=np.float32))
+            object.__setattr__(self, "_basis", self.directions(self.lsar_rank))
         basis: np.ndarray = self._basis  # type: ignore[attr-defined]
         return basis if basis.shape[1] else None
+
+    def directions(self, r: int) -> np.ndarray:
+        """d x (at most r): the top ``r`` right singular vectors of the reliable languages' means (orthonormal)."""
+        reliable = self.means[self.counts >= MIN_CENTROID_DOCS].astype(np.float64)
+        vt = np.linalg.svd(reliable, full_matrices=False)[2] if len(reliable) else np.zeros((0, reliable.shape[1]))
+        return np.ascontiguousarray(vt[:r].T, dtype=np.float32)
 
     def _own(self, mode: str, lang: str) -> np.ndarray | None:
         row = self._row.get(lang)  # type: ignore[attr-defined]

@@ -359,3 +359,29 @@ def test_embed_bets_on_the_best_candidate_when_unsure(client: TestClient, corpus
         x = v - mean[doc_id.split("-")[0]]
         d = normalize((x - (x @ top) * top).astype(np.float32))
         assert float(d @ got) == pytest.approx(ref[doc_id], abs=1e-5)
+
+
+def test_the_benchmark_runs_the_one_path_under_the_policy_it_is_given(corpus: tuple[Path, list, dict]) -> None:
+    """``run_inprocess(lang_policy=...)``: the knob of benchmarks/langid_short.py, no class attribute swapped."""
+    from benchmarks import retrieval as rb
+    from benchmarks.datasets import Query, RetrievalDataset
+    from indexer.store import open_index
+
+    idx, docs, table = corpus
+    ds = RetrievalDataset("short", [], [Query("s", SHORT, "de", "test")], {"s": {"de-0": 1}}, {})
+    qvecs = FakeEncoder(DIM, table).encode_queries([SHORT])
+    index = open_index(idx)
+    def scores(policy: QueryLangPolicy | None) -> dict[str, float]:
+        run = rb.run_inprocess(index, FakeEncoder(DIM, table), ds, rb.CONDITIONS["dense-detected"], k=20,
+                               qvecs=qvecs, lang_policy=policy)
+        return dict(run.hits["s"])
+
+    unsure = scores(QueryLangPolicy(temperature=None, min_confidence=1.01, low="fallback"))
+    fallback = _reference(docs, table, SHORT, {"de": 0.5, "fr": 0.5})  # the language-agnostic shift
+    np.testing.assert_allclose([unsure[i] for i in fallback], list(fallback.values()), atol=1e-5)
+    bet = scores(QueryLangPolicy(temperature=None, min_confidence=0.0, outside_mass=0.0))  # the best candidate
+    lang = best(restrict(LanguageDetector().posteriors(SHORT), ["de", "fr"])).lang
+    want = _reference(docs, table, SHORT, {lang: 1.0})
+    np.testing.assert_allclose([bet[i] for i in want], list(want.values()), atol=1e-5)
+    assert not np.allclose(list(want.values()), list(fallback.values()), atol=1e-3)
+    assert SearchService.lang_policy == QueryLangPolicy()  # the server's default untouched
