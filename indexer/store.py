@@ -282,8 +282,11 @@ def open_index(directory: Path, verify: str = "size") -> Index:
         try:
             gdir = generation_dir(path)
             index = Index(gdir, verify_index(gdir, level=verify))
-        except (IndexInvalid, OSError):
-            if attempt + 1 < _OPEN_ATTEMPTS and _dir_identity(path) != before:
+        except (IndexInvalid, OSError) as exc:
+            # a SystemError is CPython 3.11's ast failing under threads ("AST constructor recursion depth
+            # mismatch") while numpy parses a .npy header: transient, as a swap is
+            transient = isinstance(exc.__cause__, SystemError)
+            if attempt + 1 < _OPEN_ATTEMPTS and (transient or _dir_identity(path) != before):
                 continue
             raise
         if _dir_identity(path) == before:

@@ -283,3 +283,26 @@ def test_a_plain_index_that_takes_an_update_during_the_build_gets_a_generation(
     assert current_name(out) == "generations/g000001"  # published like a rebuild, not swapped under the server
     assert store.refresh() and store.snapshot.size == 12
     assert open_index(out).size == 12 and leftovers(tmp_path) == []
+
+
+def test_open_retries_a_transient_systemerror_of_the_npy_header_parser(
+        tmp_path: Path, corpora: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPython 3.11's ast can fail under threads while numpy parses a .npy header; the open is tried again."""
+    import numpy as np
+
+    from indexer import store
+
+    out = tmp_path / "idx"
+    build(corpora[0], out)
+    real, calls = np.load, []
+
+    def flaky(*args: object, **kwargs: object) -> object:
+        calls.append(args[0])
+        if len(calls) == 1:
+            raise SystemError("AST constructor recursion depth mismatch (before=48, after=36)")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store.np, "load", flaky)
+    index = store.open_index(out)
+    assert index.size > 0 and len(calls) > 1
+    index.close()
