@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 XLIR := $(VENV)/bin/xlir
-# CPU build of PyTorch (the plain name would pull a multi-GB CUDA build); override on a GPU machine.
+# CPU build of PyTorch (the plain name would pull a multi-GB CUDA build); override on a GPU machine. `.[dev]` is the
+# full install (extras serve + torch: every backend, the ONNX export) and the test tools; a serving machine
+# needs only `pip install 'xlir[serve]'` (no torch) and the model folder with its ONNX export (README "Encoder
+# backends").
 TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= .demo
 DEMO_PORT ?= 8765
@@ -18,11 +21,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,train]"
 	touch $@
 
 models: install
-	$(XLIR) models fetch e5-small
+	$(XLIR) models fetch e5-small --students
 	$(XLIR) models centroids data/sample/corpus.jsonl --model e5-small
 
 demo: setup

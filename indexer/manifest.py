@@ -16,7 +16,8 @@ from xlir.errors import IndexInvalid
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-_VERSIONED = ("xlir", "numpy", "faiss-cpu", "bm25s", "torch", "transformers", "sentence-transformers", "py3langid")
+_VERSIONED = ("xlir", "numpy", "faiss-cpu", "bm25s", "torch", "transformers", "sentence-transformers", "onnxruntime",
+              "tokenizers", "py3langid")  # those installed (a serving install has no torch)
 
 
 class FileInfo(BaseModel):

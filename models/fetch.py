@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.base import Encoder
-from models.encoders import SentenceTransformerEncoder
+from models.base import TORCH_HINT, Encoder, torch_available
+from models.encoders import open_encoder
 from models.registry import (
     MODEL_META,
     REGISTRY,
@@ -24,6 +24,7 @@ from models.registry import (
     file_sha256,
     model_dir,
     resolve_model,
+    weights_checksum,
 )
 from xlir.errors import ModelInvalid, ModelNotFound
 
@@ -70,8 +71,7 @@ def _check(encoder: Encoder, where: Path) -> SanityReport:
     return report
 
 
-def _build(spec: ModelSpec, target: Path) -> FetchResult:
-    assert spec.builder is not None
+def _build(spec: ModelSpec, target: Path, home: Path | None = None) -> FetchResult:
     t0 = time.perf_counter()
     tmp = target.parent / f".{target.name}.building"
     if tmp.exists():
@@ -79,17 +79,30 @@ def _build(spec: ModelSpec, target: Path) -> FetchResult:
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         log.info("building %s into %s from %s", spec.name, target, spec.source_package)
-        source = spec.builder(tmp)
-        sha = file_sha256(tmp / "model.safetensors")
+        if spec.builder is not None:
+            source = spec.builder(tmp)
+        else:  # a student: from its committed weights and its base model's folder
+            from models.students import build
+
+            source = build(spec.name, tmp, home)
+        sha = weights_checksum(tmp)
         if spec.expected_sha256 and sha != spec.expected_sha256:
             raise ModelInvalid(
                 f"weights checksum mismatch for {spec.name}: got {sha}, expected {spec.expected_sha256}"
                 f" (is the installed package {spec.source_package}?)"
             )
-        report = _check(SentenceTransformerEncoder(ResolvedModel(spec.name, tmp, spec), device="cpu"), tmp)
+        meta: dict[str, object] = {}
+        if spec.base:  # a student: what it is, so that a copy of the folder used by path still loads
+            from models.students import student_meta
+
+            meta.update(student_meta(spec, resolve_model(spec.base, home).path))
+        (tmp / MODEL_META).write_text(json.dumps({"name": spec.name, "sha256": sha, **meta}, indent=2))
+        report = _check(open_encoder(ResolvedModel(spec.name, tmp, spec), device="cpu", backend="torch",
+                                     home=home), tmp)
         meta = {
             "name": spec.name,
             "sha256": sha,
+            **meta,
             "source": f"{spec.source_package}:{source.name}",
             "source_sha256": file_sha256(source),
             "sanity": {"translations": report.translation_sims, "unrelated": report.unrelated_sim},
@@ -113,10 +126,10 @@ def verify(name: str, home: Path | None = None) -> FetchResult:
     if not meta_file.is_file():
         raise ModelNotFound(f"{resolved.path} has no {MODEL_META}: run `xlir models fetch {name}`")
     meta = json.loads(meta_file.read_text())
-    sha = file_sha256(resolved.path / "model.safetensors")
+    sha = weights_checksum(resolved.path)
     if sha != meta["sha256"]:
         raise ModelInvalid(
-            f"{resolved.path / 'model.safetensors'} changed since it was built (checksum {sha[:12]}..., "
+            f"the weights in {resolved.path} changed since they were built (checksum {sha[:12]}..., "
             f"recorded {meta['sha256'][:12]}...): run `xlir models fetch {name} --force`"
         )
     return FetchResult(name, resolved.path, sha, False, time.perf_counter() - t0)
@@ -127,12 +140,16 @@ def fetch(name: str = "e5-small", home: Path | None = None, force: bool = False)
     spec = REGISTRY.get(name)
     if spec is None:
         raise ModelNotFound(f"unknown registry model {name!r}; known: {', '.join(sorted(REGISTRY))}")
-    if spec.builder is None:
+    if spec.builder is None and not spec.base:
         resolved = resolve_model(name, home)
         t0 = time.perf_counter()
-        enc = SentenceTransformerEncoder(resolved, device="cpu")
+        enc = open_encoder(resolved, device="cpu", backend="torch", home=home)
         return FetchResult(name, resolved.path, enc.checksum, False, time.perf_counter() - t0)
     target = model_dir(name, home)
     if (target / MODEL_META).is_file() and not force:
         return verify(name, home)
-    return _build(spec, target)
+    if not torch_available():  # a serving install builds nothing: it is given the folder (with its ONNX export)
+        raise ModelInvalid(f"building {name} needs torch and transformers, which this install lacks: {TORCH_HINT}, "
+                           f"or copy {target} (with its onnx/ folder) from a machine where `xlir models fetch "
+                           f"{name}` ran")
+    return _build(spec, target, home)

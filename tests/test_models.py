@@ -33,7 +33,7 @@ def test_auto_device_is_cpu_without_cuda() -> None:
 def test_registry_errors_name_the_fix(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFound, match="xlir models fetch e5-small"):
         resolve_model("e5-small", home=tmp_path)
-    with pytest.raises(ModelNotFound, match="unknown model 'nope'.*e5-small, minilm-en"):
+    with pytest.raises(ModelNotFound, match="unknown model 'nope'.*e5-small, e5-small-aligned.*minilm-en"):
         resolve_model("nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelNotFound, match="not a sentence-transformers folder"):
