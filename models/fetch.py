@@ -135,6 +135,18 @@ def verify(name: str, home: Path | None = None) -> FetchResult:
     return FetchResult(name, resolved.path, sha, False, time.perf_counter() - t0)
 
 
+def stale_student(spec: ModelSpec, folder: Path) -> bool:
+    """A student's folder built from other committed weights than today's (a newer training run was committed):
+    it is built again."""
+    if not spec.base:
+        return False
+    from models.students import weights_file
+
+    source = weights_file(spec.name)
+    recorded = json.loads((folder / MODEL_META).read_text()).get("source_sha256")
+    return source.is_file() and recorded != file_sha256(source)
+
+
 def fetch(name: str = "e5-small", home: Path | None = None, force: bool = False) -> FetchResult:
     """Build (or reuse) a registry model; returns where it is and its weights checksum."""
     spec = REGISTRY.get(name)
@@ -146,7 +158,7 @@ def fetch(name: str = "e5-small", home: Path | None = None, force: bool = False)
         enc = open_encoder(resolved, device="cpu", backend="torch", home=home)
         return FetchResult(name, resolved.path, enc.checksum, False, time.perf_counter() - t0)
     target = model_dir(name, home)
-    if (target / MODEL_META).is_file() and not force:
+    if (target / MODEL_META).is_file() and not force and not stale_student(spec, target):
         return verify(name, home)
     if not torch_available():  # a serving install builds nothing: it is given the folder (with its ONNX export)
         raise ModelInvalid(f"building {name} needs torch and transformers, which this install lacks: {TORCH_HINT}, "

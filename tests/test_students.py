@@ -79,3 +79,19 @@ def test_cli_models_list_shows_students_and_what_they_need(tmp_path: Path) -> No
     for spec in students.students():
         assert f"{spec.name}" in res.stdout and f"[{spec.kind}, student of {spec.base}]" in res.stdout
     assert "xlir models fetch e5-small-aligned" in res.stdout
+
+
+def test_a_student_built_from_older_weights_is_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from models.fetch import stale_student
+    from models.registry import file_sha256
+
+    monkeypatch.setattr(students, "WEIGHTS_DIR", tmp_path / "weights")
+    weights = save_packed(students.weights_file("e5-small-linear"), {"w": np.ones((2, 2))}, {"format": "x"})
+    folder = tmp_path / "built"
+    folder.mkdir()
+    (folder / MODEL_META).write_text(json.dumps({"source_sha256": file_sha256(weights)}))
+    spec = REGISTRY["e5-small-linear"]
+    assert not stale_student(spec, folder)
+    save_packed(weights, {"w": np.zeros((2, 2))}, {"format": "x"})  # a newer run committed
+    assert stale_student(spec, folder)
+    assert not stale_student(REGISTRY["e5-small"], folder)  # not a student: never
