@@ -559,10 +559,7 @@ def train(options: TrainOptions) -> dict[str, Any]:
     deadline = t_start + options.max_minutes * 60
     s = settings(options)
     folder = options.folder
-    folder.mkdir(parents=True, exist_ok=True)
-    ckpt_path = folder / "checkpoint.pt"
-    if options.resume and not ckpt_path.is_file():
-        raise ModelNotFound(f"--resume: no checkpoint in {folder}")
+    ckpt_path = options.checkpoint()
     base = resolve_model(s.teacher, options.home)
     tokenizer = load_tokenizer(base.path / TOKENIZER_NAME)
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)

@@ -192,6 +192,18 @@ class TrainOptions:
     def folder(self) -> Path:
         return self.run_dir or (self.home or xlir_home()) / "runs" / self.name
 
+    def checkpoint(self) -> Path:
+        """The run folder's checkpoint file (the folder is made): with ``--resume`` it must exist; without, a run
+        never starts over one (that would lose it)."""
+        path = self.folder / "checkpoint.pt"
+        if self.resume and not path.is_file():
+            raise ModelNotFound(f"--resume: no checkpoint in {self.folder}")
+        if not self.resume and path.is_file():
+            raise ModelInvalid(f"{self.folder} holds a checkpoint: pass --resume to continue it, or --run-dir for a "
+                               "new run")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return path
+
     @property
     def weights(self) -> Path:
         return self.out or weights_file(self.name)

@@ -320,12 +320,7 @@ def train(options: TrainOptions, *, data: Data | None = None, teacher_dir: Path 
     np.random.seed(options.seed)
     torch.manual_seed(options.seed)
     folder = options.folder
-    folder.mkdir(parents=True, exist_ok=True)
-    ckpt_path = folder / "checkpoint.pt"
-    if options.resume and not ckpt_path.is_file():
-        raise ModelInvalid(f"--resume: no checkpoint in {folder}")
-    if not options.resume and ckpt_path.is_file():
-        raise ModelInvalid(f"{folder} holds a checkpoint: pass --resume to continue it, or --run-dir for a new run")
+    ckpt_path = options.checkpoint()
     if data is None:
         spec = REGISTRY.get(s.teacher)
         teacher = load_teacher(s.teacher, options.home)

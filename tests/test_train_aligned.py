@@ -13,7 +13,7 @@ from models import students
 from models.distill_data import Pair
 from models.students import TrainOptions, load_packed, pack, save_packed, unpack
 from models.train_aligned import Data, build_folder, held_out, settings, spread_layers, train
-from xlir.errors import ModelInvalid
+from xlir.errors import ModelInvalid, ModelNotFound
 
 WORDS = ["the", "cat", "dog", "sits", "runs", "die", "katze", "hund", "sitzt", "le", "chat", "chien", "query:",
          "passage:", "mat", "house", "haus", "maison"]
@@ -128,7 +128,7 @@ def test_same_seed_same_weights_and_resume_continues(tmp_path: Path, tiny_bert: 
     assert summary["step"] == 6
     dc, _ = load_packed(tmp_path / "a.safetensors")
     assert any(not np.array_equal(da[k], dc[k]) for k in da)
-    with pytest.raises(ModelInvalid, match="no checkpoint"):
+    with pytest.raises(ModelNotFound, match="no checkpoint"):
         train(options(tmp_path, "c", max_steps=1, resume=True), data=tiny_data(), teacher_dir=tiny_bert)
 
 
