@@ -54,12 +54,14 @@ def validated(cls: Callable[..., M], /, **fields: object) -> M:
 def models_list(home: HomeOpt = None) -> None:
     """Registry models and whether they are ready."""
     from models.registry import REGISTRY, resolve_model
+    from models.students import trained, untrained
 
     for spec in REGISTRY.values():
         try:
             path = str(resolve_model(spec.name, home).path)
         except XlirError as exc:
-            path = f"not ready ({exc.detail})"
+            path = f"not trained yet ({untrained(spec.name)})" if spec.base and not trained(spec.name) \
+                else f"not ready ({exc.detail})"
         kind = f"{spec.kind}, student of {spec.base}" if spec.base else spec.kind
         typer.echo(f"{spec.name:16s} [{kind}] {spec.description}")
         if spec.figures:

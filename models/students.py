@@ -66,15 +66,20 @@ def trained(name: str) -> bool:
     return weights_file(name).is_file()
 
 
+def untrained(name: str) -> str:
+    """What to do about a student without committed weights."""
+    kind = next((k for k, (n, _) in TRAIN_KINDS.items() if n == name), REGISTRY[name].kind)
+    return f"student {name!r} has no trained weights at {weights_file(name)}: train it with " \
+           f"`xlir train student --kind {kind}`"
+
+
 def build(name: str, out_dir: Path, home: Path | None = None) -> Path:
     """Write student ``name``'s folder into ``out_dir`` from its committed weights and its base model's folder;
     returns the weights file (the build's source). Raises ``ModelNotFound`` with the fix when either is missing."""
     spec = REGISTRY[name]
     src = weights_file(name)
     if not src.is_file():
-        kind = next((k for k, (n, _) in TRAIN_KINDS.items() if n == name), spec.kind)
-        raise ModelNotFound(f"student {name!r} has no trained weights at {src}: train it with "
-                            f"`xlir train student --kind {kind}`")
+        raise ModelNotFound(untrained(name))
     base = resolve_model(spec.base, home)
     out_dir.mkdir(parents=True, exist_ok=True)
     module = importlib.import_module(BUILD_MODULES[spec.kind])

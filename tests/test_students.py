@@ -78,7 +78,8 @@ def test_cli_models_list_shows_students_and_what_they_need(tmp_path: Path) -> No
     assert res.returncode == 0, res.stderr
     for spec in students.students():
         assert f"{spec.name}" in res.stdout and f"[{spec.kind}, student of {spec.base}]" in res.stdout
-    assert "xlir models fetch e5-small-aligned" in res.stdout
+    assert "xlir models fetch e5-small-aligned" in res.stdout  # committed, not built in this home
+    assert "not trained yet" in res.stdout and "xlir train student --kind small" in res.stdout  # no weights
 
 
 def test_a_student_built_from_older_weights_is_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
