@@ -120,8 +120,9 @@ REGISTRY: dict[str, ModelSpec] = {
         source_package="models/weights/e5-small-aligned.safetensors",
         kind="transformer",
         base="e5-small",
-        figures="run 1: XQuAD-R test AP@20, centring off / default: full pool .443 / .616 (e5-small .342 / .624), "
-                "single-language nDCG@10 .809 (e5 .880): aligns, forgets; not better than e5-small yet",
+        figures="runs 1+2: XQuAD-R test AP@20, centring off / default: full pool .463 / .628 (e5-small .342 / .624), "
+                "non-parallel .594 / .720 (.516 / .734), single-language nDCG@10 .821 / .855 (.880 / .879): "
+                "not better than e5-small yet",
     ),
     "e5-small-l4": ModelSpec(
         name="e5-small-l4",
