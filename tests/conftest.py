@@ -157,3 +157,31 @@ def serve_app(app: Any, timeout: float = 30) -> Iterator[str]:
     finally:
         srv.should_exit = True
         thread.join(timeout=30)
+
+
+def tiny_st_folder(out: Path, normalize: bool = True) -> Path:
+    """A randomly initialised 2-layer BERT (seed 0) with MiniLM's tokenizer, written to ``out`` as a
+    sentence-transformers folder: Transformer + mean Pooling (+ Normalize)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from models.registry import resolve_model
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(str(resolve_model("minilm-en").path))
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64)
+    BertModel(cfg, add_pooling_layer=False).save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / "1_Pooling").mkdir()
+    (out / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}))
+    (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": False}))
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        (out / "2_Normalize").mkdir()
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                        "type": "sentence_transformers.models.Normalize"})
+    (out / "modules.json").write_text(json.dumps(modules))
+    return out

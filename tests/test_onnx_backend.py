@@ -17,6 +17,7 @@ import models.onnx_backend as ob
 from models.encoders import SentenceTransformerEncoder, choose_backend, load_encoder
 from models.onnx_backend import OnnxEncoder
 from models.registry import ModelSpec, ResolvedModel, resolve_model
+from tests.conftest import tiny_st_folder
 from xlir.errors import ModelInvalid
 
 pytest.importorskip("onnxruntime")
@@ -176,26 +177,7 @@ def test_packaged_model_caches_under_home(onnx_minilm: OnnxEncoder, home: Path) 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised 2-layer BERT with MiniLM's tokenizer, as a sentence-transformers folder."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny") / "tiny-st"
-    tok = AutoTokenizer.from_pretrained(str(resolve_model("minilm-en").path))
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64)
-    BertModel(cfg, add_pooling_layer=False).save_pretrained(out)
-    tok.save_pretrained(out)
-    (out / "1_Pooling").mkdir()
-    (out / "2_Normalize").mkdir()
-    (out / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}))
-    (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": False}))
-    (out / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
-    return out
+    return tiny_st_folder(tmp_path_factory.mktemp("tiny") / "tiny-st")
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from models.encoders import choose_backend, load_encoder, resolve_device
 from models.onnx_backend import OnnxEncoder, export_for_serving, load_tokenizer
 from models.registry import resolve_model
 from models.rerankers import CrossEncoderReranker
-from tests.conftest import SAMPLE
+from tests.conftest import SAMPLE, tiny_st_folder
 from xlir.errors import ModelInvalid
 
 pytest.importorskip("onnxruntime")
@@ -146,23 +146,7 @@ def test_serve_extra_has_no_torch_and_provides_every_serving_import() -> None:
 def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised 2-layer BERT with MiniLM's tokenizer, as a sentence-transformers folder, exported to
     ONNX (with torch) beside its weights."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny") / "tiny-st"
-    tok = AutoTokenizer.from_pretrained(str(resolve_model("minilm-en").path))
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64)
-    BertModel(cfg, add_pooling_layer=False).save_pretrained(out)
-    tok.save_pretrained(out)
-    (out / "1_Pooling").mkdir()
-    (out / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}))
-    (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": False}))
-    (out / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    out = tiny_st_folder(tmp_path_factory.mktemp("tiny") / "tiny-st", normalize=False)
     assert export_for_serving(str(out)) == out / "onnx" / ob.FP32_FILE
     return out
 
