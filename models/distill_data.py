@@ -3,7 +3,7 @@
 - :func:`ntrex_pairs`: NTREX-128's **training part only** (``models/ntrex.py``; the evaluation part, Tatoeba and
   XQuAD-R are how the students are measured and are never read here), as ``(language, English, translation)``;
 - :func:`qa_texts`: monolingual text, the contexts of ``qa-train`` (8 languages), clipped to a few hundred
-  characters so that the teacher and the student see the same short text;
+  characters so that the teacher and the student see the same short text, and optionally its questions;
 - :func:`teacher_vectors`: the teacher's embeddings of texts, computed once and kept in the one embedding cache
   (``models/cache.py``, ``$XLIR_HOME/cache/embeddings``), so every run and every student reuses them.
 """
@@ -73,8 +73,10 @@ def clip(text: str, lang: str, max_chars: int = CLIP_CHARS) -> str:
     return cut
 
 
-def qa_texts(per_lang: int, seed: int = 0, folder: Path | None = None) -> list[tuple[str, str]]:
-    """``(language, clipped context)``: up to ``per_lang`` distinct qa-train contexts per language, a seeded sample."""
+def qa_texts(per_lang: int, seed: int = 0, folder: Path | None = None,
+             questions: int = 0) -> list[tuple[str, str]]:
+    """``(language, text)``: up to ``per_lang`` distinct qa-train contexts per language (clipped), then up to
+    ``questions`` distinct questions per language (short, query-like text), each a seeded sample."""
     folder = folder or shared_data() / "qa-train"
     out: list[tuple[str, str]] = []
     for lang, name in sorted(QA_FILES.items()):
@@ -83,9 +85,14 @@ def qa_texts(per_lang: int, seed: int = 0, folder: Path | None = None) -> list[t
             raise CorpusError(f"{path} does not exist (qa-train is read from ../shared/data/qa-train)")
         with gzip.open(path, "rt", encoding="utf-8") as fh:
             data = json.load(fh)
-        contexts = sorted({p["context"] for art in data["data"] for p in art["paragraphs"] if p["context"].strip()})
+        paragraphs = [p for art in data["data"] for p in art["paragraphs"]]
+        contexts = sorted({p["context"] for p in paragraphs if p["context"].strip()})
         random.Random(f"{seed}:{lang}").shuffle(contexts)
         out.extend((lang, clip(c, lang)) for c in contexts[:per_lang])
+        if questions > 0:
+            asked = sorted({" ".join(q["question"].split()) for p in paragraphs for q in p.get("qas", [])} - {""})
+            random.Random(f"{seed}:{lang}:q").shuffle(asked)
+            out.extend((lang, clip(q, lang)) for q in asked[:questions])
     return out
 
 

@@ -5,7 +5,8 @@ sentence vectors (the teacher's are normalised; on unit vectors the MSE is ``2 -
 
 - student(translation) moves onto teacher(English) for NTREX's training part (every language, ``distill_data``),
 - student(English) stays at teacher(English) (a share of the batch),
-- student(x) stays at teacher(x) on monolingual qa-train contexts, so that it does not forget what it knew,
+- student(x) stays at teacher(x) on monolingual qa-train contexts (and, for a small student, questions), so that
+  it does not forget what it knew,
 
 each with the ``query: `` or ``passage: `` prefix drawn per item (the target carries the same prefix). The token
 embedding matrix (and the whole embedding block) is frozen; only the transformer layers listed by ``train_layers``
@@ -20,7 +21,8 @@ into the run folder (``checkpoint.pt``: trained tensors, optimiser, step, sample
 a validation (NTREX training lines held back by a hash: mean cosine to the teacher's English and xx->en top-1) to
 ``log.jsonl``, and writes the compact weights: for each student layer, the difference to the teacher layer it was
 initialised from, in int8 with a scale per row (``models/students.py: pack``). ``build_folder`` adds them back onto
-e5-small's folder. ``--resume`` continues from the checkpoint with the same data order.
+e5-small's folder. ``--resume`` continues from the checkpoint with the same data order; without a checkpoint (a
+fresh machine), ``--param init=committed`` starts a new run from the committed student instead of the teacher.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from xlir.errors import ModelInvalid
 log = logging.getLogger(__name__)
 
 PARAMS = {"lr", "batch_size", "train_layers", "layers", "max_len", "mono_share", "english_share", "mono_per_lang",
-          "checkpoint_minutes", "warmup", "teacher", "langs", "val_share"}
+          "questions_per_lang", "checkpoint_minutes", "warmup", "teacher", "langs", "val_share", "init"}
 PREFIXES = {"query": "query: ", "passage": "passage: "}
 LAYER_PREFIX = "encoder.layer."
 VAL_PAIRS = 1200  # validation pairs drawn from the held-back lines (every language)
@@ -62,11 +64,13 @@ class Settings:
     mono_share: float
     english_share: float
     mono_per_lang: int
+    questions_per_lang: int
     checkpoint_minutes: float
     warmup: int
     teacher: str
     langs: list[str] | None
     val_share: float
+    init: str  # "teacher": the teacher's layers; "committed": the student's built folder; or a folder path
 
 
 def spread_layers(n_teacher: int, n_student: int) -> list[int]:
@@ -93,14 +97,16 @@ def settings(options: TrainOptions, n_teacher: int = 12) -> Settings:
         layer_map=layer_map,
         trained=list(range(len(layer_map) - n_trained, len(layer_map))),
         max_len=options.param("max_len", 96, int),
-        mono_share=options.param("mono_share", 0.25, float),
-        english_share=options.param("english_share", 0.1, float),
-        mono_per_lang=options.param("mono_per_lang", 500, int),
+        mono_share=options.param("mono_share", 0.4 if small else 0.25, float),
+        english_share=options.param("english_share", 0.15 if small else 0.1, float),
+        mono_per_lang=options.param("mono_per_lang", 1000 if small else 500, int),
+        questions_per_lang=options.param("questions_per_lang", 500 if small else 0, int),
         checkpoint_minutes=options.param("checkpoint_minutes", 10.0, float),
         warmup=options.param("warmup", 100, int),
         teacher=options.param("teacher", "e5-small-aligned" if small else "e5-small", str),
         langs=[x for x in langs.split(",") if x] or None,
         val_share=options.param("val_share", 0.04, float),
+        init=options.param("init", "teacher", str),
     )
 
 
@@ -125,7 +131,8 @@ def prepare(s: Settings, options: TrainOptions, teacher: Any, pairs: Sequence[Pa
             mono: Sequence[tuple[str, str]] | None = None) -> Data:
     """Every training item and the teacher targets (cached), for both prefixes."""
     pairs = list(pairs if pairs is not None else ntrex_pairs(s.langs))
-    mono = list(mono if mono is not None else qa_texts(s.mono_per_lang, seed=options.seed))
+    mono = list(mono if mono is not None else qa_texts(s.mono_per_lang, seed=options.seed,
+                                                         questions=s.questions_per_lang))
     train = [p for p in pairs if not held_out(p.line, s.val_share)]
     val = [p for p in pairs if held_out(p.line, s.val_share)]
     val = random.Random(options.seed).sample(val, min(len(val), VAL_PAIRS))
@@ -200,12 +207,16 @@ class Sampler:
 
 
 def student_model(teacher_dir: Path, s: Settings) -> Any:
-    """The teacher's transformer with only the layers of ``layer_map`` kept; gradients only where trained."""
+    """The teacher's transformer with only the layers of ``layer_map`` kept; gradients only where trained. A
+    folder that already has ``len(layer_map)`` layers (a student's own, ``init``) is taken as it is."""
     import torch
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(str(teacher_dir), local_files_only=True, add_pooling_layer=False)
-    if s.layer_map != list(range(model.config.num_hidden_layers)):
+    n = model.config.num_hidden_layers
+    if n != len(s.layer_map) and n <= max(s.layer_map):
+        raise ModelInvalid(f"{teacher_dir} has {n} layers: neither the student's {len(s.layer_map)} nor a teacher's")
+    if n != len(s.layer_map):
         model.encoder.layer = torch.nn.ModuleList([model.encoder.layer[i] for i in s.layer_map])
         model.config.num_hidden_layers = len(s.layer_map)
     for p in model.parameters():
@@ -329,8 +340,12 @@ def train(options: TrainOptions, *, data: Data | None = None, teacher_dir: Path 
         del teacher
     tok = AutoTokenizer.from_pretrained(str(tdir), local_files_only=True)
     model = student_model(tdir, s)
+    initial = layer_tensors(model, s.trained)  # the exported difference is always to the teacher's layers
+    if s.init != "teacher" and not options.resume:
+        start = resolve_model(options.name, options.home).path if s.init == "committed" else Path(s.init)
+        log.info("starting from %s (the committed student), not from the teacher's layers", start)
+        model = student_model(start, s)
     model.train()
-    initial = layer_tensors(model, s.trained)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
     sampler = Sampler(data, s, options.seed)

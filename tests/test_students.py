@@ -96,3 +96,30 @@ def test_a_student_built_from_older_weights_is_stale(tmp_path: Path, monkeypatch
     save_packed(weights, {"w": np.zeros((2, 2))}, {"format": "x"})  # a newer run committed
     assert stale_student(spec, folder)
     assert not stale_student(REGISTRY["e5-small"], folder)  # not a student: never
+
+
+def test_qa_texts_contexts_then_questions_per_language(tmp_path: Path) -> None:
+    import gzip
+    import json
+
+    from models.distill_data import CLIP_CHARS, QA_FILES, qa_texts
+    from xlir.errors import CorpusError
+
+    long = "word " * 200
+    for lang, name in QA_FILES.items():
+        paragraphs = [{"context": f"{lang} context {i} {long if i == 0 else ''}",
+                       "qas": [{"question": f"{lang} question {i}?"}, {"question": f"{lang}  question {i}?"}]}
+                      for i in range(3)]
+        with gzip.open(tmp_path / name, "wt", encoding="utf-8") as fh:
+            json.dump({"data": [{"paragraphs": paragraphs}]}, fh)
+    texts = qa_texts(2, folder=tmp_path)
+    assert len(texts) == 2 * len(QA_FILES) and all("question" not in t for _, t in texts)
+    assert all(len(t) <= CLIP_CHARS for _, t in texts)
+    both = qa_texts(2, folder=tmp_path, questions=5)
+    questions = [(lang, t) for lang, t in both if "question" in t]
+    assert len(questions) == 3 * len(QA_FILES)  # distinct after whitespace folding, at most what exists
+    assert all(t.startswith(lang) for lang, t in both)
+    assert qa_texts(2, folder=tmp_path, questions=5) == both  # seeded
+    (tmp_path / QA_FILES["fr"]).unlink()
+    with pytest.raises(CorpusError, match="qa-train"):
+        qa_texts(2, folder=tmp_path)

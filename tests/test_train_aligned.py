@@ -72,6 +72,7 @@ def test_settings_defaults_and_unknown_param(tmp_path: Path) -> None:
     assert s.layer_map == list(range(12)) and s.trained == [6, 7, 8, 9, 10, 11] and s.teacher == "e5-small"
     small = settings(TrainOptions(kind="small", name="y"))
     assert small.layer_map == [0, 4, 7, 11] and small.trained == [0, 1, 2, 3] and small.teacher == "e5-small-aligned"
+    assert (s.questions_per_lang, small.questions_per_lang, s.init) == (0, 500, "teacher")
     with pytest.raises(ModelInvalid, match="unknown --param"):
         settings(TrainOptions(kind="aligned", name="x", params={"lrr": "1"}))
     with pytest.raises(ModelInvalid, match="max-minutes"):
@@ -130,6 +131,26 @@ def test_same_seed_same_weights_and_resume_continues(tmp_path: Path, tiny_bert: 
     assert any(not np.array_equal(da[k], dc[k]) for k in da)
     with pytest.raises(ModelNotFound, match="no checkpoint"):
         train(options(tmp_path, "c", max_steps=1, resume=True), data=tiny_data(), teacher_dir=tiny_bert)
+
+
+def test_new_run_can_start_from_the_committed_student(tmp_path: Path, tiny_bert: Path) -> None:
+    """A fresh machine has no checkpoint: ``init`` starts from the built student, and what it exports is still the
+    difference to the teacher (with no step, the same weights as the committed file, up to int8 rounding)."""
+    train(options(tmp_path, "a", max_steps=4), data=tiny_data(), teacher_dir=tiny_bert)
+    build_folder(tmp_path / "a.safetensors", tiny_bert, tmp_path / "built")
+    da, _ = load_packed(tmp_path / "a.safetensors")
+    train(options(tmp_path, "b", max_steps=0, params={"init": str(tmp_path / "built")}), data=tiny_data(),
+          teacher_dir=tiny_bert)
+    db, _ = load_packed(tmp_path / "b.safetensors")
+    assert da.keys() == db.keys()
+    for k in da:
+        step = np.abs(da[k]).max(axis=-1, keepdims=True) / 127 if da[k].ndim > 1 else np.abs(da[k]).max() / 127
+        assert np.all(np.abs(da[k] - db[k]) <= 1.01 * step + 1e-7), k
+    assert any(np.abs(v).max() > 0 for v in db.values())  # not the teacher's layers
+    train(options(tmp_path, "c", max_steps=2, params={"init": str(tmp_path / "built")}), data=tiny_data(),
+          teacher_dir=tiny_bert)
+    dc, _ = load_packed(tmp_path / "c.safetensors")
+    assert any(not np.allclose(da[k], dc[k], atol=1e-3) for k in da)  # and it trains on from there
 
 
 def test_small_student_keeps_spread_layers(tmp_path: Path, tiny_bert: Path) -> None:
