@@ -39,14 +39,22 @@ from indexer.readers import Document
 from indexer.write import Batch, EncoderInfo, WriteOptions, write_index
 from models.base import folder_checksum
 from models.registry import resolve_model, xlir_home
+from xlir.errors import ModelInvalid
 
 CACHE_VERSION = 2  # 2: the HNSW plan above 200k vectors and the recalibrated generator
 DIM = 384
 
 
 def model_identity(model: str = "e5-small", home: Path | None = None) -> tuple[str, str]:
-    """(name, weights checksum) of a built model, without loading it."""
+    """(name, weights checksum) of a built model, without loading it. The stand-in vectors are e5-like and 384-dim,
+    so only a transformer model of that width (e5-small or one of its transformer students) can be recorded."""
     resolved = resolve_model(model, home)
+    config = resolved.path / "config.json"
+    width = json.loads(config.read_text()).get("hidden_size") if config.is_file() else None
+    if width != DIM or (resolved.path / "xlir-model.json").is_file() and json.loads(
+            (resolved.path / "xlir-model.json").read_text()).get("kind", "transformer") != "transformer":
+        raise ModelInvalid(f"{model}: the synthetic index stands in for a {DIM}-dim transformer encoder "
+                           "(e5-small or a transformer student), not this model")
     return resolved.name, folder_checksum(resolved.path)
 
 

@@ -593,6 +593,8 @@ def parser() -> argparse.ArgumentParser:
                        "passages (benchmarks/big_index.py: real texts, stand-in vectors; built first if missing)")
     ap.add_argument("--synthetic-kind", default="auto", help="with --synthetic: the FAISS kind of that index "
                     "(auto: the product's plan; flat: exact)")
+    ap.add_argument("--synthetic-model", default="e5-small", help="with --synthetic: the encoder whose identity "
+                    "the index records, hence the server's query encoder (a 384-dim model: e5-small or a student)")
     ap.add_argument("--synthetic-centering", default="auto", choices=CENTERING_CHOICES,
                     help="with --synthetic: the centring that index is "
                     "built with (auto: the product default, full on this multilingual index; off: the stand-in "
@@ -639,7 +641,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.synthetic is not None:
         from benchmarks import big_index
 
-        args.index = big_index.cached(args.synthetic, index_type=args.synthetic_kind,
+        args.index = big_index.cached(args.synthetic, model=args.synthetic_model, index_type=args.synthetic_kind,
                                       centering=args.synthetic_centering)
         print(f"synthetic index of {args.synthetic:,} passages: {args.index}", flush=True)
     if args.compare_batching and args.index is None:

@@ -142,3 +142,24 @@ def test_a_bad_synthetic_centering_is_refused_before_anything_is_built(capsys: p
         big_index.main(["--n", "1000", "--centering", "fulll"])
     assert exc.value.code == 2 and "invalid choice: 'fulll'" in capsys.readouterr().err
     assert not (tmp_path / "cache").exists()
+
+
+def test_synthetic_index_records_only_a_384_dim_transformer(tmp_path: Path) -> None:
+    """The stand-in vectors are e5-like and 384-dim: a student of that width may be recorded (its real query
+    encoder then serves the index), a narrower model or a static/linear one is refused before any build."""
+    from benchmarks import big_index
+    from xlir.errors import ModelInvalid
+
+    def folder(name: str, width: int, kind: str | None = None) -> Path:
+        out = tmp_path / name
+        out.mkdir()
+        (out / "config.json").write_text(json.dumps({"hidden_size": width}))
+        if kind:
+            (out / "xlir-model.json").write_text(json.dumps({"kind": kind, "sha256": "0" * 64}))
+        return out
+
+    name, checksum = big_index.model_identity(str(folder("wide", 384, "transformer")))
+    assert name.endswith("wide") and len(checksum) == 64
+    for bad in (folder("narrow", 32), folder("static", 384, "static")):
+        with pytest.raises(ModelInvalid, match="384-dim transformer"):
+            big_index.model_identity(str(bad))
