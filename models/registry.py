@@ -108,7 +108,7 @@ REGISTRY: dict[str, ModelSpec] = {
         kind="linear",
         base="e5-small",
         figures="XQuAD-R test AP@20, centring off / default: full pool .566 / .626 (e5-small .342 / .624), "
-                "non-parallel .705 / .734 (.516 / .734); 12.1 MB",
+                "non-parallel .705 / .734 (.516 / .734); 92 maps, 13.1 MB",
     ),
     "e5-small-aligned": ModelSpec(
         name="e5-small-aligned",
@@ -133,6 +133,8 @@ REGISTRY: dict[str, ModelSpec] = {
         source_package="models/weights/e5-small-l4.safetensors",
         kind="transformer",
         base="e5-small",
+        figures="run 1 (60 min): XQuAD-R test AP@20, centring off / default: full pool .266 / .371 (e5-small .342 / "
+                ".624), single-language nDCG@10 .606 / .687 (.880 / .879): fast but too weak yet (RESULTS 8.6)",
     ),
     "e5-small-static": ModelSpec(
         name="e5-small-static",

@@ -79,7 +79,18 @@ def test_cli_models_list_shows_students_and_what_they_need(tmp_path: Path) -> No
     for spec in students.students():
         assert f"{spec.name}" in res.stdout and f"[{spec.kind}, student of {spec.base}]" in res.stdout
     assert "xlir models fetch e5-small-aligned" in res.stdout  # committed, not built in this home
-    assert "not trained yet" in res.stdout and "xlir train student --kind small" in res.stdout  # no weights
+
+
+def test_models_list_names_the_training_command_of_a_student_without_weights(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.main import models_list
+
+    monkeypatch.setattr(students, "WEIGHTS_DIR", tmp_path / "no-weights")  # a checkout before any training run
+    models_list(home=tmp_path)
+    out = capsys.readouterr().out
+    for kind, (name, _) in students.TRAIN_KINDS.items():
+        assert f"not trained yet (student {name!r} has no trained weights" in out
+        assert f"xlir train student --kind {kind}" in out
 
 
 def test_a_student_built_from_older_weights_is_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
