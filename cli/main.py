@@ -124,7 +124,7 @@ def models_fetch(
     if with_students:
         todo += [s.name for s in students() if trained(s.name) and s.name not in todo]
     for name in todo:
-        typer.echo(f"{name}: preparing (first time: dequantize and check, ~1 min)...")
+        typer.echo(f"{name}: checking (built if missing or stale: about 1 min the first time)...")
         res = fetch(name, home, force=force)
         verb = "built" if res.built else "ready"
         typer.echo(f"{name}: {verb} at {res.path} (weights sha256 {res.sha256[:16]}..., {res.seconds:.1f}s)")
