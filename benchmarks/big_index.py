@@ -51,8 +51,7 @@ def model_identity(model: str = "e5-small", home: Path | None = None) -> tuple[s
     resolved = resolve_model(model, home)
     config = resolved.path / "config.json"
     width = json.loads(config.read_text()).get("hidden_size") if config.is_file() else None
-    if width != DIM or (resolved.path / "xlir-model.json").is_file() and json.loads(
-            (resolved.path / "xlir-model.json").read_text()).get("kind", "transformer") != "transformer":
+    if resolved.spec.kind != "transformer" or width != DIM:
         raise ModelInvalid(f"{model}: the synthetic index stands in for a {DIM}-dim transformer encoder "
                            "(e5-small or a transformer student), not this model")
     return resolved.name, folder_checksum(resolved.path)

@@ -343,7 +343,7 @@ def train(options: TrainOptions, *, data: Data | None = None, teacher_dir: Path 
     initial = layer_tensors(model, s.trained)  # the exported difference is always to the teacher's layers
     if s.init != "teacher" and not options.resume:
         start = resolve_model(options.name, options.home).path if s.init == "committed" else Path(s.init)
-        log.info("starting from %s (the committed student), not from the teacher's layers", start)
+        log.info("starting from %s (init=%s), not from the teacher's layers", start, s.init)
         model = student_model(start, s)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
