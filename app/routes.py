@@ -32,7 +32,7 @@ router = APIRouter(dependencies=[Depends(authorize)])  # a read key for every ro
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody, "description": desc}
     for code, desc in {
-        400: "rerank requested but no cross-encoder configured",
+        400: "rerank requested but no reranker is configured (none built, XLIR_RERANKER=none)",
         401: "API keys are configured and the request has none, or an unknown one",
         403: "the API key lacks the scope this endpoint needs",
         404: "no document with this id",

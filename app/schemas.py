@@ -82,6 +82,12 @@ class FeedbackMerge(StrEnum):
     rrf = "rrf"
 
 
+class RerankScope(StrEnum):
+    auto = "auto"
+    all = "all"
+    same_language = "same_language"
+
+
 class SearchRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -106,9 +112,21 @@ class SearchRequest(BaseModel):
                          "0.7 was best on the XQuAD-R dev split of single-language indexes")
     langs: list[Text] | None = Field(
         None, description="only return documents in these languages (ISO 639-1; each must be one of the index's)")
-    rerank: Bool = Field(False, description="rescore the top rerank_depth with the configured cross-encoder")
-    rerank_depth: Int = Field(50, ge=1, le=1000, description="checked even without rerank; default 50 or "
-                              "XLIR_MAX_RERANK_DEPTH if lower")
+    rerank: Bool = Field(
+        False, description="rescore the top rerank_depth first-stage candidates with the server's reranker (xlir's "
+        "own xlir-rerank when built, else XLIR_RERANKER): final score = prior_weight * -log(first-stage rank) + the "
+        "model's score, so a correction of 0 keeps the first-stage order; see the response's rerank")
+    rerank_depth: Int = Field(20, ge=1, le=1000, description="candidates reranked (the rest follow in first-stage "
+                              "order); checked even without rerank; default 20 or XLIR_MAX_RERANK_DEPTH if lower")
+    rerank_scope: RerankScope = Field(
+        RerankScope.auto, description="which candidates the model scores: all, same_language (only those whose "
+        "lang is the query's language: lang, else the detected one; the others are not sent to the model and keep "
+        "their first-stage prior, a correction of 0) or auto (default: the model's own scope, measured when it was "
+        "trained)")
+    rerank_budget_ms: Float | None = Field(
+        None, ge=0, le=600_000, description="time budget of the rerank stage in ms: pairs are scored in chunks and "
+        "once the budget has passed between two chunks the first-stage order is kept (the response's rerank says "
+        "so); 0 = no budget; default XLIR_RERANK_BUDGET_MS (500)")
     lang: QueryLang | None = Field(None, description="language of the query (ISO 639-1); detected when omitted")
     centering: Centering | None = Field(
         None, description="language centring of dense scores: off, offset (mu_lang - mu_all) or full (mu_lang); "
@@ -153,7 +171,8 @@ class SearchRequest(BaseModel):
 
 class SearchHit(BaseModel):
     id: str
-    score: float = Field(description="fused score (or the single retriever's / reranker's score)")
+    score: float = Field(description="fused score (or the single retriever's; reranked: the final score, "
+                         "prior_weight * -log(first-stage rank) + the reranker's score)")
     lang: str
     title: str
     snippet: str
@@ -190,14 +209,31 @@ class FeedbackInfo(BaseModel):
     evidence: dict[str, float] = Field(default_factory=dict, description="the numbers the gate looked at")
 
 
+class RerankInfo(BaseModel):
+    applied: bool = Field(description="whether the reranked order was returned (else the first-stage order: see "
+                          "reason)")
+    model: str = Field(description="the reranker's name")
+    depth: int = Field(description="rerank_depth as run: the top candidates considered")
+    scope: RerankScope = Field(description="the scope as run (auto resolved): all or same_language")
+    query_lang: str | None = Field(None, description="same_language: the query's language (given or detected)")
+    scored: int = Field(description="(query, passage) pairs sent to the model")
+    reason: str = Field(description="what was done, or why the first-stage order was kept")
+    ms: float = Field(description="time of the rerank stage")
+
+
 class SearchResponse(BaseModel):
     query: str
     mode: Mode = Field(description="the mode used (auto resolved)")
     fusion: Fusion | None
-    reranked: bool
+    reranked: bool = Field(description="whether the results are in the reranked order (= rerank.applied)")
     took_ms: float
     centering: CenteringInfo | None = Field(description="present when dense scores were used")
     feedback: FeedbackInfo | None = Field(None, description="present when feedback was asked for")
+    rerank: RerankInfo | None = Field(None, description="present when rerank was asked for")
+    timings_ms: dict[str, float] = Field(
+        default_factory=dict, description="wall time of each stage of the retrieval path: encode (the query "
+        "encoding; 0 without a dense run), retrieve (dense search and BM25 after the encoding), fuse, feedback "
+        "(when asked for), rerank (when asked for) and total")
     results: list[SearchHit]
 
 

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -34,6 +34,8 @@ from app.schemas import (
     Fusion,
     Mode,
     ReloadResponse,
+    RerankInfo,
+    RerankScope,
     SearchHit,
     SearchRequest,
     SearchResponse,
@@ -47,7 +49,7 @@ from indexer.langid import UNDETERMINED, LangGuess, LanguageDetector, best, comb
 from indexer.live import LiveStore, generation_label, prepare_documents
 from indexer.store import SearchIndex
 from models.base import Encoder
-from models.rerankers import Reranker
+from models.rerankers import Reranker, residual_order, residual_scores
 from xlir.errors import BadQuery, DocumentNotFound, PayloadTooLarge, QueryTooLong, RerankerNotConfigured
 
 Tokenizer = Callable[[str], list[str]]
@@ -62,19 +64,27 @@ class Limits:
     fusion_depth: int = 100
     snippet_chars: int = 300
     embed_max_texts: int = 64
+    # a request's default rerank_budget_ms; 0 = none. The server passes XLIR_RERANK_BUDGET_MS (500); in-process
+    # runs (benchmarks/retrieval.py) keep 0, so a quality figure never depends on how busy the machine was
+    rerank_budget_ms: float = 0.0
+    rerank_chunk: int = 8  # pairs per reranker call when a budget is checked between calls
 
 
 @dataclass
 class Retrieved:
     """The outcome of the one retrieval path: the request as run (``auto`` resolved, ``rerank_depth`` defaulted),
-    at most ``req.k`` hits best first (each retriever's rank and raw score kept), their documents, and how the
-    query was centred (None without a dense run)."""
+    at most ``req.k`` hits best first (each retriever's rank and raw score kept), their documents, how the
+    query was centred (None without a dense run), what the rerank stage did (None without ``rerank``) and the wall
+    time of each stage in ms (``encode``, ``retrieve``, ``fuse``, ``feedback``, ``rerank``, ``total``: see
+    :class:`app.schemas.SearchResponse`)."""
 
     req: SearchRequest
     hits: list[fusion.FusedHit]
     docs: dict[int, dict[str, str]]
     centering: CenteringInfo | None
     feedback: FeedbackInfo | None = None  # None when feedback=off
+    rerank: RerankInfo | None = None  # None without rerank
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def resolve_mode(index: SearchIndex, req: SearchRequest) -> SearchRequest:
@@ -82,6 +92,18 @@ def resolve_mode(index: SearchIndex, req: SearchRequest) -> SearchRequest:
     if req.mode is not Mode.auto:
         return req
     return req.model_copy(update={"mode": Mode.dense if index.multilingual else Mode.hybrid})
+
+
+def elapsed_ms(start: float, end: float) -> float:
+    return round((end - start) * 1000, 3)
+
+
+def resolve_rerank_scope(requested: RerankScope, reranker: Reranker) -> RerankScope:
+    """``auto`` -> the reranker's own scope (``same-language`` or ``all``; a reranker without one: all)."""
+    if requested is not RerankScope.auto:
+        return requested
+    own = getattr(reranker, "scope", "all")
+    return RerankScope.same_language if own == "same-language" else RerankScope.all
 
 
 def candidate_depth(req: SearchRequest, limits: Limits) -> int:
@@ -287,8 +309,10 @@ class SearchService:
         check_text("query", req.query, self.limits.max_query_chars)
         if req.rerank and self.reranker is None:
             raise RerankerNotConfigured(
-                "rerank=true but no cross-encoder is configured: start the server with "
-                "--reranker PATH (or XLIR_RERANKER) pointing to a local sentence-transformers CrossEncoder folder")
+                "rerank=true but no reranker is configured: build xlir's own with `make setup` (it builds "
+                "xlir-rerank under XLIR_HOME/models, which the server then loads by itself), or start the server "
+                "with --reranker PATH (XLIR_RERANKER) naming a reranker folder or a local sentence-transformers "
+                "CrossEncoder folder")
         if req.k > self.limits.max_k:
             raise BadQuery(f"k={req.k} is over the limit {self.limits.max_k}")
         if req.rerank_depth > self.limits.max_rerank_depth:
@@ -304,7 +328,11 @@ class SearchService:
         return req
 
     async def retrieve(self, req: SearchRequest) -> Retrieved:
-        """The one retrieval path (module docstring): request -> ranked hits, reranked when asked."""
+        """The one retrieval path (module docstring): request -> ranked hits, reranked when asked, with the wall
+        time of each stage (``Retrieved.timings``)."""
+        t_start = time.perf_counter()
+        timings: dict[str, float] = {"encode": 0.0}
+        encoded_at: float | None = None  # when the query encoding ended: the retrieve stage is what follows
         index = self.index  # one snapshot for the whole request: live writes and reloads swap self.index
         req = self.validate(req, index)
         req = resolve_mode(index, req)
@@ -318,13 +346,17 @@ class SearchService:
         info: CenteringInfo | None = None
         qc: np.ndarray | None = None  # the centred query (feedback starts from it)
         jobs: dict[str, asyncio.Future[fusion.Run] | asyncio.Task[fusion.Run]] = {}
+        t_first = time.perf_counter()
         if req.mode in (Mode.bm25, Mode.hybrid):
             jobs["bm25"] = asyncio.ensure_future(asyncio.to_thread(
                 lambda: bm25_run(index, self.tokenize(req.query), depth, mask)))
         if req.mode in (Mode.dense, Mode.hybrid):
             async def dense() -> fusion.Run:
-                nonlocal info, qc
+                nonlocal info, qc, encoded_at
+                t_encode = time.perf_counter()
                 qvec = await self.batcher.encode(req.query)
+                encoded_at = time.perf_counter()
+                timings["encode"] = elapsed_ms(t_encode, encoded_at)
                 # language ID takes well under a millisecond: no need to leave the event loop for it
                 guess, source = (self.query_guess(req.query, req.lang, index, qvec) if mode != "off" or req.lang
                                  else (None, None))
@@ -340,16 +372,32 @@ class SearchService:
         finally:
             for job in jobs.values():
                 job.cancel()
+        t = time.perf_counter()
+        timings["retrieve"] = elapsed_ms(encoded_at if encoded_at is not None else t_first, t)
         runs = dict(zip(jobs, results, strict=True))
         runs = {name: runs[name] for name in ("dense", "bm25") if name in runs}
         hits = fuse(req, runs, depth)
+        fused_at = time.perf_counter()
+        timings["fuse"] = elapsed_ms(t, fused_at)
         fb: FeedbackInfo | None = None
         if req.feedback is not Feedback.off:
             hits, fb = await self._feedback(index, req, runs, hits, qc, depth, mask, mode)
+            timings["feedback"] = elapsed_ms(fused_at, time.perf_counter())
         docs = {h.row: index.doc(h.row) for h in hits[: max(req.k, req.rerank_depth if req.rerank else 0)]}
+        rr: RerankInfo | None = None
         if req.rerank:
-            hits = await asyncio.to_thread(self._rerank, req, hits[: req.rerank_depth], docs)
-        return Retrieved(req, hits[: req.k], docs, info, fb)
+            assert self.reranker is not None  # validate refused the request otherwise
+            scope = resolve_rerank_scope(req.rerank_scope, self.reranker)
+            qlang = None
+            if scope is RerankScope.same_language:  # the given language, else the one the centring detected
+                qlang = req.lang or (info.query_lang if info is not None else None)
+                qlang = qlang or self.query_language(req.query, None, index)[0]
+            t = time.perf_counter()
+            hits, ran = await asyncio.to_thread(self._rerank, req, hits, docs, scope, qlang, t)
+            timings["rerank"] = ran.ms = elapsed_ms(t, time.perf_counter())
+            rr = ran
+        timings["total"] = elapsed_ms(t_start, time.perf_counter())
+        return Retrieved(req, hits[: req.k], docs, info, fb, rr, timings)
 
     async def _feedback(self, index: SearchIndex, req: SearchRequest, runs: dict[str, fusion.Run],
                         hits: list[fusion.FusedHit], qc: np.ndarray | None, depth: int, mask: np.ndarray | None,
@@ -398,25 +446,59 @@ class SearchService:
         ]
         return SearchResponse(
             query=req.query, mode=req.mode, fusion=req.fusion if req.mode is Mode.hybrid else None,
-            reranked=req.rerank, took_ms=round((time.perf_counter() - t0) * 1000, 3), centering=got.centering,
-            feedback=got.feedback, results=out,
+            reranked=got.rerank is not None and got.rerank.applied, took_ms=elapsed_ms(t0, time.perf_counter()),
+            centering=got.centering, feedback=got.feedback, rerank=got.rerank, timings_ms=got.timings, results=out,
         )
 
-    def _rerank(self, req: SearchRequest, hits: list[fusion.FusedHit], docs: dict[int, dict[str, str]]
-                ) -> list[fusion.FusedHit]:
-        assert self.reranker is not None
-        texts = [passage_text(docs[h.row]["title"], docs[h.row]["text"]) for h in hits]
-        scores = self.reranker.score(req.query, texts)
-        order = sorted(range(len(hits)), key=lambda i: (-float(scores[i]), i))
+    def _rerank(self, req: SearchRequest, hits: list[fusion.FusedHit], docs: dict[int, dict[str, str]],
+                scope: RerankScope, qlang: str | None, started: float) -> tuple[list[fusion.FusedHit], RerankInfo]:
+        """The rerank stage (in a worker thread). The model scores the top ``rerank_depth`` candidates that
+        ``scope`` takes (same_language: only those in ``qlang``; the others are not sent), ``limits.rerank_chunk``
+        pairs per call with the time budget (counted from ``started``) checked between calls: once it has passed,
+        the first-stage order is returned unchanged. The final score is
+        :func:`models.rerankers.residual_scores` of the first-stage ranks 1..n and the model's scores (0 for a
+        candidate it did not score) with the model's ``prior_weight``, ordered by
+        :func:`models.rerankers.residual_order` (ties to the better first-stage rank); the candidates below
+        ``rerank_depth`` follow in first-stage order."""
+        reranker = self.reranker
+        assert reranker is not None
+        head, tail = hits[: req.rerank_depth], hits[req.rerank_depth:]
+        budget = self.limits.rerank_budget_ms if req.rerank_budget_ms is None else req.rerank_budget_ms
+        info = RerankInfo(applied=False, model=reranker.name, depth=req.rerank_depth, scope=scope,
+                          query_lang=qlang, scored=0, reason="", ms=0.0)
+        picked = [i for i, h in enumerate(head) if scope is RerankScope.all or docs[h.row]["lang"] == qlang]
+        if not picked:
+            why = f"no candidate in the query's language {qlang!r}" if head else "no candidates"
+            info.reason = f"{why}: first-stage order kept"
+            return hits, info
+        texts = [passage_text(docs[head[i].row]["title"], docs[head[i].row]["text"]) for i in picked]
+        scores = np.zeros(len(head), dtype=np.float64)
+        chunk = max(1, self.limits.rerank_chunk) if budget > 0 else len(picked)
+        deadline = started + budget / 1000
+        for lo in range(0, len(picked), chunk):
+            if lo and budget > 0 and time.perf_counter() > deadline:
+                info.reason = f"budget {budget:g} ms passed after {lo} of {len(picked)} candidates: first-stage " \
+                              "order kept"
+                return hits, info
+            part = picked[lo: lo + chunk]
+            scores[part] = np.asarray(reranker.score(req.query, texts[lo: lo + chunk]), dtype=np.float64).reshape(-1)
+            info.scored += len(part)
+        ranks = np.arange(1, len(head) + 1)
+        final = residual_scores(ranks, scores, float(getattr(reranker, "prior_weight", 0.0)))
+        sent = set(picked)
         out = []
-        for rank, i in enumerate(order, start=1):
-            h = hits[i]
+        for rank, i in enumerate(residual_order(ranks, final), start=1):
+            h = head[i]
             out.append(fusion.FusedHit(
-                row=h.row, score=float(scores[i]),
+                row=h.row, score=float(final[i]),
                 ranks={**h.ranks, "fused": i + 1, "rerank": rank},
-                scores={**h.scores, "fused": h.score, "rerank": float(scores[i])},
+                scores={**h.scores, "fused": h.score, "rerank": float(scores[i]) if i in sent else None},
             ))
-        return out
+        info.applied = True
+        info.reason = f"{info.scored} of {len(head)} candidates scored by the model"
+        if scope is RerankScope.same_language:
+            info.reason += f" (those in the query's language {qlang!r}; the others kept their first-stage prior)"
+        return out + tail, info
 
     async def embed(self, req: EmbedRequest) -> EmbedResponse:
         if len(req.texts) > self.limits.embed_max_texts:

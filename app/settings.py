@@ -85,7 +85,13 @@ class Settings(BaseSettings):
     onnx_spin: bool = Field(
         False, description="let ONNX Runtime's threads busy-wait between encoder calls: about 2.5 ms less per single "
         "query encoding on 2 cores, but a core burnt while BM25 and FAISS run (more CPU per request under load)")
-    reranker: Path | None = Field(None, description="local sentence-transformers CrossEncoder folder")
+    reranker: str | None = Field(
+        None, description="reranker folder for rerank=true: xlir's own (xlir-model.json, kind reranker) or a local "
+        "sentence-transformers CrossEncoder; unset: xlir-rerank under XLIR_HOME/models when it is built (make "
+        "setup); 'none' or empty: no reranker. A configured folder that is missing or wrong stops the start-up")
+    rerank_budget_ms: float = Field(
+        500.0, ge=0, description="default time budget of the rerank stage per request (rerank_budget_ms); past it "
+        "the first-stage order is returned and the response says so; 0 = no budget")
     centroid_table: Path | None = Field(
         None, description="centroids for query languages missing from the index; default: the table that "
         "`xlir models centroids` wrote for the encoder under XLIR_HOME/centroids, if any")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 from app.batching import QueryBatcher, VectorBatcher
@@ -16,7 +17,8 @@ from indexer.live import LiveStore
 from indexer.store import Index, encoder_mismatch
 from models.base import Encoder
 from models.encoders import load_encoder
-from models.rerankers import CrossEncoderReranker, Reranker
+from models.registry import MODEL_META, model_dir
+from models.rerankers import DEFAULT_RERANKER, Reranker, load_reranker
 from xlir.errors import IndexInvalid, IndexNotReady, ModelNotFound, XlirError
 
 log = logging.getLogger(__name__)
@@ -67,13 +69,35 @@ def warm_up(encoder: Encoder) -> None:
         encoder.encode_queries([" ".join(["warm"] * words)])
 
 
+NO_RERANKER = ("", "none")  # XLIR_RERANKER values that turn reranking off
+
+
+def configured_reranker(settings: Settings) -> Reranker | None:
+    """The reranker of ``settings``: the folder ``XLIR_RERANKER`` names, else xlir's own (``xlir-rerank`` under
+    ``XLIR_HOME/models``) when it is built, else none; ``none`` or an empty value turns it off. A configured folder
+    that is missing or holds something else raises the domain error naming the path (the server does not start)."""
+    spec = settings.reranker
+    if spec is not None and spec.strip().lower() in NO_RERANKER:
+        return None
+    if spec is not None:
+        return load_reranker(Path(spec.strip()), device=settings.device)
+    folder = model_dir(DEFAULT_RERANKER, settings.home)
+    if not (folder / MODEL_META).is_file():
+        return None
+    log.info("reranker: %s (the default; XLIR_RERANKER=none turns it off)", folder)
+    return load_reranker(folder, device=settings.device)
+
+
 def load_state(
     settings: Settings, encoder: Encoder | None = None, reranker: Reranker | None = None
 ) -> AppState:
-    """Load everything; an expected failure leaves a not-ready state with the reason instead of raising."""
+    """Load everything; an expected failure leaves a not-ready state with the reason instead of raising, but a
+    misconfigured reranker raises (:func:`configured_reranker`): a typo in ``XLIR_RERANKER`` stops the start-up."""
     from indexer.text import ANALYZER_NAME, tokenize
 
     state = AppState(settings=settings)
+    if reranker is None:
+        reranker = configured_reranker(settings)
     try:
         live = LiveStore(settings.index, verify=settings.verify)  # the generation CURRENT names, its log replayed
         index = live.main
@@ -85,8 +109,6 @@ def load_state(
                                    home=settings.home, backend=settings.backend, spin=settings.onnx_spin)
         check_encoder(index, encoder)
         live.encoder_checksum = encoder.checksum  # generations published later must match it too
-        if reranker is None and settings.reranker is not None:
-            reranker = CrossEncoderReranker(settings.reranker, device=settings.device)
         table = None
         table_path = settings.centroid_table or default_table_path(settings.home, encoder.checksum)
         if settings.centroid_table is not None or table_path.is_file():
@@ -104,7 +126,7 @@ def load_state(
     limits = Limits(max_query_chars=settings.max_query_chars, max_k=settings.max_k,
                     max_rerank_depth=settings.max_rerank_depth,
                     fusion_depth=settings.fusion_depth, snippet_chars=settings.snippet_chars,
-                    embed_max_texts=settings.embed_max_texts)
+                    embed_max_texts=settings.embed_max_texts, rerank_budget_ms=settings.rerank_budget_ms)
     dense_batcher = VectorBatcher(max_batch=settings.batch_max_size) if settings.batching else None
     service = SearchService(live.snapshot, encoder, batcher, tokenize, reranker, limits, centroid_table=table,
                             dense_batcher=dense_batcher)

@@ -27,6 +27,8 @@ dropped (counted in ``notes["topics_without_qrels"]``).
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import os
 import random
@@ -43,14 +45,16 @@ from xlir.errors import CorpusError
 
 __all__ = [
     "SPLITS", "TATOEBA_PAIRS", "XQUAD_LANGS", "XQUAD_LEVELS", "DatasetError", "Query", "RetrievalDataset",
-    "answer_sentences", "default_data_dir", "doc_article", "load_miracl", "load_sample", "load_tatoeba", "load_xquad_r",
-    "split_sentences", "xquad_nonparallel", "xquad_parallel_subset", "xquad_r_pools",
+    "answer_sentences", "default_data_dir", "doc_article", "load_miracl", "load_qa_train", "load_sample",
+    "load_tatoeba", "load_xquad_r", "qa_held_out", "split_sentences", "xquad_nonparallel", "xquad_parallel_subset",
+    "xquad_r_pools",
 ]
 
 TATOEBA_PAIRS: Final = ("ara", "cmn", "deu", "fra", "hin", "jpn", "kor", "rus", "spa")
 XQUAD_LANGS: Final = ("ar", "de", "en", "es", "hi", "ru", "zh")
 XQUAD_LEVELS: Final = ("sentence", "paragraph")
 SPLITS: Final = ("dev", "test")
+QA_VAL_SHARE: Final = 0.05  # qa-train questions held back for validation
 
 Span = tuple[int, int]
 
@@ -133,9 +137,12 @@ def _dataset_dir(data_dir: Path, sub: str) -> Path:
 
 
 def _read_text(path: Path) -> str:
+    """The file's text (gunzipped when its name ends in ``.gz``)."""
     if not path.is_file():
         raise DatasetError(f"{path}: no such file")
     try:
+        if path.suffix == ".gz":
+            return gzip.decompress(path.read_bytes()).decode("utf-8")
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
@@ -374,6 +381,67 @@ def load_xquad_r(data_dir: Path, level: str = "sentence", langs: Sequence[str] |
     notes = {"skipped_answers": sum(skipped.values()), "queries_without_relevant": unanswerable}
     notes.update({f"skipped_answers:{lang}": n for lang, n in sorted(skipped.items())})
     return RetrievalDataset(f"xquad-r-{level}", docs, queries, qrels, notes)
+
+
+# --------------------------------------------------------------------------------------------------
+# qa-train: the reranker's training data (issue 21)
+# --------------------------------------------------------------------------------------------------
+
+
+def qa_held_out(qid: str, share: float = QA_VAL_SHARE) -> bool:
+    """Whether qa-train question ``qid`` is held back for validation (a hash of the id: stable across runs)."""
+    return int(hashlib.sha256(f"xlir-rerank-val:{qid}".encode()).hexdigest()[:8], 16) < share * 0xFFFFFFFF
+
+
+def load_qa_train(data_dir: Path, langs: Sequence[str] | None = None, max_questions: int | None = 6000,
+                  seed: int = 0) -> RetrievalDataset:
+    """qa-train (``qa-train/*.json.gz``, SQuAD layout, one file per language: ``models.distill_data.QA_FILES``) as a
+    sentence pool per language, like XQuAD-R's (:func:`load_xquad_r`): docs ``{lang}/{article}/{para}/{sent}``
+    (title the article's), queries ``{lang}/{id}``, relevant the sentence(s) holding an answer. A language with more
+    than ``max_questions`` questions keeps whole paragraphs, drawn in a seeded order, until it has that many (its
+    pool is then the sentences of those paragraphs). Query split: ``dev`` for the 5% held back for validation
+    (:func:`qa_held_out`), ``train`` for the rest. Answers that are not exact spans of their context are skipped
+    (``notes``)."""
+    from models.distill_data import QA_FILES
+
+    folder = _dataset_dir(data_dir, "qa-train")
+    chosen = sorted(QA_FILES) if langs is None else [_normalized(x) for x in langs]
+    unknown = [x for x in chosen if x not in QA_FILES]
+    if unknown:
+        raise DatasetError(f"{folder}: no qa-train file for {', '.join(unknown)}; known: {', '.join(sorted(QA_FILES))}")
+    docs: list[Document] = []
+    queries: list[Query] = []
+    qrels: dict[str, dict[str, int]] = {}
+    skipped: Counter[str] = Counter()
+    for lang in chosen:
+        articles = _read_squad(folder / QA_FILES[lang])
+        paras = [(a, p) for a, art in enumerate(articles) for p in range(len(art.paragraphs))]
+        random.Random(f"{seed}:{lang}").shuffle(paras)
+        asked = 0
+        keep: list[tuple[int, int]] = []
+        for a, p in paras:
+            if max_questions is not None and asked >= max_questions:
+                break
+            keep.append((a, p))
+            asked += len(articles[a].paragraphs[p].questions)
+        for a, p in sorted(keep):
+            article, para = articles[a], articles[a].paragraphs[p]
+            prefix = f"{lang}/{a}/{p}"
+            spans = split_sentences(para.context, lang)
+            docs.extend(Document(f"{prefix}/{i}", para.context[s:e], article.title, lang)
+                        for i, (s, e) in enumerate(spans))
+            for qa in para.questions:
+                answers = [ans for ans in qa.answers if _answer_matches(para.context, ans)]
+                skipped[lang] += len(qa.answers) - len(answers)
+                hits = sorted({i for ans in answers for i in answer_sentences(spans, ans.start, len(ans.text))})
+                if not hits or not qa.text.strip():
+                    skipped[f"questions:{lang}"] += 1
+                    continue
+                qid = f"{lang}/{qa.id}"
+                queries.append(Query(qid, qa.text, lang, "dev" if qa_held_out(qid) else "train"))
+                qrels[qid] = {f"{prefix}/{i}": 1 for i in hits}
+    notes = {f"skipped_answers:{k}" if ":" not in k else f"skipped_{k}": n for k, n in sorted(skipped.items())}
+    return RetrievalDataset("qa-train-sentence", docs, queries, qrels, notes)
 
 
 # --------------------------------------------------------------------------------------------------

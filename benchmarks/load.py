@@ -509,7 +509,7 @@ def comparison_table(batched: Mapping[str, Any], unbatched: Mapping[str, Any]) -
     for b, u in zip(batched["levels"], unbatched["levels"], strict=True):
         bs, us = b.get("search", {}), u.get("search", {})
         bl, ul = bs.get("latency_ms", {}), us.get("latency_ms", {})
-        ratio = bs["qps"] / us["qps"] if us.get("qps") else None
+        ratio = bs["qps"] / us["qps"] if us.get("qps") and bs.get("qps") is not None else None
         lines.append(f"| {b['concurrency']} | {_fmt(us.get('qps'))} | {_fmt(bs.get('qps'))} | {_fmt(ratio, 2)}x | "
                      f"{_fmt(ul.get('p50'))} / {_fmt(ul.get('p99'))} | {_fmt(bl.get('p50'))} / "
                      f"{_fmt(bl.get('p99'))} | {_fmt(b.get('mean_batch_size'))} | "

@@ -108,6 +108,8 @@ class Run:
     """Per query id, the returned documents in rank order with their raw scores (the product's scores)."""
 
     hits: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    # per query id, the wall time of each stage of the retrieval path (in-process runs: ``Retrieved.timings``)
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def ranking(self, qid: str) -> list[str]:
         return [doc for doc, _ in self.hits.get(qid, [])]
@@ -274,6 +276,7 @@ def run_inprocess(index: SearchIndex, encoder: Encoder, dataset: RetrievalDatase
             for query in dataset.queries:
                 got = await service.retrieve(SearchRequest(**request_body(query, params, k, monolingual)))
                 run.hits[query.qid] = [(str(got.docs[h.row]["id"]), float(h.score)) for h in got.hits]
+                run.timings[query.qid] = got.timings
         finally:
             await batcher.close()
         return run
@@ -516,7 +519,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--concurrency", type=int, default=8, help="requests in flight with --target (default 8)")
     ap.add_argument("--model", default="e5-small", help="encoder (in-process only)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--reranker", type=Path, default=None, help="CrossEncoder folder: adds hybrid-rerank")
+    ap.add_argument("--reranker", type=Path, default=None, help="reranker folder (xlir-rerank, or a CrossEncoder): "
+                    "adds hybrid-rerank")
     ap.add_argument("--cache", type=Path, default=None, help="index cache (default $XLIR_HOME/cache/bench-indexes)")
     ap.add_argument("--out", type=Path, default=Path("bench-results"), help="output folder (default bench-results)")
     return ap
@@ -600,9 +604,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         encoder = load_encoder(args.model, device=args.device)
         timings["load model"] = time.perf_counter() - t0
         if args.reranker is not None:
-            from models.rerankers import CrossEncoderReranker
+            from models.rerankers import load_reranker
 
-            reranker = CrossEncoderReranker(args.reranker, device=args.device)
+            reranker = load_reranker(args.reranker, device=args.device)
         t0 = time.perf_counter()
         index = open_index(index_for(test, encoder, args.cache))
         timings["index (build or load)"] = time.perf_counter() - t0

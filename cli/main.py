@@ -62,7 +62,8 @@ def models_list(home: HomeOpt = None) -> None:
         except XlirError as exc:
             path = f"not trained yet ({untrained(spec.name)})" if spec.base and not trained(spec.name) \
                 else f"not ready ({exc.detail})"
-        kind = f"{spec.kind}, student of {spec.base}" if spec.base else spec.kind
+        kind = (f"{spec.kind}, built on {spec.base}" if spec.kind == "reranker" else
+                f"{spec.kind}, student of {spec.base}") if spec.base else spec.kind
         typer.echo(f"{spec.name:16s} [{kind}] {spec.description}")
         if spec.figures:
             typer.echo(f"{'':16s} {spec.figures}")
@@ -101,6 +102,51 @@ def train_student(
     summary = train(opts)
     typer.echo(json.dumps(summary, indent=1))
     if build and out is None and opts.name in REGISTRY:
+        res = fetch(opts.name, home, force=True)
+        typer.echo(f"{opts.name}: built at {res.path} (weights sha256 {res.sha256[:16]}...)")
+
+
+@train_app.command("reranker")
+def train_reranker(
+    max_minutes: Annotated[float, typer.Option("--max-minutes", help="stop (and checkpoint) after this many "
+                                               "minutes; at most 90")] = 60.0,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the run folder's last checkpoint")] = False,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="stop after this many steps in all")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="folder with docs.jsonl + groups.jsonl (default: "
+                                              "built from ../shared/data/qa-train into the run folder)")] = None,
+    first_stage: Annotated[str, typer.Option("--first-stage", help="encoder of the first stage that ranks the "
+                                             "training candidates")] = "e5-small",
+    max_questions: Annotated[int, typer.Option("--max-questions", help="qa-train questions per language (the "
+                                               "larger languages are cut to this)")] = 6000,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="checkpoints, data and log.jsonl (default: "
+                                                 "XLIR_HOME/runs/xlir-rerank)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="compact weights written at the end of the run "
+                                             "(default: models/weights/xlir-rerank.safetensors)")] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", help="a training setting, key=value (repeatable; "
+                                                    "see models/train_reranker.py)")] = None,
+    build: Annotated[bool, typer.Option("--build/--no-build", help="rebuild the model folder from the written "
+                                        "weights")] = True,
+    home: HomeOpt = None,
+) -> None:
+    """Train xlir's cross-encoder reranker on qa-train (models/train_reranker.py): one bounded run, resumable."""
+    from benchmarks.qa_groups import prepare
+    from models.encoders import load_encoder
+    from models.fetch import fetch
+    from models.students import TrainOptions, parse_params, train
+
+    params = parse_params(param)
+    opts = TrainOptions(kind="reranker", name="xlir-rerank", max_minutes=max_minutes, resume=resume, seed=seed,
+                        run_dir=run_dir, out=out, home=home, max_steps=max_steps, params=params)
+    if data is None and "data" not in params:
+        data = opts.folder / "data"
+        typer.echo(f"training data: qa-train through the first stage ({first_stage}) -> {data} (once)")
+        prepare(data, load_encoder(first_stage, home=home), max_questions=max_questions, seed=seed)
+    if data is not None:
+        opts.params["data"] = str(data)
+    summary = train(opts)
+    typer.echo(json.dumps(summary, indent=1))
+    if build and out is None:
         res = fetch(opts.name, home, force=True)
         typer.echo(f"{opts.name}: built at {res.path} (weights sha256 {res.sha256[:16]}...)")
 
@@ -276,7 +322,9 @@ def serve_cmd(
     index: Annotated[Path, typer.Option("--index", "-i", envvar="XLIR_INDEX", help="index directory")],
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8000,
-    reranker: Annotated[Path | None, typer.Option("--reranker", help="CrossEncoder folder for rerank=true")] = None,
+    reranker: Annotated[str | None, typer.Option("--reranker", help="reranker folder for rerank=true: xlir's own "
+                                                 "or a sentence-transformers CrossEncoder (default: xlir-rerank "
+                                                 "when built; 'none': no reranker; XLIR_RERANKER)")] = None,
     model: Annotated[str | None, typer.Option("--model", help="encoder (default: the index's)")] = None,
     device: DeviceOpt = "auto",
     backend: BackendOpt = "auto",
@@ -325,6 +373,15 @@ def search_cmd(
                                           "feedback (README: Query feedback)")] = "auto",
     feedback_merge: Annotated[str, typer.Option("--feedback-merge", help="rrf | second: fuse the first and "
                                                 "the feedback list, or take the second")] = "rrf",
+    rerank: Annotated[bool, typer.Option("--rerank", help="rerank the top --rerank-depth with the reranker (in "
+                                         "process: --reranker, else xlir-rerank when built)")] = False,
+    rerank_depth: Annotated[int, typer.Option("--rerank-depth", help="candidates reranked")] = 20,
+    rerank_scope: Annotated[str, typer.Option("--rerank-scope", help="auto | all | same_language: which "
+                                              "candidates the reranker scores")] = "auto",
+    rerank_budget_ms: Annotated[float | None, typer.Option("--rerank-budget-ms", help="time budget of the rerank "
+                                                           "(0: none; default XLIR_RERANK_BUDGET_MS, 500)")] = None,
+    reranker: Annotated[str | None, typer.Option("--reranker", help="with --index: reranker folder (default: "
+                                                 "xlir-rerank when built; XLIR_RERANKER)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the JSON response")] = False,
     home: HomeOpt = None,
     device: DeviceOpt = "auto",
@@ -335,8 +392,11 @@ def search_cmd(
 
     from app.schemas import SearchRequest
 
+    rerank_fields = {"rerank": True, "rerank_depth": rerank_depth, "rerank_scope": rerank_scope,
+                     **({"rerank_budget_ms": rerank_budget_ms} if rerank_budget_ms is not None else {})}
     req = validated(SearchRequest, query=query, k=k, mode=mode, fusion=fusion, alpha=alpha, langs=langs or None,
-                    lang=query_lang, centering=centering, feedback=feedback, feedback_merge=feedback_merge)
+                    lang=query_lang, centering=centering, feedback=feedback, feedback_merge=feedback_merge,
+                    **(rerank_fields if rerank else {}))
     if (index is None) == (target is None):
         fail("give exactly one of --index DIR or --target URL")
     if target is not None:
@@ -350,7 +410,9 @@ def search_cmd(
         from app.settings import Settings
         from app.state import load_state
 
-        state = load_state(validated(Settings, index=index, device=device, backend=backend, home=home))
+        # the reranker is loaded only for --rerank (unset: XLIR_RERANKER, else the built xlir-rerank)
+        state = load_state(validated(Settings, index=index, device=device, backend=backend, home=home,
+                                     reranker=reranker if rerank else "none"))
         service = state.loaded(state.service)
 
         async def run() -> dict[str, object]:
@@ -548,6 +610,9 @@ def print_results(body: dict[str, object]) -> None:
     results = body["results"]
     assert isinstance(results, list)
     typer.echo(f"{len(results)} results for {body['query']!r} ({body['mode']}, {body['took_ms']} ms)")
+    rerank = body.get("rerank")
+    if isinstance(rerank, dict):
+        typer.echo(f"rerank ({rerank['model']}, {rerank['ms']} ms): {rerank['reason']}")
     for i, hit in enumerate(results, start=1):
         ranks = ", ".join(f"{k}={v if v is not None else '-'}" for k, v in hit["ranks"].items())
         typer.echo(f"{i:3d}. [{hit['lang']}] {hit['id']}  score={hit['score']:.4f}  ({ranks})")

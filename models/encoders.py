@@ -23,8 +23,8 @@ from models.base import (
     offline_transformers,
     torch_available,
 )
-from models.registry import ResolvedModel, resolve_model
-from xlir.errors import ModelInvalid
+from models.registry import RERANKER, ResolvedModel, resolve_model
+from xlir.errors import ModelInvalid, ModelNotFound
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +203,9 @@ def open_encoder(
     ``linear`` one (its base encoder, loaded with the same options, through per-language maps) or a transformer
     folder on the backend :func:`choose_backend` picks. Returns an :class:`models.base.Encoder` with ``backend``
     and ``device`` attributes."""
+    if resolved.spec.kind == RERANKER:
+        raise ModelNotFound(f"{resolved.name} is a reranker, not an encoder: serve it with --reranker "
+                            "(XLIR_RERANKER), encode with an encoder model (e5-small)")
     if resolved.spec.kind == "static":
         from models.static import StaticEncoder
 

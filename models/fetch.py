@@ -14,11 +14,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from models.base import TORCH_HINT, Encoder, torch_available
 from models.encoders import open_encoder
 from models.registry import (
     MODEL_META,
     REGISTRY,
+    RERANKER,
     ModelSpec,
     ResolvedModel,
     file_sha256,
@@ -71,6 +74,17 @@ def _check(encoder: Encoder, where: Path) -> SanityReport:
     return report
 
 
+def _check_reranker(folder: Path) -> list[float]:
+    """A built reranker loads on ONNX Runtime and scores a probe pair with finite numbers."""
+    from models.rerankers import XlirReranker
+
+    scores = XlirReranker(folder).score("Wie hoch ist der Eiffelturm?", ["Der Eiffelturm ist 330 Meter hoch.",
+                                                                       "Paris liegt an der Seine."])
+    if not np.isfinite(scores).all():
+        raise ModelInvalid(f"the reranker built in {folder} scores a probe pair {scores.tolist()}")
+    return [round(float(x), 4) for x in scores]
+
+
 def _build(spec: ModelSpec, target: Path, home: Path | None = None) -> FetchResult:
     t0 = time.perf_counter()
     tmp = target.parent / f".{target.name}.building"
@@ -96,16 +110,22 @@ def _build(spec: ModelSpec, target: Path, home: Path | None = None) -> FetchResu
             from models.students import student_meta
 
             meta.update(student_meta(spec, resolve_model(spec.base, home).path))
-        (tmp / MODEL_META).write_text(json.dumps({"name": spec.name, "sha256": sha, **meta}, indent=2))
-        report = _check(open_encoder(ResolvedModel(spec.name, tmp, spec), device="cpu", backend="torch",
-                                     home=home), tmp)
+        own = tmp / MODEL_META  # a builder may record more about the folder (a reranker: its scalars)
+        meta = {**(json.loads(own.read_text()) if own.is_file() else {}), **meta}
+        own.write_text(json.dumps({"name": spec.name, "sha256": sha, **meta}, indent=2))
+        if spec.kind == RERANKER:
+            sanity: dict[str, object] = {"scores": _check_reranker(tmp)}
+        else:
+            report = _check(open_encoder(ResolvedModel(spec.name, tmp, spec), device="cpu", backend="torch",
+                                         home=home), tmp)
+            sanity = {"translations": report.translation_sims, "unrelated": report.unrelated_sim}
         meta = {
             "name": spec.name,
             "sha256": sha,
             **meta,
             "source": f"{spec.source_package}:{source.name}",
             "source_sha256": file_sha256(source),
-            "sanity": {"translations": report.translation_sims, "unrelated": report.unrelated_sim},
+            "sanity": sanity,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (tmp / MODEL_META).write_text(json.dumps(meta, indent=2))

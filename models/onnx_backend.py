@@ -324,6 +324,43 @@ def _quiet_export() -> Iterator[None]:
             root.removeHandler(added_handler)
 
 
+def torch_onnx_export(module: Any, out: Path, *, output: str, output_axes: dict[int, str],
+                      vocab_size: int = 250_000) -> None:
+    """``torch.onnx.export`` of a module taking ``(input_ids, attention_mask)``, batch and sequence dynamic."""
+    import torch
+
+    # two rows, the second padded: the traced graph takes the masked path
+    ids = torch.tensor([[2, 10, 11, 12, 13, 3], [2, 14, 15, 3, 0, 0]], dtype=torch.long).clamp(max=vocab_size - 1)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], dtype=torch.long)
+    axes = {0: "batch", 1: "sequence"}
+    # the TorchScript exporter (dynamic axes, no onnxscript needed); torch >= 2.9 defaults to the dynamo one
+    legacy: dict[str, Any] = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    module.eval()
+    with _quiet_export(), torch.no_grad():
+        torch.onnx.export(
+            module, (ids, mask), str(out), input_names=["input_ids", "attention_mask"],
+            output_names=[output], opset_version=OPSET, do_constant_folding=True,
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, output: output_axes}, **legacy,
+        )
+
+
+def optimize_export(raw: Path, out: Path, cfg: Any) -> dict[str, int]:
+    """ONNX Runtime's fusions for BERT-like graphs (``raw`` -> ``out``, ``raw`` removed); other models as they are."""
+    fused: dict[str, int] = {}
+    if cfg.model_type in FUSABLE_TYPES:
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        with _quiet_export():
+            opt = optimize_model(str(raw), model_type="bert", num_heads=int(cfg.num_attention_heads),
+                                 hidden_size=int(cfg.hidden_size), opt_level=1, use_gpu=False)
+            fused = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
+            opt.save_model_to_file(str(out))
+        raw.unlink()
+    else:
+        raw.replace(out)
+    return fused
+
+
 def export_fp32(transformer_dir: Path, out: Path) -> dict[str, Any]:
     """``torch.onnx.export`` of the folder's transformer, then ONNX Runtime's fusions for BERT-like graphs."""
     offline_transformers()
@@ -342,34 +379,12 @@ def export_fp32(transformer_dir: Path, out: Path) -> dict[str, Any]:
         model = AutoModel.from_pretrained(str(transformer_dir), attn_implementation="eager", local_files_only=True)
     except Exception as exc:  # a broken folder reads as a model problem
         raise ModelInvalid(f"cannot load the transformer in {transformer_dir} for the ONNX export: {exc}") from exc
-    model.eval()
     cfg = model.config
-    # two rows, the second padded: the traced graph takes the masked path
-    ids = torch.tensor([[2, 10, 11, 12, 13, 3], [2, 14, 15, 3, 0, 0]], dtype=torch.long).clamp(max=cfg.vocab_size - 1)
-    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], dtype=torch.long)
     raw = out.with_name("raw.onnx")
-    axes = {0: "batch", 1: "sequence"}
-    # the TorchScript exporter (dynamic axes, no onnxscript needed); torch >= 2.9 defaults to the dynamo one
-    legacy: dict[str, Any] = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-    with _quiet_export(), torch.no_grad():
-        torch.onnx.export(
-            LastHidden(model), (ids, mask), str(raw), input_names=["input_ids", "attention_mask"],
-            output_names=["last_hidden_state"], opset_version=OPSET, do_constant_folding=True,
-            dynamic_axes={"input_ids": axes, "attention_mask": axes, "last_hidden_state": axes}, **legacy,
-        )
+    torch_onnx_export(LastHidden(model), raw, output="last_hidden_state", output_axes={0: "batch", 1: "sequence"},
+                      vocab_size=int(cfg.vocab_size))
     del model
-    fused: dict[str, int] = {}
-    if cfg.model_type in FUSABLE_TYPES:
-        from onnxruntime.transformers.optimizer import optimize_model
-
-        with _quiet_export():
-            opt = optimize_model(str(raw), model_type="bert", num_heads=int(cfg.num_attention_heads),
-                                 hidden_size=int(cfg.hidden_size), opt_level=1, use_gpu=False)
-            fused = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
-            opt.save_model_to_file(str(out))
-        raw.unlink()
-    else:
-        raw.replace(out)
+    fused = optimize_export(raw, out, cfg)
     return {"fused_ops": fused, "model_type": cfg.model_type}
 
 
@@ -488,6 +503,25 @@ def cpu_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def session_options(threads: int, spin: bool) -> Any:
+    """ONNX Runtime session options of every xlir model: ``threads`` intra-op threads, sequential, full graph
+    optimisation, quiet.
+
+    ONNX Runtime's threads busy-wait for the next call by default (``spin``): right for back-to-back batches, but in
+    the server they would burn a core while BM25 and FAISS run between encodings (measured: 33 ms of CPU per query
+    instead of 25 ms with 10 ms of other work per call, for 2.5 ms more latency per single encoding)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return opts
+
+
 # --------------------------------------------------------------------------------------------------
 # The encoder
 # --------------------------------------------------------------------------------------------------
@@ -525,16 +559,7 @@ class OnnxEncoder(LocalEncoder):
         self.max_seq_length = min(limits)
         self._tok, self._pad_id = load_tokenizer(layout.transformer_dir, self.max_seq_length)
         self.model_path = ensure_onnx(resolved, self._checksum, quantized=quantized, home=home, layout=layout)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or cpu_cores()
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        # ONNX Runtime's threads busy-wait for the next call by default: right for back-to-back batches, but in the
-        # server they would burn a core while BM25 and FAISS run between encodings (measured: 33 ms of CPU per query
-        # instead of 25 ms with 10 ms of other work per call, for 2.5 ms more latency per single encoding)
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        opts = session_options(threads or cpu_cores(), spin)
         self.spin = spin
         try:
             self._session = ort.InferenceSession(str(self.model_path), opts, providers=providers)

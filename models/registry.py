@@ -76,6 +76,7 @@ class ModelSpec:
 
 
 KINDS = ("transformer", "static", "linear")
+RERANKER = "reranker"  # the kind of a reranker entry (models/rerankers.py): not an encoder
 
 REGISTRY: dict[str, ModelSpec] = {
     "e5-small": ModelSpec(
@@ -147,6 +148,16 @@ REGISTRY: dict[str, ModelSpec] = {
         figures="18x e5-small's passages/s (868), 0.2 ms/query, 17 MB; weak: XQuAD-R test full AP@20 .040 / .064 "
                 "(e5 .342 / .624), single-language nDCG@10 .322 / .492 (e5 .880 / .879) (RESULTS 8.4, 8.5)",
     ),
+    # xlir's own reranker (models/train_reranker.py; `xlir train reranker`; card models/cards/xlir-rerank.md)
+    "xlir-rerank": ModelSpec(
+        name="xlir-rerank",
+        description="cross-encoder reranker: e5-small-l4's layers + a zero-initialised head, trained on qa-train "
+                    "(8 languages) as a correction to the first stage's ranking; ONNX int8",
+        languages="multilingual",
+        source_package="models/weights/xlir-rerank.safetensors",
+        kind=RERANKER,
+        base="e5-small-l4",
+    ),
 }
 
 
@@ -165,6 +176,8 @@ def local_spec(path: Path) -> ModelSpec:
     meta_file = path / MODEL_META
     meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
     kind = str(meta.get("kind", "transformer"))
+    if kind == RERANKER:
+        raise ModelNotFound(f"{path} holds a reranker, not an encoder: serve it with --reranker (XLIR_RERANKER)")
     if kind not in KINDS:
         raise ModelNotFound(f"{meta_file} names an unknown model kind {kind!r}; known: {', '.join(KINDS)}")
     if kind == "transformer" and not (path / "modules.json").is_file() and not (path / "config.json").is_file():

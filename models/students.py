@@ -45,7 +45,10 @@ TRAIN_KINDS: dict[str, tuple[str, str]] = {
     "small": ("e5-small-l4", "models.train_aligned"),
     "static": ("e5-small-static", "models.static"),
 }
-BUILD_MODULES = {"transformer": "models.train_aligned", "static": "models.static", "linear": "models.linear_maps"}
+# every trainer TrainOptions accepts: the students' kinds and xlir's reranker (`xlir train reranker`)
+TRAINERS: dict[str, tuple[str, str]] = {**TRAIN_KINDS, "reranker": ("xlir-rerank", "models.train_reranker")}
+BUILD_MODULES = {"transformer": "models.train_aligned", "static": "models.static", "linear": "models.linear_maps",
+                 "reranker": "models.train_reranker"}
 
 
 def weights_file(name: str) -> Path:
@@ -68,9 +71,9 @@ def trained(name: str) -> bool:
 
 def untrained(name: str) -> str:
     """What to do about a student without committed weights."""
-    kind = next((k for k, (n, _) in TRAIN_KINDS.items() if n == name), REGISTRY[name].kind)
-    return f"student {name!r} has no trained weights at {weights_file(name)}: train it with " \
-           f"`xlir train student --kind {kind}`"
+    kind = next((k for k, (n, _) in TRAINERS.items() if n == name), REGISTRY[name].kind)
+    command = "xlir train reranker" if kind == "reranker" else f"xlir train student --kind {kind}"
+    return f"{name!r} has no trained weights at {weights_file(name)}: train it with `{command}`"
 
 
 def build(name: str, out_dir: Path, home: Path | None = None) -> Path:
@@ -187,7 +190,7 @@ class TrainOptions:
     params: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.kind not in TRAIN_KINDS:
+        if self.kind not in TRAINERS:
             raise ModelInvalid(f"unknown student kind {self.kind!r}; choose from {', '.join(TRAIN_KINDS)}")
         if not 0 < self.max_minutes <= MAX_MINUTES:
             raise ModelInvalid(f"--max-minutes must be in (0, {MAX_MINUTES:g}]: a run is bounded, long training is "
@@ -249,7 +252,7 @@ def append_log(folder: Path, record: Mapping[str, Any]) -> None:
 
 def train(options: TrainOptions) -> dict[str, Any]:
     """Run one bounded training run of ``options.kind``; returns its summary (also the last line of the log)."""
-    _, module_name = TRAIN_KINDS[options.kind]
+    _, module_name = TRAINERS[options.kind]
     module = importlib.import_module(module_name)
     summary: dict[str, Any] = module.train(options)
     return summary

@@ -71,6 +71,13 @@ class FakeEncoder:
         return np.stack([self.vec(t) for t in texts]) if texts else np.zeros((0, self._dim), np.float32)
 
 
+@pytest.fixture(autouse=True)
+def no_default_reranker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test serves the reranker built under ~/.cache/xlir by accident (XLIR_RERANKER unset loads it): tests
+    that need the default delete this variable and point ``Settings.home`` to a temporary folder."""
+    monkeypatch.setenv("XLIR_RERANKER", "none")
+
+
 @pytest.fixture
 def fake_encoder() -> FakeEncoder:
     return FakeEncoder()
@@ -185,3 +192,29 @@ def tiny_st_folder(out: Path, normalize: bool = True) -> Path:
                         "type": "sentence_transformers.models.Normalize"})
     (out / "modules.json").write_text(json.dumps(modules))
     return out
+
+
+# a 4-layer BERT of 16 dimensions over a word-level vocabulary (students, reranker)
+WORDS = ["the", "cat", "dog", "sits", "runs", "die", "katze", "hund", "sitzt", "le", "chat", "chien", "query:",
+         "passage:", "mat", "house", "haus", "maison"]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch = pytest.importorskip("torch")
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                            sep_token="[SEP]").save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32)
+    BertModel(config, add_pooling_layer=False).save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -121,7 +121,7 @@ def test_embed(client: TestClient) -> None:
      "mode: Input should be 'auto', 'dense', 'bm25' or 'hybrid'"),
     ({"query": "ok", "fusion": "max"}, 422, "validation_error", "fusion: Input should be 'rrf' or 'weighted'"),
     ({"query": "ok", "langs": ["12"]}, 422, "validation_error", "langs"),
-    ({"query": "ok", "rerank": True}, 400, "reranker_not_configured", "no cross-encoder is configured"),
+    ({"query": "ok", "rerank": True}, 400, "reranker_not_configured", "no reranker is configured: build xlir's own"),
     ({"query": "ok", "extra": 1}, 422, "validation_error", "extra"),
 ])
 def test_bad_requests_get_clear_json_errors(client: TestClient, payload: dict, status: int, code: str,

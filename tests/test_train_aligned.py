@@ -15,30 +15,6 @@ from models.students import TrainOptions, load_packed, pack, save_packed, unpack
 from models.train_aligned import Data, build_folder, held_out, settings, spread_layers, train
 from xlir.errors import ModelInvalid, ModelNotFound
 
-WORDS = ["the", "cat", "dog", "sits", "runs", "die", "katze", "hund", "sitzt", "le", "chat", "chien", "query:",
-         "passage:", "mat", "house", "haus", "maison"]
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch = pytest.importorskip("torch")
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *WORDS])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2),
-                                                                                                ("[SEP]", 3)])
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                            sep_token="[SEP]").save_pretrained(folder)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=32)
-    BertModel(config, add_pooling_layer=False).save_pretrained(folder, safe_serialization=True)
-    return folder
-
 
 def tiny_data(dim: int = 16) -> Data:
     rng = np.random.default_rng(0)
