@@ -197,3 +197,26 @@ def test_cli_trains_from_a_data_folder(tmp_path: Path, tiny_bert: Path) -> None:
     res = CliRunner().invoke(app, ["train", "reranker", "--data", str(data), "--max-minutes", "91",
                                    "--run-dir", str(tmp_path / "run2"), "--no-build"])
     assert isinstance(res.exception, ModelInvalid) and "--max-minutes must be in (0, 90]" in res.exception.detail
+
+
+@pytest.mark.slow
+def test_the_built_reranker_scores_without_torch(tmp_path: Path, tiny_bert: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.test_torch_free import REPO, blocked_attempts, only_probes, torchless_env
+
+    train(opts(tmp_path, max_steps=2, params={"data": str(write_data(tmp_path / "data"))}), base_dir=tiny_bert)
+    out = tmp_path / "built"
+    build_folder(tmp_path / "run.safetensors", tiny_bert, out)
+    (out / "xlir-model.json").write_text(json.dumps({**read_meta(out), "weight": 1.0}))
+    here = XlirReranker(out).score("the cat", ["the cat sits", "das haus"])
+    code = ("import sys, json; from pathlib import Path; from models.rerankers import load_reranker; "
+            f"print(json.dumps(load_reranker(Path({str(out)!r})).score('the cat', ['the cat sits', 'das haus'])"
+            ".tolist()))")
+    log = tmp_path / "blocked.log"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=torchless_env(log), cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    np.testing.assert_allclose(json.loads(res.stdout), here, rtol=1e-5, atol=1e-6)
+    assert only_probes(blocked_attempts(log))  # nothing but availability probes asked for torch
