@@ -308,6 +308,26 @@ def export(model: Any, initial: dict[str, np.ndarray], s: Settings, path: Path, 
     return path
 
 
+def set_scope(weights: Path, scope: str) -> None:
+    """Record in committed weights what ``rerank_scope=auto`` does with the model (``all`` or ``same-language``),
+    decided on the XQuAD-R dev split after training (``benchmarks/reranker.py``); tensors unchanged."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    from models.rerankers import SCOPES
+
+    if scope not in SCOPES:
+        raise ModelInvalid(f"scope {scope!r}; known: {', '.join(SCOPES)}")
+    with safe_open(str(weights), framework="numpy") as fh:
+        meta = dict(fh.metadata() or {})
+    info = json.loads(meta.get("info", "{}"))
+    info["scope"] = scope
+    meta["info"] = json.dumps(info)
+    tmp = weights.with_name(weights.name + ".tmp")
+    save_file(load_file(str(weights)), str(tmp), metadata=meta)
+    tmp.replace(weights)
+
+
 def build_folder(weights: Path, base_dir: Path, out_dir: Path) -> None:
     """The reranker's folder from the committed weights and the built base (``e5-small-l4``) folder: the model
     (``model.safetensors`` + ``config.json``, for training from it), the head, the tokenizer, ``xlir-model.json``
