@@ -93,11 +93,14 @@ def retrieval(enc: Any, reranker: Reranker, full: RetrievalDataset, max_per_lang
     return out
 
 
-def qa_validation(reranker: Reranker, folder: Path, depths: Sequence[int] = DEPTHS) -> dict[str, Any]:
-    """MRR@10 on the held-back qa-train questions: the first stage's order and the reranked top ``depth``."""
+def qa_validation(reranker: Reranker, folder: Path, depths: Sequence[int] = DEPTHS,
+                  limit: int | None = None) -> dict[str, Any]:
+    """MRR@10 on the held-back qa-train questions (the first ``limit``): the first stage's order and the reranked
+    top ``depth``."""
     from models.train_reranker import load_groups, mrr_at_10
 
     groups = load_groups(folder)
+    groups.val = groups.val[:limit]
     out: dict[str, Any] = {"questions": len(groups.val)}
     first: list[float] = []
     by_depth: dict[int, list[float]] = {d: [] for d in depths}
@@ -174,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "data folder, XLIR_HOME/runs/xlir-rerank/data)")
     ap.add_argument("--max-per-lang", type=int, default=60, help="XQuAD-R queries per language and split")
     ap.add_argument("--depths", default="20,50,100")
+    ap.add_argument("--qa-max", type=int, default=None, help="held-back qa-train questions used (default all)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     from models.encoders import load_encoder
@@ -191,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            "first_stage": args.model, "conditions": list(conds), "max_per_lang": args.max_per_lang}
     groups = args.groups or xlir_home() / "runs" / DEFAULT_RERANKER / "data"
     if (groups / "groups.jsonl").is_file():
-        res["qa_validation"] = qa_validation(reranker, groups, depths)
+        res["qa_validation"] = qa_validation(reranker, groups, depths, args.qa_max)
         print(f"  qa-train validation: {res['qa_validation']}", file=sys.stderr)
     res["retrieval"] = retrieval(enc, reranker, full, args.max_per_lang, conds)
     res["seconds"] = round(time.perf_counter() - t0, 1)

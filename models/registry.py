@@ -152,7 +152,7 @@ REGISTRY: dict[str, ModelSpec] = {
     "xlir-rerank": ModelSpec(
         name="xlir-rerank",
         description="cross-encoder reranker: e5-small-l4's layers + a zero-initialised head, trained on qa-train "
-                    "(8 languages) as a correction to the first stage's ranking; ONNX int8",
+                    "(8 languages) as a correction to the first stage's ranking; ONNX fp32",
         languages="multilingual",
         source_package="models/weights/xlir-rerank.safetensors",
         kind=RERANKER,

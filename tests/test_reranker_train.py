@@ -128,7 +128,7 @@ def test_a_few_steps_give_a_loadable_model_and_resume_continues(tmp_path: Path, 
     out = tmp_path / "built"
     build_folder(tmp_path / "run.safetensors", tiny_bert, out)
     meta = read_meta(out)
-    assert meta["kind"] == "reranker" and meta["prior_weight"] > 0 and (out / "onnx" / "model-int8.onnx").is_file()
+    assert meta["kind"] == "reranker" and meta["prior_weight"] > 0 and (out / "onnx" / "model.onnx").is_file()
     meta["weight"] = 1.0  # validation on one question chose 0 (nothing to gain): look at the raw correction
     (out / "xlir-model.json").write_text(json.dumps(meta))
     rr = load_reranker(out)
@@ -144,7 +144,7 @@ def test_a_few_steps_give_a_loadable_model_and_resume_continues(tmp_path: Path, 
     with torch.no_grad():
         expected = load_folder(out)(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
     assert scores.shape == (3,) and np.any(scores != 0)
-    np.testing.assert_allclose(scores, expected, atol=0.05 * float(np.abs(expected).max()) + 1e-4)
+    np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-5)  # fp32: the torch model's numbers
     resumed = train(opts(tmp_path, max_steps=5, resume=True, params={"data": str(data)}), base_dir=tiny_bert)
     assert resumed["step"] == 5
     with pytest.raises(ModelInvalid, match="--resume"):
@@ -160,7 +160,7 @@ def test_a_wrong_folder_is_an_error_naming_the_path(tmp_path: Path, tiny_bert: P
     with pytest.raises(ModelInvalid, match=f"{other} holds a model of kind 'static'"):
         load_reranker(other)
     (other / "xlir-model.json").write_text(json.dumps({"kind": "reranker"}))
-    with pytest.raises(ModelNotFound, match="has no onnx/model-int8.onnx"):
+    with pytest.raises(ModelNotFound, match="has no onnx/model.onnx"):
         load_reranker(other)
 
 
