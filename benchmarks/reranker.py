@@ -107,7 +107,7 @@ def qa_validation(reranker: Reranker, folder: Path, depths: Sequence[int] = DEPT
     ms: dict[int, list[float]] = {d: [] for d in depths}
     for g in groups.val:
         order = sorted(range(len(g.docs)), key=lambda i: g.ranks[i])
-        first.append(mrr_at_10(order, [g.labels[i] for i in order]))
+        first.append(mrr_at_10(order, g.labels))
         for d in depths:
             top = [i for i in order if g.ranks[i] <= d]
             t0 = time.perf_counter()
@@ -115,8 +115,8 @@ def qa_validation(reranker: Reranker, folder: Path, depths: Sequence[int] = DEPT
             ms[d].append((time.perf_counter() - t0) * 1000)
             ranks = [g.ranks[i] for i in top]
             final = residual_scores(ranks, corr, reranker.prior_weight)
-            reranked = [top[j] for j in residual_order(ranks, final)]
-            by_depth[d].append(mrr_at_10(reranked, [g.labels[i] for i in reranked]))
+            reranked = [top[j] for j in residual_order(ranks, final)] + [i for i in order if g.ranks[i] > d]
+            by_depth[d].append(mrr_at_10(reranked, g.labels))  # candidate positions, labels by position
     out["first stage"] = round(float(np.mean(first)), 4)
     for d in depths:
         out[f"rerank {d}"] = round(float(np.mean(by_depth[d])), 4)

@@ -97,7 +97,7 @@ def test_residual_scores_keep_the_first_stage_order_when_the_correction_is_zero(
 
 
 def test_mrr_at_10() -> None:
-    assert mrr_at_10([2, 0, 1], [0, 0, 1]) == 1.0 and mrr_at_10([0, 1, 2], [0, 0, 1]) == pytest.approx(1 / 3)
+    assert mrr_at_10([2, 0, 1], [0, 0, 1]) == 1.0 and mrr_at_10([0, 1, 2], [0, 0, 1]) == pytest.approx(1 / 3, abs=1e-4)
     assert mrr_at_10(list(range(11)), [0] * 10 + [1]) == 0.0
 
 
@@ -220,3 +220,28 @@ def test_the_built_reranker_scores_without_torch(tmp_path: Path, tiny_bert: Path
     assert res.returncode == 0, res.stderr
     np.testing.assert_allclose(json.loads(res.stdout), here, rtol=1e-5, atol=1e-6)
     assert only_probes(blocked_attempts(log))  # nothing but availability probes asked for torch
+
+
+class OracleReranker:
+    """Scores +10 for the texts in ``good``: a perfect correction."""
+
+    name = "oracle"
+    prior_weight = 1.0
+    scope = "all"
+
+    def __init__(self, good: set[str]) -> None:
+        self.good = good
+
+    def score(self, query: str, passages: list[str]) -> np.ndarray:
+        return np.array([10.0 if p in self.good else 0.0 for p in passages])
+
+
+def test_benchmark_qa_validation_mrr_with_exact_expectations(tmp_path: Path) -> None:
+    from benchmarks.reranker import qa_validation
+
+    folder = write_data(tmp_path / "data")  # the one dev question q5: its answer d6 at first-stage rank 3
+    none = qa_validation(OracleReranker(set()), folder, depths=(2, 5))
+    assert none["first stage"] == pytest.approx(1 / 3, abs=1e-4) and none["rerank 5"] == pytest.approx(1 / 3, abs=1e-4)
+    oracle = qa_validation(OracleReranker({DOCS["d6"]}), folder, depths=(2, 5))
+    assert oracle["rerank 5"] == 1.0  # moved to the top
+    assert oracle["rerank 2"] == pytest.approx(1 / 3, abs=1e-4)  # not among the top 2 reranked: stays at rank 3
