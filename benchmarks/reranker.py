@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -138,14 +137,6 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}"
 
 
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def render(res: Mapping[str, Any]) -> str:
     """The issue's table: pool AP@20 / nDCG@10 (dev, test), single-language nDCG@10 (dev, test), qa-train
     validation MRR@10 and the rerank stage's p50 at concurrency 1."""
@@ -191,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     full = load_xquad_r(data, level="sentence")
     conds = conditions(depths)
     t0 = time.perf_counter()
+    from benchmarks.demo_bench import commit
+
     res: dict[str, Any] = {"machine": machine(), "commit": commit(), "reranker": reranker.name,
                            "first_stage": args.model, "conditions": list(conds), "max_per_lang": args.max_per_lang}
     groups = args.groups or xlir_home() / "runs" / DEFAULT_RERANKER / "data"
