@@ -98,8 +98,13 @@ def encode_pairs(tokenizer: Any, query: str, passages: Sequence[str], pad_id: in
                  query_prefix: str = "", passage_prefix: str = "") -> tuple[np.ndarray, np.ndarray]:
     """``(input_ids, attention_mask)`` (int64, padded to the longest pair) of ``(prefix+query, prefix+passage)``
     pairs, with the tokenizer's pair template (XLM-R: ``<s> q </s></s> p </s>``) and its truncation."""
-    encs = tokenizer.encode_batch([(query_prefix + query, passage_prefix + p) for p in passages])
-    return padded([e.ids for e in encs], pad_id)
+    return padded(pair_ids(tokenizer, query, passages, query_prefix, passage_prefix), pad_id)
+
+
+def pair_ids(tokenizer: Any, query: str, passages: Sequence[str], query_prefix: str = "",
+             passage_prefix: str = "") -> list[list[int]]:
+    """The token ids of each ``(prefix+query, prefix+passage)`` pair, unpadded (see :func:`encode_pairs`)."""
+    return [e.ids for e in tokenizer.encode_batch([(query_prefix + query, passage_prefix + p) for p in passages])]
 
 
 def padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -183,11 +188,11 @@ class XlirReranker:
         out = np.zeros(len(passages), dtype=np.float32)
         if not passages or self._weight == 0:
             return out
-        encs = self._tok.encode_batch([(self._qp + query, self._pp + p) for p in passages])
-        order = sorted(range(len(encs)), key=lambda i: len(encs[i].ids))
+        rows_ids = pair_ids(self._tok, query, passages, self._qp, self._pp)
+        order = sorted(range(len(rows_ids)), key=lambda i: len(rows_ids[i]))
         for start in range(0, len(order), self.batch_size):
             rows = order[start: start + self.batch_size]
-            ids, mask = padded([encs[i].ids for i in rows], self._pad)
+            ids, mask = padded([rows_ids[i] for i in rows], self._pad)
             got = self._session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
             out[rows] = np.asarray(got, dtype=np.float32).reshape(len(rows))
         return out * self._weight

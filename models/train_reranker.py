@@ -32,7 +32,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,14 @@ from typing import Any
 import numpy as np
 
 from models.registry import MODEL_META, resolve_model
-from models.rerankers import ONNX_FILE, RERANKER_KIND, encode_pairs, load_pair_tokenizer, residual_order
+from models.rerankers import (
+    ONNX_FILE,
+    RERANKER_KIND,
+    encode_pairs,
+    load_pair_tokenizer,
+    residual_order,
+    residual_scores,
+)
 from models.students import TrainOptions, append_log, copy_folder, load_packed, save_packed
 from xlir.errors import CorpusError, ModelInvalid
 
@@ -118,6 +125,16 @@ def _bad(path: Path, line: int, why: str) -> CorpusError:
     return CorpusError(f"{path}:{line}: {why}")
 
 
+def _records(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON) of each line of ``path``; a line that is not JSON is an error naming it."""
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, start=1):
+            try:
+                yield n, json.loads(line)
+            except ValueError as exc:
+                raise _bad(path, n, f"not JSON ({exc})") from exc
+
+
 def load_groups(folder: Path) -> Groups:
     """``docs.jsonl`` and ``groups.jsonl`` of ``folder`` (``benchmarks/qa_groups.py``); a malformed record is an
     error naming the file and the line."""
@@ -126,24 +143,14 @@ def load_groups(folder: Path) -> Groups:
         if not f.is_file():
             raise CorpusError(f"{f}: no such file (the reranker's training data; `xlir train reranker` writes it)")
     texts: dict[str, str] = {}
-    with docs_file.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            try:
-                rec = json.loads(line)
-            except ValueError as exc:
-                raise _bad(docs_file, n, f"not JSON ({exc})") from exc
-            if not isinstance(rec, dict) or not isinstance(rec.get("id"), str) or not isinstance(rec.get("text"), str):
-                raise _bad(docs_file, n, 'expected {"id": str, "text": str}')
-            texts[rec["id"]] = rec["text"]
+    for n, rec in _records(docs_file):
+        if not isinstance(rec, dict) or not isinstance(rec.get("id"), str) or not isinstance(rec.get("text"), str):
+            raise _bad(docs_file, n, 'expected {"id": str, "text": str}')
+        texts[rec["id"]] = rec["text"]
     out = Groups(texts)
-    with groups_file.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            try:
-                rec = json.loads(line)
-            except ValueError as exc:
-                raise _bad(groups_file, n, f"not JSON ({exc})") from exc
-            out_list = _group(rec, groups_file, n, texts)
-            (out.val if rec["split"] == "dev" else out.train).append(out_list)
+    for n, rec in _records(groups_file):
+        group = _group(rec, groups_file, n, texts)
+        (out.val if rec["split"] == "dev" else out.train).append(group)
     return out
 
 
@@ -259,8 +266,6 @@ def validate(model: Any, tok: Any, pad: int, groups: Groups, depth: int) -> dict
     """MRR@10 on the held-back questions: the first stage's, and the reranked top ``depth``'s for each weight of
     :data:`WEIGHTS` (final = prior_weight * prior + weight * correction); picks the best weight."""
     import torch
-
-    from models.rerankers import residual_scores
 
     if not groups.val:
         return {}
