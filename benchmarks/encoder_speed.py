@@ -43,7 +43,7 @@ from benchmarks.demo_bench import commit, machine, pct, save_results
 from benchmarks.embeddings import EmbedStats, embed, embed_by_group
 
 REPO = Path(__file__).resolve().parent.parent
-BACKENDS = ("torch", "onnx", "onnx-int8")
+BACKENDS = ("torch", "onnx", "onnx-int8", "onnx-f16w")
 PASSAGE_TOKENS = 100
 BATCH = 32
 
@@ -396,7 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.encoder_speed", description=__doc__.split("\n", 1)[0])
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "encoder_speed.json")
     ap.add_argument("--model", default="e5-small")
-    ap.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated; torch first (the baseline)")
+    ap.add_argument("--backends", default="torch,onnx,onnx-int8",
+                    help=f"comma-separated of {', '.join(BACKENDS)}; torch first (the baseline)")
     ap.add_argument("--passages", type=int, default=1024, help="~100-token passages per indexing round")
     ap.add_argument("--queries", type=int, default=300, help="single queries per round")
     ap.add_argument("--sentences", type=int, default=2048, help="short Tatoeba sentences per round")

@@ -1,4 +1,5 @@
-"""BM25 over the whole collection with bm25s (numba backend), fed by xlir's script-aware analyzer.
+"""BM25 over the whole collection with bm25s (numba backend when numba is installed, else numpy), fed by xlir's
+script-aware analyzer.
 
 The builder maps tokens to integer ids as documents stream in, so only the id lists are kept in
 memory, never the texts. Search returns documents with a positive score only (a document sharing no
@@ -12,6 +13,7 @@ time with statistics over the documents alive in all of them, so scores equal th
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -59,7 +61,7 @@ class BM25Builder:
         empty = vocab.setdefault("", len(vocab))
         ids = [d if d else [empty] for d in self.doc_ids]
         tf = term_frequencies(ids, len(vocab))
-        retriever = bm25s.BM25(k1=self.k1, b=self.b, method=self.method, backend="numba")
+        retriever = bm25s.BM25(k1=self.k1, b=self.b, method=self.method, backend=bm25s_backend())
         retriever.scores = score_matrix(tf, self.k1, self.b, self.method, dtype=retriever.dtype)
         retriever.vocab_dict = vocab
         retriever.nonoccurrence_array = None
@@ -248,12 +250,26 @@ def lucene_scores(segments: Sequence[Segment], tokens: Sequence[str], total_rows
     return scores.astype(np.float32)
 
 
+def bm25s_backend() -> str:
+    """bm25s's ``numba`` backend when numba is importable, else its ``numpy`` one. numba is a base dependency
+    (bm25s's batched ``retrieve`` uses it); the serving image leaves it out (a 200 MB compiler), and the searcher's
+    per-query scores (``get_scores``) are the same numpy code under either backend."""
+    try:
+        found = importlib.util.find_spec("numba") is not None
+    except ValueError:  # a module object without a spec in sys.modules
+        found = False
+    return "numba" if found else "numpy"
+
+
 class BM25Searcher:
     def __init__(self, directory: Path, mmap: bool = True) -> None:
         import bm25s
 
-        self._r = bm25s.BM25.load(str(directory), mmap=mmap, load_vocab=True, show_progress=False)
-        self._r.backend = "numba"
+        # the backend saved with the index (``numba`` when it was built with numba) is overridden: loading an index
+        # with bm25s's numba backend where numba is missing fails
+        backend = bm25s_backend()
+        self._r = bm25s.BM25.load(str(directory), mmap=mmap, load_vocab=True, show_progress=False, backend=backend)
+        self._r.backend = backend
         self.vocab: dict[str, int] = self._r.vocab_dict
         self.num_docs = int(self._r.scores["num_docs"])
         self.k1, self.b = float(self._r.k1), float(self._r.b)

@@ -28,7 +28,7 @@ from xlir.errors import ModelInvalid, ModelNotFound
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "onnx-f16w")
 # The workloads ``backend="auto"`` is chosen for: one query at a time (the server), batches of ~100-token
 # passages (``xlir index``, centroid tables) and batches of short sentences (``xlir mine``).
 WORKLOADS = ("queries", "passages", "sentences")
@@ -161,7 +161,7 @@ class SentenceTransformerEncoder(LocalEncoder):
 
 
 def choose_backend(backend: str, device: str, workload: str = "queries") -> str:
-    """``auto | torch | onnx | onnx-int8``, the resolved device and the workload -> the backend to load.
+    """``auto | torch | onnx | onnx-int8 | onnx-f16w``, the resolved device and the workload -> the backend to load.
 
     ``auto`` is torch on a GPU (fp16) and, on a CPU, what :data:`CPU_AUTO_BACKEND` records as measured fastest
     for the workload (``queries``, ``passages`` or ``sentences``); without torch (a serving install) it is ONNX
@@ -220,9 +220,9 @@ def open_encoder(
     chosen = choose_backend(backend, dev, workload)
     if chosen == "torch":
         return SentenceTransformerEncoder(resolved, device=dev)
-    from models.onnx_backend import OnnxEncoder, onnx_available
+    from models.onnx_backend import VARIANT_OF_BACKEND, OnnxEncoder, onnx_available
 
     if backend == "auto" and not onnx_available():
         log.warning("onnxruntime is not installed: encoding with torch (pip install 'xlir[onnx]' for %s)", chosen)
         return SentenceTransformerEncoder(resolved, device=dev)
-    return OnnxEncoder(resolved, quantized=chosen == "onnx-int8", device=dev, home=home, spin=spin)
+    return OnnxEncoder(resolved, variant=VARIANT_OF_BACKEND[chosen], device=dev, home=home, spin=spin)

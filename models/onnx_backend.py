@@ -1,4 +1,5 @@
-"""ONNX Runtime encoders: ``onnx`` (an fp32 export of the transformer) and ``onnx-int8`` (its dynamic quantization).
+"""ONNX Runtime encoders: ``onnx`` (an fp32 export of the transformer), ``onnx-int8`` (its dynamic quantization) and
+``onnx-f16w`` (its weights stored in fp16, computed in fp32: half the file, the fp32 vectors to rounding).
 
 The graph holds the transformer only (``input_ids``, ``attention_mask`` -> ``last_hidden_state``); the
 tokenizer, the registry's prefixes, the pooling that the sentence-transformers folder declares
@@ -11,7 +12,8 @@ folder's ``AutoModel`` with eager attention, then ONNX Runtime's transformer opt
 (fuses embeddings + LayerNorm, attention, bias + GELU, skip + LayerNorm; the fused op counts are recorded), which
 is what makes the fp32 graph faster than PyTorch on a CPU. ``onnx-int8`` is
 ``onnxruntime.quantization.quantize_dynamic`` (int8 weights with per-channel scales, activations quantized at
-run time) of that file.
+run time) of that file. ``onnx-f16w`` is a pure ``onnx`` rewrite of it (:func:`fp16_weights`): every large fp32
+initializer stored in fp16 behind a ``Cast`` to fp32, which ONNX Runtime folds when it loads the session.
 
 **Cache**: ``<model folder>/onnx/`` when the folder is a built or local one that can be written, else
 ``$XLIR_HOME/onnx/<checksum[:16]>/`` (always for models shipped inside an installed package). Each file has a
@@ -24,7 +26,9 @@ file (and removed before a re-export), so an export killed half way never leaves
 ``tokenizers`` library only (the folder's ``tokenizer.json``, set up as transformers' fast tokenizer is: same token
 ids). The export needs torch and transformers, so such a process uses the fp32 file that a full install exported
 (``xlir models fetch`` does it) whatever library versions made it, as long as it was made from the same weights
-and config, and refuses with the fix to apply when there is none; the int8 quantization needs no torch.
+and config, and refuses with the fix to apply when there is none; the int8 and f16w files need no torch, and one
+of them is used without the fp32 file when its record names the fp32 record beside it (a serving image ships the
+f16w file and the two records only).
 """
 
 from __future__ import annotations
@@ -68,10 +72,20 @@ EXPORT_FORMAT = 1  # bump when the export recipe changes: every cached file is t
 OPSET = 17
 FP32_FILE = "model.onnx"
 INT8_FILE = "model-int8.onnx"
+F16W_FILE = "model-f16w.onnx"
+# the files derived from the fp32 export without torch: variant -> file name (the fp32 file is ``model.onnx``)
+DERIVED_FILES = {"int8": INT8_FILE, "f16w": F16W_FILE}
+VARIANTS = ("fp32", "int8", "f16w")
+BACKEND_OF_VARIANT = {"fp32": "onnx", "int8": "onnx-int8", "f16w": "onnx-f16w"}
+VARIANT_OF_BACKEND = {b: v for v, b in BACKEND_OF_VARIANT.items()}
+# fp32 initializers with at least this many elements are stored in fp16 by the f16w transform (weight matrices and
+# the embedding tables; biases and LayerNorm vectors, 384-1536 elements for e5-small, stay fp32)
+F16W_MIN_ELEMENTS = 4096
 INSTALL_HINT = "pip install 'xlir[onnx]' (or: pip install onnxruntime onnx)"
 # the libraries whose versions an export (fp32) or a quantization (int8) records: another version makes it again
 EXPORT_PACKAGES = ("torch", "transformers", "onnx", "onnxruntime")
 QUANTIZE_PACKAGES = ("onnx", "onnxruntime")
+DERIVE_PACKAGES = {"int8": QUANTIZE_PACKAGES, "f16w": ("onnx",)}
 # config.model_type values whose graphs ONNX Runtime's BERT optimizer knows how to fuse
 FUSABLE_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "camembert"})
 STALE_TEMP_SECONDS = 3600  # temporary folders of exports older than this were killed: removed at the next export
@@ -94,8 +108,8 @@ def onnx_available() -> bool:
 
 def _require_onnx() -> None:
     if not onnx_available():
-        raise ModelInvalid(f"the onnx and onnx-int8 encoder backends need onnxruntime and onnx: {INSTALL_HINT}, "
-                           "or use --backend torch (XLIR_BACKEND=torch)")
+        raise ModelInvalid(f"the onnx, onnx-int8 and onnx-f16w encoder backends need onnxruntime and onnx: "
+                           f"{INSTALL_HINT}, or use --backend torch (XLIR_BACKEND=torch)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -194,13 +208,13 @@ def _version(package: str) -> str:
 
 def export_key(checksum: str, transformer_dir: Path, kind: str) -> dict[str, Any]:
     """What a cached file must have been made from; any difference means exporting again (the versions are those
-    of the libraries that make the file: :data:`EXPORT_PACKAGES` for fp32, :data:`QUANTIZE_PACKAGES` for int8)."""
+    of the libraries that make the file: :data:`EXPORT_PACKAGES` for fp32, :data:`DERIVE_PACKAGES` for the others)."""
     config = transformer_dir / "config.json"
     config_sha = hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else ""
     return {
         "format": EXPORT_FORMAT, "kind": kind, "opset": OPSET, "source_sha256": checksum,
         "config_sha256": config_sha,
-        "versions": {p: _version(p) for p in (EXPORT_PACKAGES if kind == "fp32" else QUANTIZE_PACKAGES)},
+        "versions": {p: _version(p) for p in (EXPORT_PACKAGES if kind == "fp32" else DERIVE_PACKAGES[kind])},
     }
 
 
@@ -403,33 +417,114 @@ def quantize_int8(src: Path, out: Path) -> dict[str, Any]:
     return {"quantization": "dynamic: int8 weights per output channel, uint8 activations per call"}
 
 
-def ensure_onnx(resolved: ResolvedModel, checksum: str, *, quantized: bool, home: Path | None = None,
-                layout: FolderLayout | None = None) -> Path:
-    """The cached ONNX file of a model (exported or quantized now when missing or stale)."""
+F16_MAX = float(np.finfo(np.float16).max)
+
+
+def fp16_weights(model: Any, min_elements: int = F16W_MIN_ELEMENTS) -> dict[str, int]:
+    """In place: every fp32 initializer of the main graph with at least ``min_elements`` elements is stored in fp16
+    (rounded to nearest, clipped to the fp16 range) behind a ``Cast(to=FLOAT)`` node whose output carries the
+    initializer's former name, so its consumers (the fused contrib ops included) are unchanged. ONNX Runtime folds
+    the casts at session load (constant folding): the weights are fp32 again in memory and the compute is fp32;
+    the vectors differ from the fp32 file's by the weights' rounding only. Initializers that are also graph inputs
+    (overridable) are left alone. Returns the counts for the file's record."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inputs = {i.name for i in graph.input}
+    taken = {i.name for i in graph.initializer} | {o for n in graph.node for o in n.output} | inputs
+    kept: list[Any] = []
+    casts: list[Any] = []
+    elements = 0
+    for init in graph.initializer:
+        size = int(np.prod(init.dims, dtype=np.int64)) if len(init.dims) else 1
+        if init.data_type != onnx.TensorProto.FLOAT or init.name in inputs or size < min_elements:
+            kept.append(init)
+            continue
+        half_name = f"{init.name}_fp16"
+        while half_name in taken:
+            half_name += "_"
+        taken.add(half_name)
+        half = np.clip(numpy_helper.to_array(init), -F16_MAX, F16_MAX).astype(np.float16)
+        kept.append(numpy_helper.from_array(half, half_name))
+        casts.append(helper.make_node("Cast", [half_name], [init.name], name=f"{half_name}_cast",
+                                      to=onnx.TensorProto.FLOAT))
+        elements += size
+    nodes = list(graph.node)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    del graph.node[:]
+    graph.node.extend(casts + nodes)  # the casts first: the node list stays in topological order
+    return {"fp16_initializers": len(casts), "fp16_elements": elements, "min_elements": min_elements}
+
+
+def derive_f16w(src: Path, out: Path) -> dict[str, Any]:
+    """The fp32 file with its large weights stored in fp16 (:func:`fp16_weights`): half the size, fp32 compute."""
+    import onnx
+
+    model = onnx.load(str(src))
+    counts = fp16_weights(model)
+    onnx.save(model, str(out))
+    return {"f16w": counts}
+
+
+def _record_matches(path: Path, key: dict[str, Any], *, versions: bool) -> bool:
+    """The file's record (the file itself may be absent) was written for ``key``."""
+    recorded = (read_meta(path) or {}).get("key")
+    if versions or not isinstance(recorded, dict):
+        return bool(recorded == key)
+    return {k: v for k, v in recorded.items() if k != "versions"} == {k: v for k, v in key.items() if k != "versions"}
+
+
+def ensure_onnx(resolved: ResolvedModel, checksum: str, *, quantized: bool = False, variant: str | None = None,
+                home: Path | None = None, layout: FolderLayout | None = None) -> Path:
+    """The cached ONNX file of a model (exported, quantized or converted now when missing or stale): ``variant``
+    ``fp32`` (the export), ``int8`` (its dynamic quantization; ``quantized=True`` is the same) or ``f16w`` (its
+    weights stored in fp16).
+
+    A derived file (int8, f16w) whose record names the fp32 export recorded beside it (``model.onnx.json``) is used
+    without the fp32 file: a serving image ships the derived file and the two records only. Without torch, a file
+    made with other library versions is used all the same when it cannot be made again here."""
     _require_onnx()
+    variant = variant or ("int8" if quantized else "fp32")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown ONNX variant {variant!r}; choose from {', '.join(VARIANTS)}")
     layout = layout or read_layout(resolved.path)
     folder = cache_dir(resolved, checksum, home)
     fp32 = folder / FP32_FILE
     key = export_key(checksum, layout.transformer_dir, "fp32")
-    if not torch_available():  # a serving install: it cannot export, it uses what a full install exported
+    can_export = torch_available()
+    derived = folder / DERIVED_FILES[variant] if variant != "fp32" else None
+    dkey: dict[str, Any] = {}
+    if derived is not None:
+        dkey = {**export_key(checksum, layout.transformer_dir, variant), "from": (read_meta(fp32) or {}).get("id")}
+        if _record_matches(fp32, key, versions=can_export) and is_current(derived, dkey):
+            return derived
+    if not can_export:  # a serving install: it cannot export, it uses what a full install exported
         if not is_current(fp32, key, versions=False):
+            if (derived is not None and _record_matches(fp32, key, versions=False)
+                    and is_current(derived, dkey, versions=False)):
+                return derived  # made by other onnx versions, and there is no fp32 file here to make it again
+            wanted = f"{FP32_FILE} and its {meta_path(fp32).name}"
+            if derived is not None:
+                wanted = (f"{FP32_FILE} and its {meta_path(fp32).name} (or {derived.name}, its "
+                          f"{meta_path(derived).name} and {meta_path(fp32).name})")
             raise ModelInvalid(
                 f"no ONNX export of {resolved.name} for these weights in {folder}, and exporting one needs torch and "
                 f"transformers, which this install lacks: run `xlir models fetch {resolved.name}` (it exports) on a "
-                f"machine with the full install ({TORCH_HINT}) and copy the exported {FP32_FILE} and its "
-                f"{meta_path(fp32).name} into {folder} (or {TORCH_HINT} here)")
+                f"machine with the full install ({TORCH_HINT}) and copy the exported {wanted} into {folder} (or "
+                f"{TORCH_HINT} here)")
     elif not is_current(fp32, key):
         log.info("exporting %s to ONNX in %s (once)", resolved.name, folder)
         produce(fp32, key, lambda tmp: export_fp32(layout.transformer_dir, tmp))
-    if not quantized:
+    if derived is None:
         return fp32
-    int8 = folder / INT8_FILE
-    source = read_meta(fp32) or {}
-    key8 = {**export_key(checksum, layout.transformer_dir, "int8"), "from": source.get("id")}
-    if not is_current(int8, key8):
-        log.info("quantizing %s to int8 in %s (once)", resolved.name, folder)
-        produce(int8, key8, lambda tmp: quantize_int8(fp32, tmp))
-    return int8
+    dkey = {**export_key(checksum, layout.transformer_dir, variant), "from": (read_meta(fp32) or {}).get("id")}
+    if not is_current(derived, dkey):
+        log.info("deriving the %s file of %s in %s (once)", variant, resolved.name, folder)
+        make = quantize_int8 if variant == "int8" else derive_f16w  # looked up now (tests replace them)
+        produce(derived, dkey, lambda tmp: make(fp32, tmp))
+    return derived
 
 
 def _token_name(value: Any) -> str | None:
@@ -530,15 +625,19 @@ def session_options(threads: int, spin: bool) -> Any:
 class OnnxEncoder(LocalEncoder):
     """The :class:`models.encoders.Encoder` protocol on ONNX Runtime (CPU; CUDA when onnxruntime-gpu is there)."""
 
-    def __init__(self, resolved: ResolvedModel, *, quantized: bool = False, device: str = "cpu",
-                 home: Path | None = None, threads: int | None = None,
+    def __init__(self, resolved: ResolvedModel, *, quantized: bool = False, variant: str | None = None,
+                 device: str = "cpu", home: Path | None = None, threads: int | None = None,
                  token_budget: int = DEFAULT_TOKEN_BUDGET, spin: bool = True) -> None:
         _require_onnx()
         import onnxruntime as ort
 
+        variant = variant or ("int8" if quantized else "fp32")
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown ONNX variant {variant!r}; choose from {', '.join(VARIANTS)}")
         self._resolved = resolved
         self._spec = resolved.spec
-        self.backend = "onnx-int8" if quantized else "onnx"
+        self.variant = variant
+        self.backend = BACKEND_OF_VARIANT[variant]
         self.token_budget = token_budget
         layout = read_layout(resolved.path)
         self.pooling = layout.pooling
@@ -558,7 +657,7 @@ class OnnxEncoder(LocalEncoder):
             limits.append(max_pos)
         self.max_seq_length = min(limits)
         self._tok, self._pad_id = load_tokenizer(layout.transformer_dir, self.max_seq_length)
-        self.model_path = ensure_onnx(resolved, self._checksum, quantized=quantized, home=home, layout=layout)
+        self.model_path = ensure_onnx(resolved, self._checksum, variant=variant, home=home, layout=layout)
         opts = session_options(threads or cpu_cores(), spin)
         self.spin = spin
         try:
