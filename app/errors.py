@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from xlir.errors import (
     BadQuery,
     CenteringUnavailable,
+    CollectionNotFound,
     Conflict,
     CorpusError,
     DocumentNotFound,
@@ -43,6 +44,7 @@ STATUS: dict[type[XlirError], int] = {
     Forbidden: 403,
     PayloadTooLarge: 413,
     DocumentNotFound: 404,
+    CollectionNotFound: 404,
     Conflict: 409,
     Overloaded: 429,
     IndexNotReady: 503,

@@ -6,7 +6,16 @@
 - ``xlir_batch_size``: texts per encoder call of the query batcher (fed by its ``on_batch`` hook);
   ``xlir_queue_depth``: queries waiting for the encoder at scrape time.
 - ``xlir_index_documents``, ``xlir_index_documents_by_language{lang}`` (the loaded index, live updates included),
-  ``xlir_index_bytes`` (files of its manifest), ``xlir_ready``: read at scrape time.
+  ``xlir_index_bytes`` (files of its manifest), ``xlir_ready``: read at scrape time (the default collection's;
+  ``xlir_ready`` is 0 while any collection is not ready).
+- ``xlir_collection_documents{collection}``, ``xlir_collection_ready{collection}``: each served collection.
+- ``xlir_stage_seconds{stage,collection}``: the wall time of each stage of a search (``encode``, ``retrieve``,
+  ``fuse``, ``feedback``, ``rerank``, ``highlight``, ``total``: the response's ``timings_ms``), fed by the search
+  service's ``on_timings`` hook; a stage a search did not run is not observed.
+
+The HTTP metrics come from our own small ASGI middleware rather than prometheus-fastapi-instrumentator: it counts
+the requests answered before routing (413 by the body limit, CORS preflights) under the route they were for, keeps
+exact status codes and the ``endpoint`` label the dashboards use, and writes into this app's own registry.
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ from app.security import metrics_access
 from app.state import AppState
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# stages take from tens of microseconds (fuse) to seconds (rerank on a busy CPU)
+STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 UNMATCHED = "unmatched"
 
@@ -46,6 +57,13 @@ class Metrics:
         self.index_bytes = Gauge("xlir_index_bytes", "bytes of the files listed in the index manifest", registry=r)
         self.lang_docs = Gauge("xlir_index_documents_by_language", "documents per language in the loaded index",
                                ["lang"], registry=r)
+        self.stages = Histogram("xlir_stage_seconds", "wall time of each stage of a search (the response's "
+                                "timings_ms), by stage and collection", ["stage", "collection"],
+                                buckets=STAGE_BUCKETS, registry=r)
+        self.collection_docs = Gauge("xlir_collection_documents", "documents in each served collection",
+                                     ["collection"], registry=r)
+        self.collection_ready = Gauge("xlir_collection_ready", "1 when the collection is loaded and serving",
+                                      ["collection"], registry=r)
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, method, str(status)).inc()
@@ -55,6 +73,11 @@ class Metrics:
 
     def observe_batch(self, size: int) -> None:
         self.batch_size.observe(size)
+
+    def observe_stages(self, collection: str, timings_ms: dict[str, float]) -> None:
+        """One search's stage timings (``SearchService.on_timings``): each stage it ran, in seconds."""
+        for stage, ms in timings_ms.items():
+            self.stages.labels(stage, collection).observe(ms / 1000.0)
 
     def observe_state(self, state: AppState) -> None:
         """Gauges that describe what is loaded now (called at each scrape, so a reloaded index shows at once)."""
@@ -73,8 +96,16 @@ class Metrics:
         for lang, count in index.languages.items():
             self.lang_docs.labels(lang).set(count)
 
+    def observe_collections(self, state: AppState) -> None:
+        self.collection_docs.clear()
+        self.collection_ready.clear()
+        for name, coll in getattr(state, "collections", {}).items():  # a bare state (tests) has none
+            self.collection_ready.labels(name).set(1 if coll.not_ready is None else 0)
+            self.collection_docs.labels(name).set(coll.service.index.size if coll.service is not None else 0)
+
     def scrape(self, state: AppState) -> bytes:
         self.observe_state(state)
+        self.observe_collections(state)
         return generate_latest(self.registry)
 
 
@@ -83,7 +114,10 @@ def _match(routes: Iterable[BaseRoute], scope: Scope) -> tuple[Match, str | None
     partial: str | None = None
     for route in routes:
         inner = getattr(route, "original_router", None)  # FastAPI >= 0.12x keeps included routers nested
-        if inner is not None:
+        effective = getattr(route, "effective_candidates", None)  # its routes with the include's prefix
+        if inner is not None and callable(effective):  # /collections/{name}/search, not /search
+            match, path = _match(effective(), scope)
+        elif inner is not None:
             match, path = _match(inner.routes, scope)
         else:
             match, _ = route.matches(scope)
@@ -96,14 +130,14 @@ def _match(routes: Iterable[BaseRoute], scope: Scope) -> tuple[Match, str | None
 
 
 def endpoint_of(scope: Scope) -> str:
-    """The route template of a request: the one routing chose, or (for requests answered before routing,
-    e.g. 413 by the body limit) the first route that matches; else ``unmatched``."""
-    path = getattr(scope.get("route"), "path", None)
-    if isinstance(path, str):
-        return path
+    """The route template of a request: the first route that matches it, as routing chose it (also for requests
+    answered before routing, e.g. 413 by the body limit), with the prefix of the router it was included with
+    (``/collections/{name}/search``; ``scope["route"]`` is the router's own ``/search``); else ``unmatched``."""
     router = getattr(scope.get("app"), "router", None)
     _, path = _match(getattr(router, "routes", ()), scope)
-    return path or UNMATCHED
+    if path is None:
+        path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else UNMATCHED
 
 
 class MetricsMiddleware:

@@ -7,8 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path
 from fastapi.responses import JSONResponse
 
-from app.deps import DocumentsDep, MiningDep, ServiceDep, StateDep
+from app.deps import DocumentsDep, MiningDep, ReadinessDep, ServiceDep, StateDep
 from app.schemas import (
+    BatchSearchRequest,
+    BatchSearchResponse,
+    CollectionList,
     DeleteResponse,
     DocId,
     DocumentOut,
@@ -27,7 +30,10 @@ from app.schemas import (
 )
 from app.security import authorize, require_scope
 
+# the index routes: included at / (the default collection) and at /collections/{name} (app.main.create_app)
 router = APIRouter(dependencies=[Depends(authorize)])  # a read key for every route but /health and /ready
+# the routes of the server as a whole (encoder, liveness, the list of collections): included once
+general = APIRouter(dependencies=[Depends(authorize)])
 
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody, "description": desc}
@@ -35,10 +41,12 @@ ERRORS: dict[int | str, dict[str, object]] = {
         400: "rerank requested but no reranker is configured (none built, XLIR_RERANKER=none)",
         401: "API keys are configured and the request has none, or an unknown one",
         403: "the API key lacks the scope this endpoint needs",
-        404: "no document with this id",
+        404: "no document with this id, or no collection with this name",
         409: "a compaction is already running",
-        413: "request body over XLIR_MAX_BODY_BYTES, or more sentences than XLIR_MINE_MAX_SENTENCES",
-        422: "invalid request: empty or too long query, k out of range, unknown mode/fusion/language",
+        413: "request body over XLIR_MAX_BODY_BYTES, more sentences than XLIR_MINE_MAX_SENTENCES, or more "
+             "searches than XLIR_MAX_BATCH_SEARCHES",
+        422: "invalid request: empty or too long query, k out of range, unknown mode/fusion/language (in a batch: "
+             "the detail names the search, searches[i])",
         429: "overloaded: the query queue is full, or a mining job is running",
         503: "index or model not ready (missing, half-written, or built with another encoder)",
     }.items()
@@ -50,13 +58,19 @@ async def search(req: SearchRequest, service: ServiceDep) -> SearchResponse:
     return await service.search(req)
 
 
+@router.post("/search/batch", response_model=BatchSearchResponse, responses=ERRORS,
+             summary="Run several searches in one call (their queries encoded together), answers in order")
+async def search_batch(req: BatchSearchRequest, service: ServiceDep) -> BatchSearchResponse:
+    return await service.search_batch(req)
+
+
 @router.post("/embed", response_model=EmbedResponse, responses=ERRORS, summary="Embed texts with the encoder")
 async def embed(req: EmbedRequest, service: ServiceDep) -> EmbedResponse:
     return await service.embed(req)
 
 
-@router.post("/mine", response_model=MineResponse, responses=ERRORS,
-             summary="Mine parallel sentences between two lists (margin-based)")
+@general.post("/mine", response_model=MineResponse, responses=ERRORS,
+              summary="Mine parallel sentences between two lists (margin-based)")
 async def mine(req: MineRequest, mining: MiningDep) -> MineResponse:
     return await mining.mine(req)
 
@@ -92,21 +106,18 @@ async def reload(documents: DocumentsDep) -> ReloadResponse:
     return await documents.reload()
 
 
-@router.get("/health", response_model=Health, summary="Liveness: the process answers")
+@general.get("/health", response_model=Health, summary="Liveness: the process answers")
 async def health() -> Health:
     return Health(status="ok")
 
 
-@router.get("/ready", response_model=Ready, responses={503: {"model": Ready}}, summary="Readiness: index loaded")
-async def ready(state: StateDep) -> JSONResponse:
-    if state.service is None or state.not_ready is not None:
-        return JSONResponse(status_code=503, content=Ready(ready=False, detail=state.not_ready).model_dump())
-    svc = state.service
-    index = svc.index
-    live = state.live.stats() if state.live is not None else {}
-    body = Ready(ready=True, docs=index.size, languages=index.languages,
-                 encoder=svc.encoder.name, reranker=svc.reranker.name if svc.reranker else None,
-                 centering=index.centering, centroid_table_langs=svc.table.langs if svc.table else None,
-                 generation=live.get("generation"), delta_docs=live.get("delta_docs"),
-                 tombstones=live.get("tombstones"), reload_error=live.get("reload_error"))
-    return JSONResponse(content=body.model_dump())
+@router.get("/ready", response_model=Ready, responses={503: {"model": Ready}, 404: ERRORS[404]},
+            summary="Readiness: the index loaded (unnamed: every collection, 503 while any is not ready)")
+async def ready(body: ReadinessDep) -> JSONResponse:
+    return JSONResponse(status_code=200 if body.ready else 503, content=body.model_dump())
+
+
+@general.get("/collections", response_model=CollectionList, responses=ERRORS,
+             summary="The collections this server serves (the default one answers the unnamed routes)")
+async def collections(state: StateDep) -> CollectionList:
+    return state.listing()

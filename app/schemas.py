@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, Strict, field_validator
 
 from indexer.langid import known_lang, normalize_lang
 from indexer.mining_threshold import THRESHOLD_RULES
-from indexer.readers import ID_RULE, MAX_ID_CHARS, doc_id_problem, first_unencodable
+from indexer.readers import ID_RULE, MAX_ID_CHARS, METADATA_RULE, doc_id_problem, first_unencodable, metadata_problem
 
 
 def utf8_text(value: object) -> object:
@@ -31,6 +31,13 @@ def valid_doc_id(value: str) -> str:
     problem = doc_id_problem(value)
     if problem is not None:
         raise ValueError(f"{problem} ({ID_RULE})")
+    return value
+
+
+def valid_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    problem = metadata_problem(value)
+    if problem is not None:
+        raise ValueError(f"{problem} ({METADATA_RULE})")
     return value
 
 
@@ -112,6 +119,16 @@ class SearchRequest(BaseModel):
                          "0.7 was best on the XQuAD-R dev split of single-language indexes")
     langs: list[Text] | None = Field(
         None, description="only return documents in these languages (ISO 639-1; each must be one of the index's)")
+    filter: dict[str, Any] | None = Field(
+        None, description="only return documents whose metadata matches, fields ANDed: a scalar is equality "
+        "({\"source\": \"wiki\"}), {\"in\": [...]} any of the values, gt/gte/lt/lte ranges on number or ISO date "
+        "fields ({\"year\": {\"gte\": 2019, \"lt\": 2022}}, {\"published\": {\"gte\": \"2020-01-01\"}}); a field "
+        "holding a list matches when one of its values does; lang is the document language ({\"lang\": {\"in\": "
+        "[\"de\", \"fr\"]}}, ANDed with langs). An unknown field or a condition of the wrong type: 422. Exactly k "
+        "results come back when that many documents match (BM25: that many with a query term)",
+        json_schema_extra={"examples": [{"source": "wiki", "year": {"gte": 2019}, "lang": {"in": ["de", "fr"]}}]})
+    offset: Int = Field(0, ge=0, le=10_000, description="pagination: skip this many results of the ranking (results "
+                        "offset+1 .. offset+k); offset + k is at most the server's limit on k (1000)")
     rerank: Bool = Field(
         False, description="rescore the top rerank_depth first-stage candidates with the server's reranker (xlir's "
         "own xlir-rerank when built, else XLIR_RERANKER): final score = prior_weight * -log(first-stage rank) + the "
@@ -151,6 +168,10 @@ class SearchRequest(BaseModel):
         FeedbackMerge.rrf, description="how the feedback search is used: rrf (default: reciprocal rank fusion of "
         "both dense lists, so a hit of the first search cannot fall far when the top hits are translations of a "
         "wrong passage) or second (its list replaces the first dense list: more gain on parallel pools, less safe)")
+    highlight: Bool = Field(
+        False, description="give each hit a highlight: its best sentence with the query terms' character spans: "
+        "the sentence with the most BM25 weight of the query terms for a hit BM25 found, else the sentence nearest "
+        "to the query (its sentences encoded with the server's encoder); see SearchHit.highlight")
 
     @field_validator("query")
     @classmethod
@@ -169,6 +190,17 @@ class SearchRequest(BaseModel):
         return sorted({normalize_lang(code) for code in v})
 
 
+class Highlight(BaseModel):
+    text: str = Field(description="the hit's best sentence (or a window of at most 300 characters of its text)")
+    spans: list[tuple[int, int]] = Field(
+        description="[start, end) offsets in text, in Unicode code points, of the query terms in it (as the BM25 "
+        "analyzer matches them: case, width, accents of Arabic and digits folded; CJK and Thai by bigrams), "
+        "sorted, not overlapping; often empty for a dense hit in another language")
+    source: Literal["bm25", "dense"] = Field(
+        description="the rule that picked the sentence: bm25 (most query-term weight) or dense (nearest to the "
+        "query vector)")
+
+
 class SearchHit(BaseModel):
     id: str
     score: float = Field(description="fused score (or the single retriever's; reranked: the final score, "
@@ -178,6 +210,9 @@ class SearchHit(BaseModel):
     snippet: str
     ranks: dict[str, int | None] = Field(description="1-based rank in each retriever (null = not retrieved)")
     scores: dict[str, float | None] = Field(description="raw score in each retriever")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="the document's metadata ({} when none)")
+    highlight: Highlight | None = Field(None, description="the best sentence with the query terms marked "
+                                        "(only when the request asked for highlight)")
 
 
 class CenteringInfo(BaseModel):
@@ -237,6 +272,26 @@ class SearchResponse(BaseModel):
     results: list[SearchHit]
 
 
+class BatchSearchRequest(BaseModel):
+    """``POST /search/batch``: several searches in one call, answered in the same order (their queries are encoded
+    together by the query batcher)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"searches": [
+            {"query": "Which animal sleeps most of the day?", "k": 5},
+            {"query": "Wie hoch ist der Mount Everest?", "k": 5, "lang": "de"},
+        ]}]},
+    )
+    searches: list[SearchRequest] = Field(
+        min_length=1, description="the searches, each a /search body; at most XLIR_MAX_BATCH_SEARCHES (100; more: "
+        "413); a bad one answers 422 naming it (searches[i])")
+
+
+class BatchSearchResponse(BaseModel):
+    results: list[SearchResponse] = Field(description="one /search answer per search, in the request's order")
+
+
 class EmbedKind(StrEnum):
     query = "query"
     passage = "passage"
@@ -280,6 +335,25 @@ class Ready(BaseModel):
     delta_docs: int | None = Field(None, description="documents upserted since that generation was published")
     tombstones: int | None = Field(None, description="documents deleted or replaced since then")
     reload_error: str | None = Field(None, description="why the last newly published generation was not loaded")
+    collections: list[CollectionInfo] | None = Field(
+        None, description="unnamed /ready: every collection the server serves (the default first)")
+
+
+class CollectionInfo(BaseModel):
+    name: str
+    default: bool = Field(description="the collection the unnamed routes (/search, /documents...) serve")
+    ready: bool
+    detail: str | None = Field(None, description="why it is not ready")
+    docs: int | None = None
+    languages: dict[str, int] | None = None
+
+
+class CollectionList(BaseModel):
+    default: str = Field(description="the collection the unnamed routes serve")
+    collections: list[CollectionInfo]
+
+
+Ready.model_rebuild()  # its `collections` field names CollectionInfo, defined after it
 
 
 class DocumentIn(BaseModel):
@@ -289,6 +363,9 @@ class DocumentIn(BaseModel):
     text: Text = Field(description="passage text (embedded and BM25-indexed with the title)")
     title: Text = ""
     lang: Text | None = Field(None, description="ISO 639-1 (or a code normalised to it); detected when omitted")
+    metadata: Annotated[dict[str, Any], AfterValidator(valid_metadata)] = Field(
+        default_factory=dict, description=f"fields to filter searches on (SearchRequest.filter). Rule: {METADATA_RULE}",
+        json_schema_extra={"examples": [{"source": "wiki", "year": 2021, "tags": ["rivers", "europe"]}]})
 
 
 class DocumentOut(BaseModel):
@@ -296,6 +373,7 @@ class DocumentOut(BaseModel):
     text: str
     title: str
     lang: str
+    metadata: dict[str, Any] = Field(default_factory=dict, description="the document's metadata ({} when none)")
     generation: str = Field(description="the index generation it was read from")
 
 

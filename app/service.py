@@ -10,9 +10,10 @@ vectors from its embedding cache behind the same batcher.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -20,7 +21,10 @@ import numpy as np
 from app import feedback as prf
 from app import fusion
 from app.batching import QueryBatcher, VectorBatcher
+from app.highlight import highlight_hits
 from app.schemas import (
+    BatchSearchRequest,
+    BatchSearchResponse,
     Centering,
     CenteringInfo,
     DeleteResponse,
@@ -32,6 +36,7 @@ from app.schemas import (
     FeedbackInfo,
     FeedbackMerge,
     Fusion,
+    Highlight,
     Mode,
     ReloadResponse,
     RerankInfo,
@@ -50,7 +55,7 @@ from indexer.live import LiveStore, generation_label, prepare_documents
 from indexer.store import SearchIndex
 from models.base import Encoder
 from models.rerankers import Reranker, residual_order, residual_scores
-from xlir.errors import BadQuery, DocumentNotFound, PayloadTooLarge, QueryTooLong, RerankerNotConfigured
+from xlir.errors import BadQuery, DocumentNotFound, PayloadTooLarge, QueryTooLong, RerankerNotConfigured, XlirError
 
 Tokenizer = Callable[[str], list[str]]
 log = logging.getLogger(__name__)
@@ -64,6 +69,7 @@ class Limits:
     fusion_depth: int = 100
     snippet_chars: int = 300
     embed_max_texts: int = 64
+    max_batch_searches: int = 100  # POST /search/batch: searches per request (XLIR_MAX_BATCH_SEARCHES)
     # a request's default rerank_budget_ms; 0 = none. The server passes XLIR_RERANK_BUDGET_MS (500); in-process
     # runs (benchmarks/retrieval.py) keep 0, so a quality figure never depends on how busy the machine was
     rerank_budget_ms: float = 0.0
@@ -73,10 +79,10 @@ class Limits:
 @dataclass
 class Retrieved:
     """The outcome of the one retrieval path: the request as run (``auto`` resolved, ``rerank_depth`` defaulted),
-    at most ``req.k`` hits best first (each retriever's rank and raw score kept), their documents, how the
-    query was centred (None without a dense run), what the rerank stage did (None without ``rerank``) and the wall
-    time of each stage in ms (``encode``, ``retrieve``, ``fuse``, ``feedback``, ``rerank``, ``total``: see
-    :class:`app.schemas.SearchResponse`)."""
+    at most ``req.k`` hits best first, from rank ``req.offset`` on (each retriever's rank and raw score kept), their
+    documents, how the query was centred (None without a dense run), what the rerank stage did (None without
+    ``rerank``) and the wall time of each stage in ms (``encode``, ``retrieve``, ``fuse``, ``feedback``,
+    ``rerank``, ``total``: see :class:`app.schemas.SearchResponse`)."""
 
     req: SearchRequest
     hits: list[fusion.FusedHit]
@@ -85,6 +91,7 @@ class Retrieved:
     feedback: FeedbackInfo | None = None  # None when feedback=off
     rerank: RerankInfo | None = None  # None without rerank
     timings: dict[str, float] = field(default_factory=dict)
+    qvec: np.ndarray | None = None  # the raw query vector of the dense run (None without one): highlights use it
 
 
 def resolve_mode(index: SearchIndex, req: SearchRequest) -> SearchRequest:
@@ -257,6 +264,20 @@ def snippet(text: str, limit: int) -> str:
     return cut.rstrip() + "…"
 
 
+def observed(search: Callable[[SearchService, SearchRequest], Awaitable[SearchResponse]]
+             ) -> Callable[[SearchService, SearchRequest], Awaitable[SearchResponse]]:
+    """:meth:`SearchService.search` reports each response's ``timings_ms`` to the service's ``on_timings`` hook."""
+
+    @functools.wraps(search)
+    async def wrapper(self: SearchService, req: SearchRequest) -> SearchResponse:
+        resp = await search(self, req)
+        if self.on_timings is not None:
+            self.on_timings(resp.timings_ms)
+        return resp
+
+    return wrapper
+
+
 class SearchService:
     def __init__(
         self,
@@ -284,6 +305,8 @@ class SearchService:
             self.lang_policy = lang_policy
 
     lang_policy: QueryLangPolicy = QueryLangPolicy()  # the server's default; an instance may be given its own
+    # called with each answered search's timings_ms (stage -> ms): the server's per-stage histograms (app.metrics)
+    on_timings: Callable[[dict[str, float]], None] | None = None
 
     def query_language(self, text: str, given: str | None, index: SearchIndex | None = None,
                        qvec: np.ndarray | None = None) -> tuple[str | None, str | None]:
@@ -315,6 +338,9 @@ class SearchService:
                 "CrossEncoder folder")
         if req.k > self.limits.max_k:
             raise BadQuery(f"k={req.k} is over the limit {self.limits.max_k}")
+        if req.offset + req.k > self.limits.max_k:
+            raise BadQuery(f"offset + k = {req.offset + req.k} is over the limit {self.limits.max_k}: a search ranks "
+                           f"at most {self.limits.max_k} results")
         if req.rerank_depth > self.limits.max_rerank_depth:
             if "rerank_depth" in req.model_fields_set:
                 raise BadQuery(f"rerank_depth {req.rerank_depth} is over the limit {self.limits.max_rerank_depth}")
@@ -336,15 +362,21 @@ class SearchService:
         index = self.index  # one snapshot for the whole request: live writes and reloads swap self.index
         req = self.validate(req, index)
         req = resolve_mode(index, req)
-        depth = candidate_depth(req, self.limits)
-        if req.feedback is not Feedback.off:
-            depth = max(depth, req.feedback_docs)
+        window = req.offset + req.k  # pagination: the page is results offset .. offset+k of this ranking
+        depth = max(candidate_depth(req, self.limits), window)
+        if req.feedback is not Feedback.off:  # its RRF merge ranks at this depth: fixed, so pages agree
+            depth = max(depth, req.feedback_docs, self.limits.fusion_depth)
         mask = index.lang_mask(req.langs)
+        if req.filter:  # indexer/filters.py; the metadata columns are built at the index's first filtered query
+            fmask = await asyncio.to_thread(index.filter_mask, req.filter)
+            if fmask is not None:
+                mask = fmask if mask is None else mask & fmask
         mode = centering_mode(index, req)
         if mode != "off":
             index.require_centroids(mode)
         info: CenteringInfo | None = None
         qc: np.ndarray | None = None  # the centred query (feedback starts from it)
+        qraw: np.ndarray | None = None  # the raw query vector (highlights compare sentences with it)
         jobs: dict[str, asyncio.Future[fusion.Run] | asyncio.Task[fusion.Run]] = {}
         t_first = time.perf_counter()
         if req.mode in (Mode.bm25, Mode.hybrid):
@@ -352,9 +384,9 @@ class SearchService:
                 lambda: bm25_run(index, self.tokenize(req.query), depth, mask)))
         if req.mode in (Mode.dense, Mode.hybrid):
             async def dense() -> fusion.Run:
-                nonlocal info, qc, encoded_at
+                nonlocal info, qc, encoded_at, qraw
                 t_encode = time.perf_counter()
-                qvec = await self.batcher.encode(req.query)
+                qvec = qraw = await self.batcher.encode(req.query)
                 encoded_at = time.perf_counter()
                 timings["encode"] = elapsed_ms(t_encode, encoded_at)
                 # language ID takes well under a millisecond: no need to leave the event loop for it
@@ -383,7 +415,7 @@ class SearchService:
         if req.feedback is not Feedback.off:
             hits, fb = await self._feedback(index, req, runs, hits, qc, depth, mask, mode)
             timings["feedback"] = elapsed_ms(fused_at, time.perf_counter())
-        docs = {h.row: index.doc(h.row) for h in hits[: max(req.k, req.rerank_depth if req.rerank else 0)]}
+        docs = {h.row: index.doc(h.row) for h in hits[: max(window, req.rerank_depth if req.rerank else 0)]}
         rr: RerankInfo | None = None
         if req.rerank:
             assert self.reranker is not None  # validate refused the request otherwise
@@ -397,7 +429,7 @@ class SearchService:
             timings["rerank"] = ran.ms = elapsed_ms(t, time.perf_counter())
             rr = ran
         timings["total"] = elapsed_ms(t_start, time.perf_counter())
-        return Retrieved(req, hits[: req.k], docs, info, fb, rr, timings)
+        return Retrieved(req, hits[req.offset : window], docs, info, fb, rr, timings, qvec=qraw)
 
     async def _feedback(self, index: SearchIndex, req: SearchRequest, runs: dict[str, fusion.Run],
                         hits: list[fusion.FusedHit], qc: np.ndarray | None, depth: int, mask: np.ndarray | None,
@@ -432,6 +464,7 @@ class SearchService:
         out.applied, out.docs = True, len(decision.use)
         return fuse(req, {**runs, "dense": second}, depth), out
 
+    @observed
     async def search(self, req: SearchRequest) -> SearchResponse:
         """``POST /search`` and ``xlir search``: :meth:`retrieve`, as a response."""
         t0 = time.perf_counter()
@@ -441,14 +474,57 @@ class SearchService:
             SearchHit(
                 id=docs[h.row]["id"], score=h.score, lang=docs[h.row]["lang"], title=docs[h.row]["title"],
                 snippet=snippet(docs[h.row]["text"], self.limits.snippet_chars), ranks=h.ranks, scores=h.scores,
+                metadata=docs[h.row].get("metadata") or {},
             )
             for h in got.hits
         ]
+        if req.highlight:  # app/highlight.py: the best sentence of each hit, the query terms marked
+            t_hl = time.perf_counter()
+            picked = await asyncio.to_thread(highlight_hits, self.index, got.hits, docs, req.query, self.tokenize,
+                                             self.encoder.encode_passages, got.qvec)
+            for hit, p in zip(out, picked, strict=True):
+                hit.highlight = None if p is None else Highlight(text=p.text, spans=p.spans, source=p.source)
+            got.timings["highlight"] = elapsed_ms(t_hl, time.perf_counter())
         return SearchResponse(
             query=req.query, mode=req.mode, fusion=req.fusion if req.mode is Mode.hybrid else None,
             reranked=got.rerank is not None and got.rerank.applied, took_ms=elapsed_ms(t0, time.perf_counter()),
             centering=got.centering, feedback=got.feedback, rerank=got.rerank, timings_ms=got.timings, results=out,
         )
+
+    async def search_batch(self, req: BatchSearchRequest) -> BatchSearchResponse:
+        """``POST /search/batch`` and ``xlir search --topics``: every search through :meth:`search`, all at once
+        (so the query batcher encodes their queries together), answered in the request's order. At most
+        ``limits.max_batch_searches`` searches (more: ``PayloadTooLarge``); each is validated before any runs, and
+        the domain error of a bad one names it: ``searches[i]: <detail>``."""
+        most = self.limits.max_batch_searches
+        if len(req.searches) > most:
+            raise PayloadTooLarge(f"searches: {len(req.searches)} searches in one batch, over the limit {most} "
+                                  f"(XLIR_MAX_BATCH_SEARCHES): send them in several batches")
+
+        def named(i: int, exc: XlirError) -> XlirError:
+            exc.detail = f"searches[{i}]: {exc.detail}"
+            exc.args = (exc.detail,)
+            return exc
+
+        index = self.index
+        for i, one in enumerate(req.searches):
+            try:
+                self.validate(one, index)
+            except XlirError as exc:
+                raise named(i, exc) from None
+
+        async def run(i: int, one: SearchRequest) -> SearchResponse:
+            try:
+                return await self.search(one)
+            except XlirError as exc:
+                raise named(i, exc) from None
+
+        jobs = [asyncio.ensure_future(run(i, one)) for i, one in enumerate(req.searches)]
+        try:
+            return BatchSearchResponse(results=list(await asyncio.gather(*jobs)))
+        finally:
+            for job in jobs:  # one failed: the others are not left running
+                job.cancel()
 
     def _rerank(self, req: SearchRequest, hits: list[fusion.FusedHit], docs: dict[int, dict[str, str]],
                 scope: RerankScope, qlang: str | None, started: float) -> tuple[list[fusion.FusedHit], RerankInfo]:
@@ -586,7 +662,8 @@ class DocumentService:
         if row is None or v.main_tomb[row]:
             return None
         d = snap.main.doc(row)
-        return DocumentOut(id=d["id"], text=d["text"], title=d["title"], lang=d["lang"], generation=gen)
+        return DocumentOut(id=d["id"], text=d["text"], title=d["title"], lang=d["lang"],
+                           metadata=d.get("metadata") or {}, generation=gen)
 
     async def reload(self) -> ReloadResponse:
         changed = await asyncio.to_thread(self.store.refresh, True)

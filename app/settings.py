@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -58,6 +59,64 @@ def parse_api_keys(spec: str) -> dict[str, frozenset[str]]:
     return keys
 
 
+DEFAULT_COLLECTION = "default"  # the name of the collection `--index DIR` (XLIR_INDEX) serves
+COLLECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+COLLECTION_RULE = "1-64 letters, digits, '_' or '-', starting with a letter or digit"
+
+
+def parse_collection(spec: str) -> tuple[str | None, Path]:
+    """``"news=DIR"`` -> ``("news", DIR)``; ``"DIR"`` (no ``NAME=`` before it) -> ``(None, DIR)``. A path holding
+    ``=`` is taken as a path when what stands before the ``=`` is no collection name (write ``./a=b``)."""
+    spec = spec.strip()
+    name, sep, path = spec.partition("=")
+    if not sep or not COLLECTION_NAME.fullmatch(name):
+        if sep and not name:
+            raise ValueError(f"{spec!r}: the collection name before '=' is empty (NAME=DIR; a name is "
+                             f"{COLLECTION_RULE})")
+        if not spec:
+            raise ValueError("an index directory is empty")
+        return None, Path(spec)
+    if not path.strip():
+        raise ValueError(f"{spec!r}: no index directory after '{name}=' (NAME=DIR)")
+    return name, Path(path.strip())
+
+
+def parse_collections(specs: str | list[str] | dict[str, object]) -> dict[str, Path]:
+    """Named index directories from ``--index NAME=DIR`` (repeated) or ``XLIR_COLLECTIONS``
+    (``news=DIR1,wiki=DIR2`` or a JSON object ``{"news": "DIR1"}``), in the order given (the first is the
+    default). Every entry must be named, and each name given once."""
+    if isinstance(specs, str):
+        text = specs.strip()
+        if text.startswith("{"):
+            try:
+                raw = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"XLIR_COLLECTIONS is not valid JSON: {exc.msg} at char {exc.pos}") from None
+            if not isinstance(raw, dict):
+                raise ValueError('XLIR_COLLECTIONS as JSON must be an object {"NAME": "DIR"}')
+            specs = raw
+        else:
+            specs = [p for p in text.split(",") if p.strip()]
+    pairs: list[tuple[str | None, Path]] = []
+    if isinstance(specs, dict):
+        for key, path in specs.items():
+            if not isinstance(path, str | Path) or not str(path).strip():
+                raise ValueError(f"collection {key!r}: the index directory must be a non-empty string")
+            pairs.append((str(key), Path(str(path).strip())))
+    else:
+        pairs = [parse_collection(str(s)) for s in specs]
+    out: dict[str, Path] = {}
+    for name, path in pairs:
+        if name is None:
+            raise ValueError(f"{str(path)!r}: several indexes need a name each (NAME=DIR)")
+        if not COLLECTION_NAME.fullmatch(name):
+            raise ValueError(f"collection name {name!r} is not valid: {COLLECTION_RULE}")
+        if name in out:
+            raise ValueError(f"collection {name!r} is given twice")
+        out[name] = path
+    return out
+
+
 def parse_origins(spec: str) -> list[str]:
     """CORS origins from ``XLIR_CORS_ORIGINS``: a JSON list or comma-separated."""
     spec = spec.strip()
@@ -73,15 +132,23 @@ class Settings(BaseSettings):
     # errors never echo the input: it may be an API key
     model_config = SettingsConfigDict(env_prefix="XLIR_", extra="ignore", hide_input_in_errors=True)
 
-    index: Path = Field(Path("index"), description="index directory built by `xlir index`")
+    index: Path = Field(Path("index"), description="index directory built by `xlir index` (served as the "
+                        "collection 'default' when XLIR_COLLECTIONS is unset)")
+    collections: Annotated[dict[str, Path], NoDecode] = Field(
+        default_factory=dict, description="named indexes served by one server, `news=DIR1,wiki=DIR2` or JSON "
+        "{\"news\": \"DIR1\"}: each at /collections/NAME/..., the first also at the unnamed routes; set, it "
+        "replaces XLIR_INDEX")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="server log lines: text, or json (one JSON object per line, with the request id)")
     model: str | None = Field(
         None, description="encoder name or folder; default: the encoder recorded in the index manifest")
     home: Path = Field(default_factory=xlir_home, description="cache of built models (XLIR_HOME)")
     device: str = Field("auto", description="auto = CUDA when torch sees a GPU, else CPU")
-    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
+    backend: Literal["auto", "torch", "onnx", "onnx-int8", "onnx-f16w"] = Field(
         "auto", description="encoder runtime of the serving model: auto = torch (fp16) on a GPU, on a CPU the "
         "backend measured fastest at equal quality for single queries (README, Encoder backends); onnx-int8 trades "
-        "some quality for speed")
+        "some quality for speed; onnx-f16w is onnx from a file of half the size (weights stored in fp16, fp32 "
+        "compute: the same results; the serving image's)")
     onnx_spin: bool = Field(
         False, description="let ONNX Runtime's threads busy-wait between encoder calls: about 2.5 ms less per single "
         "query encoding on 2 cores, but a core burnt while BM25 and FAISS run (more CPU per request under load)")
@@ -103,6 +170,7 @@ class Settings(BaseSettings):
     fusion_depth: int = Field(100, ge=1, le=1000, description="candidates taken from each retriever for fusion")
     snippet_chars: int = Field(300, ge=20)
     embed_max_texts: int = Field(64, ge=1)
+    max_batch_searches: int = Field(100, ge=1, description="POST /search/batch: searches per request (more: 413)")
     mine_max_sentences: int = Field(5000, ge=1, description="POST /mine: sentences per side (larger: 413)")
     mine_max_jobs: int = Field(1, ge=1, description="POST /mine jobs at once (more: 429)")
     batch_max_size: int = Field(32, ge=1, description="queries per encoder call of the query batcher")
@@ -151,6 +219,17 @@ class Settings(BaseSettings):
     def _origins(cls, v: object) -> object:
         return parse_origins(v) if isinstance(v, str) else v
 
+    @field_validator("collections", mode="before")
+    @classmethod
+    def _collections(cls, v: object) -> object:
+        return parse_collections(v) if isinstance(v, str | list | dict) else v
+
+    @property
+    def collection_dirs(self) -> dict[str, Path]:
+        """The served collections, name -> index directory, the default first."""
+        return dict(self.collections) if self.collections else {DEFAULT_COLLECTION: self.index}
+
     @property
     def data_root(self) -> Path:
-        return self.data_dir if self.data_dir is not None else self.index.resolve().parent
+        first = next(iter(self.collection_dirs.values()))
+        return self.data_dir if self.data_dir is not None else first.resolve().parent

@@ -516,23 +516,55 @@ def xquad_r_pools(data_dir: Path, seed: int = 0, level: str = "sentence") -> dic
 # --------------------------------------------------------------------------------------------------
 
 
-def _read_topics(path: Path) -> dict[str, tuple[str, int]]:
-    """``qid -> (query, line)`` of a topics TSV ``qid<TAB>query`` (blank lines ignored)."""
-    topics: dict[str, tuple[str, int]] = {}
+@dataclass(frozen=True)
+class Topic:
+    qid: str
+    query: str
+    lang: str | None
+    where: str  # "file:line", for messages
+    line: int
+
+
+def read_topics(path: Path) -> list[Topic]:
+    """The topics of a TSV ``qid<TAB>query[<TAB>lang]`` in file order: ``#`` comments and blank lines skipped; a
+    malformed line, an empty or spaced id, a duplicate id or an unknown language is a :class:`DatasetError` naming
+    ``file:line`` (``xlir search --topics`` and the MIRACL loader)."""
+    path = Path(path)
+    topics: list[Topic] = []
+    seen: dict[str, str] = {}
     for lineno, line in _lines(path):
-        if not line.strip():
+        where = f"{path}:{lineno}"
+        if not line.strip() or line.lstrip().startswith("#"):
             continue
-        parts = line.split("\t", 1)
-        if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
-            raise DatasetError(f"{path}:{lineno}: malformed topics line, expected 'qid<TAB>query': {line[:80]!r}")
-        qid = parts[0].strip()
-        if qid in topics:
-            raise DatasetError(f"{path}:{lineno}: duplicate topic id {qid!r} (first at line {topics[qid][1]})")
-        topics[qid] = (parts[1].strip(), lineno)
+        parts = line.split("\t")
+        if len(parts) not in (2, 3):
+            raise DatasetError(f"{where}: malformed topics line, expected 'qid<TAB>query' or 'qid<TAB>query<TAB>lang' "
+                               f"(tab-separated), got {len(parts)} column{'s' if len(parts) != 1 else ''}: "
+                               f"{line[:80]!r}")
+        qid, query = parts[0].strip(), parts[1].strip()
+        if not qid or any(c.isspace() for c in qid):
+            raise DatasetError(f"{where}: the topic id {qid!r} is empty or has whitespace (a TREC run cannot hold it)")
+        if not query:
+            raise DatasetError(f"{where}: topic {qid} has an empty query")
+        if qid in seen:
+            raise DatasetError(f"{where}: duplicate topic id {qid!r} (first at {seen[qid]})")
+        lang = None
+        if len(parts) == 3 and parts[2].strip():
+            try:
+                lang = known_lang(parts[2].strip())
+            except (ValueError, TypeError) as exc:
+                raise DatasetError(f"{where}: third column (the query's language): {exc}") from None
+        seen[qid] = where
+        topics.append(Topic(qid, query, lang, where, lineno))
+    if not topics:
+        raise DatasetError(f"{path}: no topics (expected lines 'qid<TAB>query')")
     return topics
 
 
-def _read_qrels(path: Path, topics: Mapping[str, object], docids: set[str]) -> dict[str, dict[str, int]]:
+def _read_qrels(path: Path, topics: Mapping[str, object] | None, docids: set[str] | None
+                ) -> dict[str, dict[str, int]]:
+    """TREC qrels ``qid Q0 docid rel`` -> ``{qid: {docid: rel}}``; a qid not in ``topics`` or a docid not in
+    ``docids`` is an error (None: any is taken)."""
     qrels: dict[str, dict[str, int]] = {}
     for lineno, line in _lines(path):
         if not line.strip():
@@ -546,9 +578,9 @@ def _read_qrels(path: Path, topics: Mapping[str, object], docids: set[str]) -> d
             rel = int(rel_text)
         except ValueError:
             raise DatasetError(f"{path}:{lineno}: relevance {rel_text!r} is not an integer") from None
-        if qid not in topics:
+        if topics is not None and qid not in topics:
             raise DatasetError(f"qrels names unknown qid {qid} at {path}:{lineno} (not in the topics)")
-        if docid not in docids:
+        if docids is not None and docid not in docids:
             raise DatasetError(f"qrels names unknown docid {docid} at {path}:{lineno}")
         judged = qrels.setdefault(qid, {})
         if docid in judged and judged[docid] != rel:
@@ -583,7 +615,7 @@ def load_miracl(corpus: Path, topics: Path, qrels: Path, lang: str, split: str =
         raise DatasetError(str(exc)) from exc
     if not docs:
         raise DatasetError(f"{corpus}: no documents")
-    topic_map = _read_topics(topics)
+    topic_map = {t.qid: (t.query, t.line) for t in read_topics(topics)}
     judged = _read_qrels(qrels, topic_map, docids)
     queries = [Query(qid, text, code, split) for qid, (text, _) in topic_map.items() if qid in judged]
     if not queries:

@@ -361,9 +361,10 @@ def run_rest(target_url: str, dataset: RetrievalDataset, params: Mapping[str, An
 # --------------------------------------------------------------------------------------------------
 
 
-def write_trec(run: Run, path: Path, tag: str) -> None:
+def write_trec(run: Run, path: Path, tag: str, raw_scores: bool = False) -> None:
     """TREC run file, one line per hit: ``qid Q0 docid rank score tag`` with rank 1..n and the rank-derived
-    score ``n - rank + 1`` (raw scores may tie, and TREC tools sort by score)."""
+    score ``n - rank + 1`` (raw scores may tie, and TREC tools sort by score), or with ``raw_scores`` the run's own
+    scores, written so that they read back exactly (``xlir search --topics``)."""
     for token, what in ((tag, "tag"), *((q, "query id") for q in run.hits)):
         if not token or any(c.isspace() for c in token):
             raise ValueError(f"{what} {token!r} is empty or has whitespace: not valid in a TREC run")
@@ -372,10 +373,11 @@ def write_trec(run: Run, path: Path, tag: str) -> None:
     lines = []
     for qid, hits in run.hits.items():
         n = len(hits)
-        for rank, (doc, _) in enumerate(hits, start=1):
+        for rank, (doc, raw) in enumerate(hits, start=1):
             if not doc or any(c.isspace() for c in doc):
                 raise ValueError(f"document id {doc!r} is empty or has whitespace: not valid in a TREC run")
-            lines.append(f"{qid} Q0 {doc} {rank} {n - rank + 1} {tag}\n")
+            score = repr(float(raw)) if raw_scores else str(n - rank + 1)
+            lines.append(f"{qid} Q0 {doc} {rank} {score} {tag}\n")
     path.write_text("".join(lines), encoding="utf-8")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.config
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,8 +28,8 @@ app.add_typer(wal_app, name="wal")
 HomeOpt = Annotated[Path | None, typer.Option("--home", envvar="XLIR_HOME", help="model cache (default ~/.cache/xlir)")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N]")]
 BackendOpt = Annotated[str, typer.Option("--backend", envvar="XLIR_BACKEND", help="encoder runtime: auto | torch | "
-                                         "onnx | onnx-int8 (auto: torch fp16 on GPU; on CPU the backend measured "
-                                         "fastest at equal quality for the command's workload)")]
+                                         "onnx | onnx-int8 | onnx-f16w (auto: torch fp16 on GPU; on CPU the backend "
+                                         "measured fastest at equal quality for the command's workload)")]
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -37,6 +38,18 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 M = TypeVar("M")
+
+
+def search_filter(text: str) -> dict[str, object]:
+    """``--filter``: a JSON object, or exit 2 saying what is wrong with it."""
+    example = '\'{"source": "wiki", "year": {"gte": 2019}}\''
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        fail(f"--filter is not valid JSON ({exc.msg} at character {exc.pos}); give an object such as {example}")
+    if not isinstance(value, dict):
+        fail(f"--filter must be a JSON object of field conditions, such as {example}, not {type(value).__name__}")
+    return value
 
 
 def validated(cls: Callable[..., M], /, **fields: object) -> M:
@@ -256,7 +269,8 @@ def index_cmd(
                                          "through its write-ahead log (a running server picks them up)")] = False,
     centering: Annotated[str, typer.Option("--centering", help="auto | off | offset | full: language "
                                            "centring of dense vectors (auto: full if multilingual)")] = "auto",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", "--no-progress", help="no progress bar (by default one "
+                                        "on stderr with the rate and the time left)")] = False,
     home: HomeOpt = None,
     device: DeviceOpt = "auto",
     backend: BackendOpt = "auto",
@@ -317,9 +331,30 @@ def compact_cmd(
                f"[{rep.seconds}s]")
 
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
+
+
+def serve_collections(specs: list[str]) -> dict[str, object]:
+    """``--index`` values -> the Settings fields they set: one unnamed ``DIR`` -> ``index``; ``NAME=DIR`` (each
+    named, repeatable) -> ``collections``; none -> the environment's (XLIR_INDEX or XLIR_COLLECTIONS)."""
+    from app.settings import parse_collection, parse_collections
+
+    if not specs:
+        return {}
+    try:
+        parsed = [parse_collection(s) for s in specs]
+        if len(parsed) == 1 and parsed[0][0] is None:
+            return {"index": parsed[0][1], "collections": {}}  # the command line wins over XLIR_COLLECTIONS
+        return {"collections": parse_collections(specs)}
+    except ValueError as exc:
+        fail(f"--index: {exc}")
+
+
 @app.command("serve")
 def serve_cmd(
-    index: Annotated[Path, typer.Option("--index", "-i", envvar="XLIR_INDEX", help="index directory")],
+    index: Annotated[list[str] | None, typer.Option(
+        "--index", "-i", help="index directory (XLIR_INDEX), or NAME=DIR, repeatable, to serve several indexes as "
+        "collections (XLIR_COLLECTIONS): each at /collections/NAME/..., the first also at the unnamed routes")] = None,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8000,
     reranker: Annotated[str | None, typer.Option("--reranker", help="reranker folder for rerank=true: xlir's own "
@@ -330,43 +365,76 @@ def serve_cmd(
     backend: BackendOpt = "auto",
     home: HomeOpt = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    log_format: Annotated[str | None, typer.Option("--log-format", help="text | json: one JSON object per log "
+                                                   "line, each with the request id (XLIR_LOG_FORMAT; default "
+                                                   "text)")] = None,
     verify: Annotated[str | None, typer.Option("--verify", help="index check before serving: full (sizes and "
                                                "sha256, default) | size | off (XLIR_VERIFY)")] = None,
 ) -> None:
-    """Serve an index over REST (POST /search, POST /embed, GET /health, GET /ready, GET /metrics, /docs)."""
+    """Serve an index over REST (POST /search, POST /embed, GET /health, GET /ready, GET /metrics, /docs), or
+    several: `--index news=DIR1 --index wiki=DIR2` (GET /collections, /collections/NAME/search, ...)."""
+    import os
+
     import uvicorn
 
+    from app.logs import log_config
     from app.main import create_app
     from app.settings import Settings
     from app.state import load_state
 
-    settings = validated(Settings, index=index, host=host, port=port, device=device, backend=backend,
-                         reranker=reranker, model=model, home=home, verify=verify)
+    if log_level.lower() not in LOG_LEVELS:
+        fail(f"--log-level {log_level!r}: choose from {', '.join(LOG_LEVELS)}")
+    where = serve_collections(index or [])
+    if not where and not os.environ.get("XLIR_INDEX") and not os.environ.get("XLIR_COLLECTIONS"):
+        fail("give --index DIR (or NAME=DIR, repeatable), or set XLIR_INDEX / XLIR_COLLECTIONS")
+    settings = validated(Settings, host=host, port=port, device=device, backend=backend, reranker=reranker,
+                         model=model, home=home, verify=verify, log_format=log_format, **where)
+    logging.config.dictConfig(log_config(settings.log_format, log_level))  # the start-up's lines in the format too
     # loaded before binding the port: a missing index or model is a clear error, not a server answering 503
     state = load_state(settings)
+    if state.not_ready is not None:
+        fail(state.not_ready)
     service = state.loaded(state.service)
     # the files were just verified: the app's own load only re-checks their sizes
     application = create_app(settings.model_copy(update={"verify": "size"}) if settings.verify == "full" else settings,
                              encoder=service.encoder, reranker=service.reranker)
-    if state.live is not None:  # the check's store: its docstores (the app loads its own)
-        state.live.close()
-        state.live.main.close()
-    uvicorn.run(application, host=host, port=port, log_level=log_level)
+    for coll in state.collections.values():  # the check's stores: their docstores (the app loads its own)
+        if coll.live is not None:
+            coll.live.close()
+            coll.live.main.close()
+    uvicorn.run(application, host=host, port=port, log_level=log_level,
+                log_config=log_config(settings.log_format, log_level))
 
 
 @app.command("search")
 def search_cmd(
-    query: Annotated[str, typer.Argument(help="query text, any language")],
+    query: Annotated[str | None, typer.Argument(help="query text, any language (or --topics FILE)")] = None,
     index: Annotated[Path | None, typer.Option("--index", "-i", help="search this index in-process")] = None,
     target: Annotated[str | None, typer.Option("--target", help="or ask a server, e.g. http://127.0.0.1:8000")] = None,
-    k: Annotated[int, typer.Option("--k", "-k")] = 10,
+    api_key: Annotated[str | None, typer.Option("--api-key", envvar="XLIR_API_KEY", help="with --target: the "
+                                                "server's API key (sent as Authorization: Bearer)")] = None,
+    topics: Annotated[Path | None, typer.Option("--topics", help="run every topic of a TSV 'qid<TAB>query"
+                                                "[<TAB>lang]' and write a TREC run (--output)")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="--topics: the TREC run file written "
+                                                "('qid Q0 docid rank score tag', the searches' scores)")] = None,
+    qrels: Annotated[Path | None, typer.Option("--qrels", help="--topics: TREC qrels 'qid Q0 docid rel'; prints "
+                                               "nDCG@10, R@100, MRR@10 (ranx)")] = None,
+    run_tag: Annotated[str, typer.Option("--run-tag", help="--topics: the run's tag (last column)")] = "xlir",
+    batch: Annotated[int, typer.Option("--batch", min=1, help="--topics: searches per batch (per /search/batch "
+                                       "call; a server takes at most XLIR_MAX_BATCH_SEARCHES, 100)")] = 32,
+    k: Annotated[int | None, typer.Option("--k", "-k", help="results per query (default 10, with --topics "
+                                          "100)")] = None,
     mode: Annotated[str, typer.Option("--mode", help="auto | dense | bm25 | hybrid (auto: dense on a "
                                       "multilingual index, hybrid on a single-language one)")] = "auto",
     fusion: Annotated[str, typer.Option("--fusion", help="weighted | rrf")] = "weighted",
     alpha: Annotated[float, typer.Option("--alpha", help="weighted: alpha*dense + (1-alpha)*bm25")] = 0.7,
     langs: Annotated[list[str] | None, typer.Option("--lang", help="filter by language (repeatable)")] = None,
+    filter_json: Annotated[str | None, typer.Option("--filter", help="metadata filter, a JSON object: "
+                                                    "'{\"source\": \"wiki\", \"year\": {\"gte\": 2019}}' "
+                                                    "(fields ANDed; see the API's SearchRequest.filter)")] = None,
+    offset: Annotated[int | None, typer.Option("--offset", help="skip this many results (pagination)")] = None,
     query_lang: Annotated[str | None, typer.Option("--query-lang", help="the query's language (default: "
-                                                   "detected)")] = None,
+                                                   "detected; --topics: a topic's third column wins)")] = None,
     centering: Annotated[str | None, typer.Option("--centering", help="off | offset | full (default: the "
                                                   "index's)")] = None,
     feedback: Annotated[str, typer.Option("--feedback", help="auto | dense | off: dense pseudo-relevance "
@@ -382,47 +450,91 @@ def search_cmd(
                                                            "(0: none; default XLIR_RERANK_BUDGET_MS, 500)")] = None,
     reranker: Annotated[str | None, typer.Option("--reranker", help="with --index: reranker folder (default: "
                                                  "xlir-rerank when built; XLIR_RERANKER)")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print the JSON response")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the JSON response (--topics: the metrics)")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="--topics: progress bar on "
+                                           "stderr")] = True,
     home: HomeOpt = None,
     device: DeviceOpt = "auto",
     backend: BackendOpt = "auto",
 ) -> None:
-    """Search an index (in-process with --index, or over REST with --target)."""
+    """Search an index (in-process with --index, or over REST with --target): one query, or every topic of a
+    topics file into a TREC run (--topics FILE --output run.trec [--qrels qrels.txt])."""
     import asyncio
 
     from app.schemas import SearchRequest
+    from benchmarks import topics as tp
+    from benchmarks.datasets import read_topics
 
-    rerank_fields = {"rerank": True, "rerank_depth": rerank_depth, "rerank_scope": rerank_scope,
-                     **({"rerank_budget_ms": rerank_budget_ms} if rerank_budget_ms is not None else {})}
-    req = validated(SearchRequest, query=query, k=k, mode=mode, fusion=fusion, alpha=alpha, langs=langs or None,
-                    lang=query_lang, centering=centering, feedback=feedback, feedback_merge=feedback_merge,
-                    **(rerank_fields if rerank else {}))
+    if (query is None) == (topics is None):
+        fail("give a query, or --topics FILE (not both)")
     if (index is None) == (target is None):
         fail("give exactly one of --index DIR or --target URL")
-    if target is not None:
-        import httpx
+    if topics is None and (output is not None or qrels is not None):
+        fail("--output and --qrels go with --topics FILE")
+    if topics is not None and output is None:
+        fail("--topics needs --output FILE (the TREC run written)")
+    if output is not None and output.is_dir():
+        fail(f"--output {output} is a directory: give the run file's path, e.g. {output / 'run.trec'}")
+    if not run_tag or any(c.isspace() for c in run_tag):
+        fail(f"--run-tag {run_tag!r} is empty or has whitespace: not valid in a TREC run")
+    rerank_fields = {"rerank": True, "rerank_depth": rerank_depth, "rerank_scope": rerank_scope,
+                     **({"rerank_budget_ms": rerank_budget_ms} if rerank_budget_ms is not None else {})}
+    fields = dict(k=k if k is not None else 10 if topics is None else 100, mode=mode, fusion=fusion, alpha=alpha,
+                  langs=langs or None, lang=query_lang, centering=centering, feedback=feedback,
+                  feedback_merge=feedback_merge, **(rerank_fields if rerank else {}))
+    if filter_json is not None:
+        fields["filter"] = search_filter(filter_json)
+    fields["offset"] = offset
+    req = validated(SearchRequest, query=query if query is not None else "topics", **fields)
+    try:
+        if topics is not None:
+            todo = read_topics(topics)
+            judgments = tp.read_qrels(qrels) if qrels is not None else None
+            requests = tp.requests_for(todo, req.model_dump(exclude={"query"}, exclude_unset=True))
+        service = None
+        if index is not None:
+            from app.settings import Settings
+            from app.state import load_state
 
-        r = httpx.post(target.rstrip("/") + "/search", json=req.model_dump(mode="json", exclude_none=True), timeout=60)
-        if r.status_code != 200:
-            fail(f"HTTP {r.status_code}: {r.text}")
-        body = r.json()
-    else:
-        from app.settings import Settings
-        from app.state import load_state
+            # the reranker is loaded only for --rerank (unset: XLIR_RERANKER, else the built xlir-rerank)
+            state = load_state(validated(Settings, index=index, device=device, backend=backend, home=home,
+                                         reranker=reranker if rerank else "none"))
+            service = state.loaded(state.service)
+        if topics is not None:
+            if service is not None:
+                responses = tp.search_inprocess(service, requests, todo, batch, progress)
+            else:
+                assert target is not None
+                responses = tp.search_remote(target, requests, todo, batch, api_key, progress)
+            run = tp.to_run(todo, responses)
+            assert output is not None  # checked above
+            lines = tp.write_run(run, output, run_tag)
+            evaluation = tp.evaluate_run(todo, run, judgments) if judgments is not None else None
+        elif service is not None:
+            async def run_one() -> dict[str, object]:
+                await service.batcher.start()
+                try:
+                    return (await service.search(req)).model_dump(mode="json")
+                finally:
+                    await service.batcher.close()
 
-        # the reranker is loaded only for --rerank (unset: XLIR_RERANKER, else the built xlir-rerank)
-        state = load_state(validated(Settings, index=index, device=device, backend=backend, home=home,
-                                     reranker=reranker if rerank else "none"))
-        service = state.loaded(state.service)
-
-        async def run() -> dict[str, object]:
-            await service.batcher.start()
-            try:
-                return (await service.search(req)).model_dump(mode="json")
-            finally:
-                await service.batcher.close()
-
-        body = asyncio.run(run())
+            body = asyncio.run(run_one())
+        else:
+            assert target is not None
+            with tp.remote_client(api_key) as client:
+                body = tp.post_json(client, target.rstrip("/") + "/search",
+                                    req.model_dump(mode="json", exclude_none=True))
+    except XlirError as exc:
+        fail(exc.detail)
+    if topics is not None:
+        typer.echo(f"wrote {lines} lines for {len(todo)} topics to {output} (run tag {run_tag})", err=as_json)
+        if evaluation is not None:
+            if as_json:
+                typer.echo(json.dumps({"metrics": evaluation.metrics, "judged": evaluation.judged,
+                                       "topics": evaluation.topics, "unknown_qids": evaluation.unknown_qids}))
+            else:
+                tp.report(evaluation, typer.echo)
+        return
     if as_json:
         typer.echo(json.dumps(body, ensure_ascii=False, indent=2))
         return
@@ -459,7 +571,9 @@ def mine_cmd(
                                        "resumption)")] = 65_536,
     work_dir: Annotated[Path | None, typer.Option("--work-dir", help="resumable state of the job "
                                                   "(default: OUT.work, removed when done)")] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bars on stderr")] = True,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bars on stderr, with the "
+                                           "rate and the time left")] = True,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars (as --no-progress)")] = False,
     home: HomeOpt = None,
     device: DeviceOpt = "auto",
     backend: BackendOpt = "auto",
@@ -488,7 +602,7 @@ def mine_cmd(
             fail(f"{p}: no such file")
     enc = load_encoder(model, device=device, home=home, backend=backend, workload="sentences")
     try:
-        rep = mine_files(enc, src, tgt, out, opts, progress=progress, work_dir=work_dir,
+        rep = mine_files(enc, src, tgt, out, opts, progress=progress and not quiet, work_dir=work_dir,
                          cache_dir=(home / "cache" / "mining") if home else None)
     except (ValueError, OSError) as exc:
         fail(str(exc))

@@ -31,9 +31,10 @@ from indexer import wal
 from indexer.langid import LanguageDetector, normalize_lang
 from indexer.layout import adopt_generation, fsync_tree, generation_dir, is_live_root
 from indexer.manifest import MANIFEST, Manifest
+from indexer.progress import count_records, doc_bar
 from indexer.readers import Document, read_corpus
 from indexer.write import Batch, EncoderInfo, Timer, WriteOptions, passage_text, write_index
-from models.base import Encoder
+from models.base import Encoder, ProgressFn
 from models.cache import cache_kind, load_or_compute
 from xlir.errors import CorpusError, OverwriteRefused, XlirError
 
@@ -248,11 +249,13 @@ def staged(out: Path, overwrite: bool = False) -> Iterator[Path]:
 
 def embedded_batches(source: Iterable[Document], encoder: Encoder, opts: BuildOptions, detector: LanguageDetector,
                      *, resume: Path | None = None, timer: Timer | None = None,
-                     counts: MutableMapping[str, int] | None = None, unique: bool = True) -> Iterator[Batch]:
+                     counts: MutableMapping[str, int] | None = None, unique: bool = True,
+                     progress: ProgressFn | None = None) -> Iterator[Batch]:
     """Read -> language -> embed: the documents of ``source`` in chunks of ``opts.chunk_docs``, each with its
     normalised language (given, or detected) and its vector. Empty documents are skipped; a repeated id is a
     :class:`CorpusError` when ``unique``. ``counts`` gets ``languages_detected``, ``skipped_empty`` and
-    ``resumed_docs``; ``timer`` the seconds of reading, language ID and embedding.
+    ``resumed_docs``; ``timer`` the seconds of reading, language ID and embedding; ``progress`` the number of
+    documents embedded, per encoder batch (or per chunk loaded from ``resume``).
 
     ``resume`` is a folder of the embedding cache (:func:`models.cache.load_or_compute`) that keeps each chunk's
     vectors. A killed build run again over the same corpus reads the same chunks in the same order: each one whose
@@ -290,8 +293,11 @@ def embedded_batches(source: Iterable[Document], encoder: Encoder, opts: BuildOp
                 counts["languages_detected"] += 1
         t0 = timer.add("langid", t0)
         vecs, cached = load_or_compute(resume, encoder, cache_kind(encoder, "passage"), texts,
-                                       partial(encoder.encode_passages, texts, batch_size=opts.batch_size))
+                                       partial(encoder.encode_passages, texts, batch_size=opts.batch_size,
+                                               **({"progress": progress} if progress is not None else {})))
         counts["resumed_docs"] += len(texts) if cached else 0
+        if progress is not None and cached:
+            progress(len(texts))
         timer.add("embed", t0)
         yield docs, langs, vecs
         t0 = time.perf_counter()
@@ -317,10 +323,13 @@ def build_index(
             timer = Timer()
             counts: dict[str, int] = {}
             source = read_corpus(paths, opts.default_lang) if documents is None else documents
+            total = count_records(paths) if opts.progress and documents is None else None
+            bar = doc_bar(total, opts.progress)  # advanced per encoder batch: rate and time left on stderr
             batches = embedded_batches(source, encoder, opts, detector or LanguageDetector(), timer=timer,
-                                       counts=counts, resume=resume_dir if opts.resume and documents is None else None)
+                                       counts=counts, resume=resume_dir if opts.resume and documents is None else None,
+                                       progress=bar.update if opts.progress else None)
             manifest = write_index(tmp, batches, opts, EncoderInfo(encoder.name, encoder.checksum, encoder.dim),
-                                   sources=paths, build_info=counts, timer=timer)
+                                   sources=paths, build_info=counts, timer=timer, bar=bar)
         except XlirError:  # bad input or options: rerunning as is cannot succeed, nothing worth keeping
             shutil.rmtree(resume_dir, ignore_errors=True)
             raise

@@ -26,6 +26,7 @@ import numpy as np
 from indexer import wal
 from indexer.bm25 import Postings, Segment, lucene_scores
 from indexer.centering import center
+from indexer.filters import MetadataColumns
 from indexer.layout import ROOT_GENERATION
 from indexer.readers import Document
 from indexer.store import Hits, Index, SearchIndex
@@ -99,7 +100,7 @@ class Delta:
         self._main = main
         self.main_tomb = np.zeros(self.main_n, dtype=bool)
         self.tomb_count = 0
-        self.docs: list[dict[str, str]] = []
+        self.docs: list[dict[str, Any]] = []
         self.vecs = np.zeros((0, self.dim), dtype=np.float32)
         self.dead = np.zeros(0, dtype=bool)
         self.ids: dict[str, int] = {}  # live delta id -> delta row
@@ -176,7 +177,7 @@ class DeltaView:
 
     main_n: int
     n: int
-    docs: list[dict[str, str]]
+    docs: list[dict[str, Any]]
     vecs: np.ndarray
     dead: np.ndarray
     langs: list[str]
@@ -247,6 +248,17 @@ class LiveIndex(SearchIndex):
         wanted = set(langs)
         delta = np.fromiter((lang in wanted for lang in self.view.lang_codes()), dtype=bool, count=self.view.n)
         return np.concatenate([main, delta])
+
+    def metadata_segments(self) -> list[MetadataColumns]:
+        v = self.view
+        main = self.main.metadata_segments()
+        if not v.n:
+            return main
+        with v._lock:
+            if "metadata" not in v._cache:
+                v._cache["metadata"] = MetadataColumns.build([d.get("metadata") for d in v.docs[: v.n]])
+            delta: MetadataColumns = v._cache["metadata"]
+        return [*main, delta]
 
     # -- dense
     def _delta_matrix(self, mode: str) -> np.ndarray:
@@ -349,7 +361,8 @@ def live_batches(index: LiveIndex, size: int = 4096) -> Iterator[Batch]:
 
     def batch(docs: list[dict[str, Any]], vecs: np.ndarray) -> Batch:
         langs = [d["lang"] for d in docs]
-        return [Document(d["id"], d["text"], d.get("title", ""), d["lang"]) for d in docs], langs, vecs
+        return [Document(d["id"], d["text"], d.get("title", ""), d["lang"], d.get("metadata") or {})
+                for d in docs], langs, vecs
 
     for info, raw in zip(main.manifest.shards, main.raw_vectors(), strict=True):
         for start in range(0, info.count, size):

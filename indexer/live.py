@@ -24,7 +24,7 @@ from indexer.build import BuildOptions, embedded_batches
 from indexer.delta import Delta, LiveIndex, main_postings_from_docs
 from indexer.langid import LanguageDetector, normalize_lang
 from indexer.layout import ROOT_GENERATION, current_name, generation_dir, generation_label, wal_path
-from indexer.readers import read_corpus
+from indexer.readers import METADATA_RULE, metadata_problem, read_corpus
 from indexer.store import Index, open_index, verify_index
 from indexer.write import passage_text
 from xlir.errors import BadQuery, DocumentNotFound, IndexInvalid, IndexNotReady
@@ -218,7 +218,7 @@ class LiveStore:
             return changed
 
     # -- writes
-    def upsert(self, docs: Sequence[dict[str, str]], vectors: np.ndarray) -> WriteResult:
+    def upsert(self, docs: Sequence[dict[str, Any]], vectors: np.ndarray) -> WriteResult:
         """Upsert documents (``id, title, text, lang`` already normalised) with their raw embeddings."""
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.shape != (len(docs), self.delta.dim):
@@ -338,8 +338,9 @@ class LiveStore:
 # ---------------------------------------------------------------------------------------------------- helpers
 
 
-def prepare_documents(raw: Sequence[dict[str, Any]], detect: Callable[[str], str]) -> list[dict[str, str]]:
-    """Validate and normalise documents for an upsert (``id``, ``text``, optional ``title``, ``lang``)."""
+def prepare_documents(raw: Sequence[dict[str, Any]], detect: Callable[[str], str]) -> list[dict[str, Any]]:
+    """Validate and normalise documents for an upsert (``id``, ``text``, optional ``title``, ``lang``,
+    ``metadata``: kept only when not empty, as the docstore keeps it)."""
     out = []
     for i, d in enumerate(raw):
         doc_id = str(d.get("id") or "").strip()
@@ -356,7 +357,14 @@ def prepare_documents(raw: Sequence[dict[str, Any]], detect: Callable[[str], str
                 raise BadQuery(f"documents[{i}] ({doc_id!r}): {exc}") from exc
         else:
             code = detect(passage_text(title, text))
-        out.append({"id": doc_id, "title": title, "text": text, "lang": code})
+        doc: dict[str, Any] = {"id": doc_id, "title": title, "text": text, "lang": code}
+        metadata = d.get("metadata")
+        if metadata:
+            problem = metadata_problem(metadata)
+            if problem is not None:
+                raise BadQuery(f"documents[{i}] ({doc_id!r}): {problem} ({METADATA_RULE})")
+            doc["metadata"] = dict(metadata)
+        out.append(doc)
     return out
 
 
@@ -385,7 +393,8 @@ def append_files(root: Path, paths: Sequence[Path], encoder: Any, *, default_lan
     try:
         for docs, langs, vecs in embedded_batches(read_corpus(paths, default_lang), encoder, opts,
                                                   LanguageDetector(), counts=counts, unique=False):
-            res = store.upsert([{"id": d.id, "title": d.title, "text": d.text, "lang": lang}
+            res = store.upsert([{"id": d.id, "title": d.title, "text": d.text, "lang": lang,
+                                 **({"metadata": d.metadata} if d.metadata else {})}
                                 for d, lang in zip(docs, langs, strict=True)], vecs)
             count += res.count
             replaced += sum(res.existed)

@@ -14,11 +14,12 @@ import csv
 import gzip
 import io
 import json
+import math
 import unicodedata
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from xlir.errors import CorpusError
 
@@ -68,12 +69,62 @@ def _check_id(path: Path, lineno: int, doc_id: str) -> str:
     return doc_id
 
 
+MAX_METADATA_BYTES = 16_384
+MAX_METADATA_KEY_CHARS = 200
+MAX_METADATA_INT = 2**53  # integers are compared as float64, exact up to this
+RESERVED_METADATA_KEYS = frozenset({"lang"})  # a filter's ``lang`` is the document's language
+METADATA_RULE = (f"metadata is a JSON object of at most {MAX_METADATA_BYTES} bytes (as compact JSON) whose keys are "
+                 f"1 to {MAX_METADATA_KEY_CHARS} characters (not 'lang': the document's language is its own "
+                 "field) and whose values are strings, numbers, booleans, null or lists of those")
+
+
+def _scalar_problem(value: object) -> str | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return None if abs(value) <= MAX_METADATA_INT else "an integer too large for a number filter"
+    if isinstance(value, float):
+        return None if math.isfinite(value) else "a number that is not finite"
+    if isinstance(value, str):
+        pos = first_unencodable(value)
+        return None if pos is None else f"a lone surrogate at position {pos}"
+    return f"a {type(value).__name__}"
+
+
+def metadata_problem(metadata: object) -> str | None:
+    """Why ``metadata`` breaks :data:`METADATA_RULE` (None when it is valid): the one metadata rule of corpora and
+    the API (``app.schemas.DocumentIn``)."""
+    if not isinstance(metadata, dict):
+        return f"metadata must be a JSON object, got {type(metadata).__name__}"
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key:
+            return "a metadata key is empty"
+        if len(key) > MAX_METADATA_KEY_CHARS:
+            return f"the metadata key {key[:40]!r}... has {len(key)} characters; the limit is {MAX_METADATA_KEY_CHARS}"
+        if first_unencodable(key) is not None:
+            return f"the metadata key {key!r} holds a lone surrogate"
+        if key in RESERVED_METADATA_KEYS:
+            return f"the metadata key {key!r} is reserved (give the document's language as its own field 'lang')"
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            why = _scalar_problem(item)
+            if why is not None:
+                where = "a list item of " if isinstance(value, list) else ""
+                return (f"{where}metadata[{key!r}] is {why}; values are strings, numbers, booleans, null or lists "
+                        "of those")
+    size = len(json.dumps(metadata, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    if size > MAX_METADATA_BYTES:
+        return f"metadata takes {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}"
+    return None
+
+
 @dataclass(slots=True)
 class Document:
     id: str
     text: str
     title: str = ""
     lang: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)  # METADATA_RULE; filtered on at search time
 
 
 def _open_text(path: Path) -> IO[str]:
@@ -122,7 +173,13 @@ def read_jsonl(path: Path, default_lang: str | None = None) -> Iterator[Document
             if isinstance(value, str) and first_unencodable(value) is not None:
                 raise CorpusError(f"{path}:{lineno}: the {name} holds a lone surrogate (a \\ud800-style escape), "
                                   "which is not Unicode text")
-        yield Document(_check_id(path, lineno, str(doc_id)), text, str(title), str(lang) if lang else None)
+        metadata = rec.get("metadata")
+        if metadata is not None:
+            problem = metadata_problem(metadata)
+            if problem is not None:
+                raise CorpusError(f"{path}:{lineno}: {problem} ({METADATA_RULE})")
+        yield Document(_check_id(path, lineno, str(doc_id)), text, str(title), str(lang) if lang else None,
+                       dict(metadata or {}))
 
 
 def read_tsv(path: Path, default_lang: str | None = None) -> Iterator[Document]:

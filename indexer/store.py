@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import bisect
 import os
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from indexer.bm25 import BM25Searcher
 from indexer.centering import Centroids, center, centered_norms, centered_scores, check_mode, resolve_auto
 from indexer.dense import DenseShard, load_shard_index, search_shards
 from indexer.docstore import DocStore
+from indexer.filters import LANG_FIELD, MetadataColumns, filter_mask, merge_schemas, parse_filter
+from indexer.langid import normalize_lang
 from indexer.layout import LANGS_FILE, VECTOR_SET, generation_dir
 from indexer.manifest import MANIFEST, Manifest
 from indexer.topk import top_k
@@ -69,6 +72,34 @@ class SearchIndex(ABC):
     @abstractmethod
     def lang_mask(self, langs: Collection[str] | None) -> np.ndarray | None:
         """Boolean mask over all rows for a language filter (None = no filter)."""
+
+    @abstractmethod
+    def metadata_segments(self) -> list[MetadataColumns]:
+        """Columns of the documents' metadata (:mod:`indexer.filters`), one per segment of rows in row order: built
+        at the first call, kept while the generation (and the live delta's snapshot) is served."""
+
+    @property
+    def metadata_fields(self) -> dict[str, str]:
+        """Each metadata field of the documents and its type (``indexer.filters``)."""
+        return merge_schemas(seg.schema for seg in self.metadata_segments())
+
+    def filter_mask(self, raw: Mapping[str, Any] | None) -> np.ndarray | None:
+        """Boolean mask over all rows for a search filter (None = no filter; ``indexer.filters`` for the syntax);
+        :class:`~xlir.errors.BadQuery` for a field the documents do not have or a condition of the wrong type."""
+        if not raw:
+            return None
+        segments = self.metadata_segments() if any(name != LANG_FIELD for name in raw) else []
+        flt = parse_filter(raw, merge_schemas(seg.schema for seg in segments), normalize_lang)
+        mask = None
+        if flt.conditions:
+            parts = [filter_mask(seg, flt) for seg in segments]
+            mask = np.concatenate([np.zeros(seg.n, dtype=bool) if part is None else part
+                                   for seg, part in zip(segments, parts, strict=True)])
+        if flt.langs is not None:
+            langs = self.lang_mask(flt.langs)
+            assert langs is not None  # langs is never empty
+            mask = langs if mask is None else mask & langs
+        return mask
 
     @abstractmethod
     def dense(self, queries: np.ndarray, k: int, mask: np.ndarray | None = None,
@@ -126,6 +157,8 @@ class Index(SearchIndex):
         self.centroids = None if vs.centroids is None else Centroids.load(directory / vs.centroids)
         self._raw: list[np.ndarray] | None = None
         self._norms: dict[str, list[np.ndarray]] = {}
+        self._metadata: MetadataColumns | None = None
+        self._metadata_lock = threading.Lock()
         try:  # mapped now (no read): a directory swapped later (xlir index --overwrite) cannot mix into this one
             self.raw_vectors()
         except (OSError, ValueError):
@@ -144,6 +177,13 @@ class Index(SearchIndex):
             return None
         ids = [self._lang_id[code] for code in langs if code in self._lang_id]
         return np.isin(self.langs, np.asarray(ids, dtype=np.uint16))
+
+    def metadata_segments(self) -> list[MetadataColumns]:
+        with self._metadata_lock:  # one build, whatever the number of concurrent filtered queries
+            if self._metadata is None:
+                rows = [md for ds in self.docstores for md in ds.metadata()]
+                self._metadata = MetadataColumns.build(rows)
+        return [self._metadata]
 
     def dense(self, queries: np.ndarray, k: int, mask: np.ndarray | None = None,
               mode: str | None = None) -> list[Hits]:

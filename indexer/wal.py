@@ -50,7 +50,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -87,11 +87,11 @@ class Record:
     lsn: int
     op: str
     doc_id: str
-    doc: dict[str, str] | None = None  # upsert: id, title, text, lang
+    doc: dict[str, Any] | None = None  # upsert: id, title, text, lang (+ metadata when it has any)
     vector: np.ndarray | None = None  # upsert: the raw (uncentred) passage embedding, float32
 
     @staticmethod
-    def upsert(lsn: int, doc: dict[str, str], vector: np.ndarray) -> Record:
+    def upsert(lsn: int, doc: dict[str, Any], vector: np.ndarray) -> Record:
         return Record(lsn, UPSERT, doc["id"], dict(doc), np.asarray(vector, dtype=np.float32))
 
     @staticmethod

@@ -29,6 +29,7 @@ from indexer.docstore import DocStoreWriter
 from indexer.layout import CENTROIDS_FILE, LANGS_FILE, SHARD_STATS_FILE, VECTOR_SET
 from indexer.manifest import BM25Info, FileInfo, Manifest, ShardInfo, VectorSetInfo, library_versions
 from indexer.planning import FLAT_MAX_VECTORS, IVF_MIN_VECTORS, TARGET_RECALL, TuneOptions, plan_index
+from indexer.progress import doc_bar, finish
 from indexer.readers import Document
 from indexer.text import ANALYZER_NAME, tokenize
 from models.registry import file_sha256
@@ -102,7 +103,7 @@ class _ShardWriter:
 
     def add(self, docs: Sequence[Document], langs: Sequence[str], lang_ids: Sequence[int], vecs: np.ndarray) -> None:
         for doc, lang in zip(docs, langs, strict=True):
-            self.docs.add(doc.id, doc.title, doc.text, lang)
+            self.docs.add(doc.id, doc.title, doc.text, lang, doc.metadata)
         self.langs.extend(lang_ids)
         self.stats.add(langs, vecs)
         self._vec_fh.write(np.ascontiguousarray(vecs, dtype="<f4").tobytes())
@@ -151,10 +152,12 @@ def _plan(opts: WriteOptions, n_vectors: int, dim: int) -> dict[str, Any]:
 
 def write_index(out: Path, batches: Iterable[Batch], options: WriteOptions, encoder: EncoderInfo, *,
                 sources: Sequence[Path] = (), build_info: Mapping[str, Any] | None = None,
-                timer: Timer | None = None) -> Manifest:
+                timer: Timer | None = None, bar: tqdm | None = None) -> Manifest:
     """Write the documents of ``batches``, in order, into the (new, empty or missing) directory ``out``; returns
     the manifest written there last. ``build_info`` is added to the manifest's ``build`` record once every batch
-    is consumed (counts its producer kept); ``timer`` collects the seconds of each stage (the producer's too)."""
+    is consumed (counts its producer kept); ``timer`` collects the seconds of each stage (the producer's too).
+    ``bar``: the documents' progress bar, advanced by the producer (default: a bar of its own, advanced per batch
+    written); it is closed once every batch is written."""
     opts, timer, dim = options, timer or Timer(), encoder.dim
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -166,7 +169,8 @@ def write_index(out: Path, batches: Iterable[Batch], options: WriteOptions, enco
     writer: _ShardWriter | None = None
     bm25 = bm25_mod.BM25Builder()
     total = 0
-    bar = tqdm(desc="indexing", unit="doc", disable=not opts.progress, dynamic_ncols=True)
+    own_bar = bar is None
+    docs_bar = doc_bar(None, opts.progress) if bar is None else bar
     for docs, langs, vecs in batches:
         t0 = time.perf_counter()
         if vecs.shape != (len(docs), dim):
@@ -190,13 +194,14 @@ def write_index(out: Path, batches: Iterable[Batch], options: WriteOptions, enco
                 shard_stats.append(writer.stats)
                 writer = None
         timer.add("write", t0)
-        bar.update(len(docs))
+        if own_bar:
+            docs_bar.update(len(docs))
     t0 = time.perf_counter()
     if writer is not None:
         shards.append(writer.finish())
         shard_stats.append(writer.stats)
         t0 = timer.add("write", t0)
-    bar.close()
+    finish(docs_bar)
     if total == 0:
         raise CorpusError(f"no documents found in {', '.join(map(str, sources))}")
     centroids = functools.reduce(CentroidStats.merge, shard_stats).centroids()

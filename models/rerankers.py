@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -143,7 +144,8 @@ def read_meta(folder: Path) -> dict[str, Any]:
 class XlirReranker:
     """A reranker folder written by ``models/train_reranker.py: build_folder`` on ONNX Runtime (CPU)."""
 
-    def __init__(self, path: Path, threads: int | None = None, batch_size: int = 8) -> None:
+    def __init__(self, path: Path, threads: int | None = None, batch_size: int = 8, eager: bool = True) -> None:
+        """``eager=False`` checks the folder now and loads the ONNX session at the first :meth:`score`."""
         from models.onnx_backend import cpu_cores, session_options
 
         path = Path(path).expanduser()
@@ -157,11 +159,13 @@ class XlirReranker:
         except ImportError as exc:
             raise ModelInvalid(f"the reranker {path} runs on ONNX Runtime: pip install onnxruntime") from exc
         self._tok, self._pad = load_pair_tokenizer(path, int(meta.get("max_length", 128)))
-        try:
-            self._session = ort.InferenceSession(str(model_file), session_options(threads or cpu_cores(), False),
-                                                 providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise ModelInvalid(f"onnxruntime cannot load {model_file}: {exc}") from exc
+        # the ONNX session (~400 MB of fp32 weights in memory) is made at the first score(), so a server that
+        # loads the default reranker keeps its start-up time and memory until a request asks for rerank
+        self._session: Any = None
+        self._session_lock = threading.Lock()
+        self._open = lambda: ort.InferenceSession(str(model_file), session_options(threads or cpu_cores(), False),
+                                                  providers=["CPUExecutionProvider"])
+        self._model_file = model_file
         self._name = str(meta.get("name") or path.resolve())
         self._prior_weight = float(meta.get("prior_weight", 0.0))
         self._weight = float(meta.get("weight", 1.0))
@@ -169,6 +173,19 @@ class XlirReranker:
         self._qp, self._pp = str(meta.get("query_prefix", "")), str(meta.get("passage_prefix", ""))
         self.batch_size = batch_size
         self.meta = meta
+        if eager:
+            self.session()
+
+    def session(self) -> Any:
+        """The ONNX Runtime session, made once (thread-safe); an unloadable file is ModelInvalid naming it."""
+        if self._session is None:
+            with self._session_lock:
+                if self._session is None:
+                    try:
+                        self._session = self._open()
+                    except Exception as exc:
+                        raise ModelInvalid(f"onnxruntime cannot load {self._model_file}: {exc}") from exc
+        return self._session
 
     @property
     def name(self) -> str:
@@ -193,7 +210,7 @@ class XlirReranker:
         for start in range(0, len(order), self.batch_size):
             rows = order[start: start + self.batch_size]
             ids, mask = padded([rows_ids[i] for i in rows], self._pad)
-            got = self._session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+            got = self.session().run(None, {"input_ids": ids, "attention_mask": mask})[0]
             out[rows] = np.asarray(got, dtype=np.float32).reshape(len(rows))
         return out * self._weight
 
@@ -236,12 +253,13 @@ class CrossEncoderReranker:
         return np.asarray(scores, dtype=np.float32).reshape(len(passages), -1)[:, -1]
 
 
-def load_reranker(path: Path, device: str = "auto") -> Reranker:
+def load_reranker(path: Path, device: str = "auto", eager: bool = True) -> Reranker:
     """The reranker in folder ``path``: xlir's own (``xlir-model.json`` says ``kind: reranker``) or a
-    sentence-transformers CrossEncoder. A missing or unusable folder is an error naming the path."""
+    sentence-transformers CrossEncoder. A missing or unusable folder is an error naming the path. ``eager=False``:
+    xlir's own loads its ONNX session at the first score (the server's default reranker)."""
     path = Path(path).expanduser()
     if not path.is_dir():
         raise ModelNotFound(f"no reranker folder at {path}")
     if (path / MODEL_META).is_file():
-        return XlirReranker(path)
+        return XlirReranker(path, eager=eager)
     return CrossEncoderReranker(path, device=device)

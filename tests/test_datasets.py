@@ -407,7 +407,7 @@ def test_miracl_single_jsonl_gz_dir_and_unjudged_topics(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("which", "content", "line", "message"), [
     ("topics", "q1\tMlima mrefu?\nq2 no tab here\n", 2, "malformed topics line"),
-    ("topics", "q1\tMlima mrefu?\nq2\t  \n", 2, "malformed topics line"),
+    ("topics", "q1\tMlima mrefu?\nq2\t  \n", 2, "has an empty query"),
     ("topics", "q1\tA?\nq1\tB?\n", 2, "duplicate topic id 'q1'"),
     ("qrels", "q1 Q0 1001#0 1\nq2 Q0 1002#1\n", 2, "malformed qrels line, expected 4 fields"),
     ("qrels", "q1 Q0 1001#0 1\nq1 Q0 1002#0 1 extra\n", 2, "malformed qrels line, expected 4 fields"),

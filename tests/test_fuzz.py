@@ -136,6 +136,8 @@ CATEGORIES = {
 BODIES: dict[str, dict[str, object]] = {
     "/search": {"query": "alpha beta", "k": 5, "mode": "hybrid", "fusion": "weighted", "alpha": 0.5, "rrf_k": 60,
                 "langs": ["en"], "rerank": False, "rerank_depth": 10, "lang": "en", "centering": "full"},
+    "/search/batch": {"searches": [{"query": "alpha beta", "k": 5, "mode": "hybrid", "langs": ["en"], "lang": "en"},
+                                   {"query": "gamma", "mode": "dense", "centering": "full"}]},
     "/embed": {"texts": ["alpha beta", "gamma"], "kind": "query", "centered": True, "lang": "en",
                "centering": "full"},
     "/mine": {"src": ["alpha beta", "gamma delta"], "tgt": ["beta alpha", "delta"], "k": 1, "margin": "ratio",
@@ -215,16 +217,19 @@ KEYS: st.SearchStrategy[Headers] = st.integers(0, 9).flatmap(lambda i: st.just(d
 def hostile_request(draw: st.DrawFn, endpoint: str, category: str) -> Request:
     method, _, path = endpoint.partition(" ")
     headers: Headers = {"content-type": "application/json", **draw(KEYS)}
+    prefix = ""
+    if path.startswith(COLLECTION):  # the same requests under a collection name, often a hostile one
+        prefix, path = "/collections/" + quote_from_bytes(draw(NAMES), safe=""), path[len(COLLECTION):]
     if path == "/documents/{doc_id}":
         raw_id = draw(st.one_of(
             st.binary(min_size=1, max_size=40),  # invalid UTF-8, NUL, ...
             st.text(min_size=1, max_size=30).map(lambda t: t.encode("utf-8")),
             st.sampled_from([b"..", b".", b"a/../b", b"\xed\xa0\x80", b"\xc0\xaf", b"x" * 5000, "🍎".encode() * 1001]),
         ))
-        return Request(method, endpoint, "/documents/" + quote_from_bytes(raw_id, safe=""), headers)
+        return Request(method, endpoint, prefix + "/documents/" + quote_from_bytes(raw_id, safe=""), headers)
     if method == "GET":  # /health, /ready, /metrics and the docs: a hostile query string and body
         query = quote_from_bytes(draw(st.binary(max_size=200)), safe="=&")
-        return Request(method, endpoint, f"{path}?{query}", headers, draw(st.binary(max_size=200)))
+        return Request(method, endpoint, f"{prefix}{path}?{query}", headers, draw(st.binary(max_size=200)))
     hostile = CATEGORIES[category]
     base: object = BODIES[path]
     places = field_paths(base)
@@ -236,14 +241,22 @@ def hostile_request(draw: st.DrawFn, endpoint: str, category: str) -> Request:
                 base = put(base, place, draw(hostile))
     content = draw(st.one_of(st.just(to_json(base)), st.just(to_json(base)), st.just(to_json(base)),
                              st.binary(max_size=300)))  # sometimes not JSON at all
-    return Request(method, endpoint, path, headers, content)
+    return Request(method, endpoint, prefix + path, headers, content)
 
 
-BODY_ENDPOINTS = ["POST /search", "POST /embed", "POST /mine", "POST /documents", "POST /reload"]
+BODY_ENDPOINTS = ["POST /search", "POST /search/batch", "POST /embed", "POST /mine", "POST /documents", "POST /reload"]
 OTHER_ENDPOINTS = ["GET /documents/{doc_id}", "DELETE /documents/{doc_id}", "GET /health", "GET /ready",
                    "GET /metrics", "GET /docs", "GET /openapi.json"]
-ENDPOINTS = BODY_ENDPOINTS + OTHER_ENDPOINTS
-CASES = [(e, c) for e in BODY_ENDPOINTS for c in CATEGORIES] + [(e, "hostile URL") for e in OTHER_ENDPOINTS]
+# the index routes again under /collections/{name} (a hostile name too), and the list of collections
+COLLECTION = "/collections/{name}"
+NAMED_BODY = [f"POST {COLLECTION}{p}" for p in ("/search", "/search/batch", "/embed", "/documents", "/reload")]
+NAMED_OTHER = [f"GET {COLLECTION}/documents/{{doc_id}}", f"DELETE {COLLECTION}/documents/{{doc_id}}",
+               f"GET {COLLECTION}/ready", "GET /collections"]
+ENDPOINTS = BODY_ENDPOINTS + NAMED_BODY + OTHER_ENDPOINTS + NAMED_OTHER
+CASES = [(e, c) for e in BODY_ENDPOINTS + NAMED_BODY for c in CATEGORIES] + \
+    [(e, "hostile URL") for e in OTHER_ENDPOINTS + NAMED_OTHER]
+NAMES = st.one_of(st.just(b"default"), st.just(b"default"), st.just(b"nope"), st.binary(min_size=1, max_size=40),
+                  st.sampled_from([b"..", b".", b"a/b", b"\xed\xa0\x80", b"x" * 5000]))
 
 
 FIXED = ["a \ud800 b", ["ok", "\udfff"], "\udc80", 10**30, -(2**63) - 1, -1, 0, 1e308, -1e308, True, False, None,

@@ -9,6 +9,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 LAYERS = ["xlir", "models", "indexer", "app", "benchmarks", "cli"]
+# The one import allowed up the layers: the package facade `xlir/__init__.py` re-exports the Python client
+# (`from xlir import Client`, issue 22.1), which is built on the server's models in app/ and so lives in app/client.py.
+# It is loaded lazily (module __getattr__), so `import xlir` imports nothing above it (test_client.py checks that);
+# nothing else in xlir/ imports upward.
+ALLOWED_UPWARD = {"xlir -> app.client"}
 
 
 def imports(path: Path) -> set[str]:
@@ -36,7 +41,8 @@ def layer(module: str) -> int:
 
 def test_no_import_runs_up_a_layer() -> None:
     upward = sorted(f"{m} -> {d}" for m, deps in graph().items() for d in deps if layer(d) > layer(m))
-    assert upward == []
+    assert [edge for edge in upward if edge not in ALLOWED_UPWARD] == []
+    assert set(upward) >= ALLOWED_UPWARD, "the facade no longer re-exports the client: drop the exception"
 
 
 def test_no_two_modules_import_each_other() -> None:

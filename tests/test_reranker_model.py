@@ -4,6 +4,7 @@ sentence holding the answer over same-topic sentences, in several languages."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,6 +54,31 @@ def test_the_correction_prefers_the_answer_sentence(reranker: XlirReranker) -> N
     for question, answer, others in CASES:
         scores = reranker.score(question, [answer, *others])
         assert np.argmax(scores) == 0, (question, scores.tolist())
+
+
+def test_a_lazy_reranker_makes_its_session_at_the_first_score(reranker: XlirReranker) -> None:
+    lazy = XlirReranker(model_dir(DEFAULT_RERANKER), eager=False)
+    assert lazy._session is None and lazy.prior_weight == reranker.prior_weight and lazy.scope == reranker.scope
+    question, answer, others = CASES[0]
+    np.testing.assert_array_equal(lazy.score(question, [answer, *others]), reranker.score(question, [answer, *others]))
+    assert lazy._session is not None
+
+
+def test_a_lazy_reranker_with_a_broken_file_names_it_at_the_first_score(tmp_path: Path) -> None:
+    import shutil
+
+    from xlir.errors import ModelInvalid
+
+    folder = tmp_path / "rr"
+    shutil.copytree(model_dir(DEFAULT_RERANKER), folder, copy_function=os.symlink)  # links: no 400 MB copy
+    onnx_file = folder / str(read_meta(folder).get("onnx", "onnx/model.onnx"))
+    onnx_file.unlink()  # the link only: the built model is untouched
+    onnx_file.write_bytes(b"not an onnx graph")
+    lazy = XlirReranker(folder, eager=False)  # the folder checks pass: the file is there
+    with pytest.raises(ModelInvalid, match="onnxruntime cannot load"):
+        lazy.score("q", ["p"])
+    with pytest.raises(ModelInvalid, match="onnxruntime cannot load"):
+        XlirReranker(folder)
 
 
 @pytest.fixture(scope="module")

@@ -93,6 +93,12 @@ class DocumentNotFound(XlirError):
     code = "document_not_found"
 
 
+class CollectionNotFound(XlirError):
+    """No served collection has the given name (HTTP 404); the detail lists the names there are."""
+
+    code = "collection_not_found"
+
+
 class Conflict(XlirError):
     """The operation cannot run now, e.g. a compaction is already running (HTTP 409)."""
 
