@@ -30,7 +30,6 @@ highlights cost well under a millisecond for 10 hits; dense ones cost the encodi
 
 from __future__ import annotations
 
-import math
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +40,7 @@ import numpy as np
 import regex
 
 from app.fusion import FusedHit
+from indexer.bm25 import lucene_idf
 
 Tokenizer = Callable[[str], list[str]]
 Span = tuple[int, int]
@@ -243,7 +243,7 @@ def index_idf(index: Any, tokens: Sequence[str]) -> dict[str, float] | None:
     for token in set(tokens):
         hit = postings.term(token)
         df = len(hit[0]) if hit is not None else 0
-        out[token] = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+        out[token] = float(lucene_idf(n, df))
     return out
 
 

@@ -10,10 +10,9 @@ vectors from its embedding cache behind the same batcher.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -92,6 +91,7 @@ class Retrieved:
     rerank: RerankInfo | None = None  # None without rerank
     timings: dict[str, float] = field(default_factory=dict)
     qvec: np.ndarray | None = None  # the raw query vector of the dense run (None without one): highlights use it
+    index: SearchIndex | None = None  # the index snapshot the request ran on: highlights read its BM25 statistics
 
 
 def resolve_mode(index: SearchIndex, req: SearchRequest) -> SearchRequest:
@@ -264,20 +264,6 @@ def snippet(text: str, limit: int) -> str:
     return cut.rstrip() + "…"
 
 
-def observed(search: Callable[[SearchService, SearchRequest], Awaitable[SearchResponse]]
-             ) -> Callable[[SearchService, SearchRequest], Awaitable[SearchResponse]]:
-    """:meth:`SearchService.search` reports each response's ``timings_ms`` to the service's ``on_timings`` hook."""
-
-    @functools.wraps(search)
-    async def wrapper(self: SearchService, req: SearchRequest) -> SearchResponse:
-        resp = await search(self, req)
-        if self.on_timings is not None:
-            self.on_timings(resp.timings_ms)
-        return resp
-
-    return wrapper
-
-
 class SearchService:
     def __init__(
         self,
@@ -429,7 +415,7 @@ class SearchService:
             timings["rerank"] = ran.ms = elapsed_ms(t, time.perf_counter())
             rr = ran
         timings["total"] = elapsed_ms(t_start, time.perf_counter())
-        return Retrieved(req, hits[req.offset : window], docs, info, fb, rr, timings, qvec=qraw)
+        return Retrieved(req, hits[req.offset : window], docs, info, fb, rr, timings, qvec=qraw, index=index)
 
     async def _feedback(self, index: SearchIndex, req: SearchRequest, runs: dict[str, fusion.Run],
                         hits: list[fusion.FusedHit], qc: np.ndarray | None, depth: int, mask: np.ndarray | None,
@@ -464,9 +450,9 @@ class SearchService:
         out.applied, out.docs = True, len(decision.use)
         return fuse(req, {**runs, "dense": second}, depth), out
 
-    @observed
     async def search(self, req: SearchRequest) -> SearchResponse:
-        """``POST /search`` and ``xlir search``: :meth:`retrieve`, as a response."""
+        """``POST /search`` and ``xlir search``: :meth:`retrieve`, as a response (its ``timings_ms`` reported to
+        the ``on_timings`` hook)."""
         t0 = time.perf_counter()
         got = await self.retrieve(req)
         req, docs = got.req, got.docs
@@ -480,16 +466,19 @@ class SearchService:
         ]
         if req.highlight:  # app/highlight.py: the best sentence of each hit, the query terms marked
             t_hl = time.perf_counter()
-            picked = await asyncio.to_thread(highlight_hits, self.index, got.hits, docs, req.query, self.tokenize,
+            picked = await asyncio.to_thread(highlight_hits, got.index, got.hits, docs, req.query, self.tokenize,
                                              self.encoder.encode_passages, got.qvec)
             for hit, p in zip(out, picked, strict=True):
                 hit.highlight = None if p is None else Highlight(text=p.text, spans=p.spans, source=p.source)
             got.timings["highlight"] = elapsed_ms(t_hl, time.perf_counter())
-        return SearchResponse(
+        resp = SearchResponse(
             query=req.query, mode=req.mode, fusion=req.fusion if req.mode is Mode.hybrid else None,
             reranked=got.rerank is not None and got.rerank.applied, took_ms=elapsed_ms(t0, time.perf_counter()),
             centering=got.centering, feedback=got.feedback, rerank=got.rerank, timings_ms=got.timings, results=out,
         )
+        if self.on_timings is not None:
+            self.on_timings(resp.timings_ms)
+        return resp
 
     async def search_batch(self, req: BatchSearchRequest) -> BatchSearchResponse:
         """``POST /search/batch`` and ``xlir search --topics``: every search through :meth:`search`, all at once

@@ -141,10 +141,8 @@ class AppState:
 
     def readiness(self) -> Ready:
         """Unnamed ``/ready``: the default collection's, not ready while any collection is not, listing all."""
-        body = self.default.readiness()
         why = self.not_ready
-        if why is not None:
-            body = Ready(ready=False, detail=why)
+        body = self.default.readiness() if why is None else Ready(ready=False, detail=why)
         body.collections = self.listing().collections
         return body
 

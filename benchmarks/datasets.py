@@ -522,7 +522,6 @@ class Topic:
     query: str
     lang: str | None
     where: str  # "file:line", for messages
-    line: int
 
 
 def read_topics(path: Path) -> list[Topic]:
@@ -555,7 +554,7 @@ def read_topics(path: Path) -> list[Topic]:
             except (ValueError, TypeError) as exc:
                 raise DatasetError(f"{where}: third column (the query's language): {exc}") from None
         seen[qid] = where
-        topics.append(Topic(qid, query, lang, where, lineno))
+        topics.append(Topic(qid, query, lang, where))
     if not topics:
         raise DatasetError(f"{path}: no topics (expected lines 'qid<TAB>query')")
     return topics
@@ -615,9 +614,9 @@ def load_miracl(corpus: Path, topics: Path, qrels: Path, lang: str, split: str =
         raise DatasetError(str(exc)) from exc
     if not docs:
         raise DatasetError(f"{corpus}: no documents")
-    topic_map = {t.qid: (t.query, t.line) for t in read_topics(topics)}
+    topic_map = {t.qid: t.query for t in read_topics(topics)}
     judged = _read_qrels(qrels, topic_map, docids)
-    queries = [Query(qid, text, code, split) for qid, (text, _) in topic_map.items() if qid in judged]
+    queries = [Query(qid, text, code, split) for qid, text in topic_map.items() if qid in judged]
     if not queries:
         raise DatasetError(f"{qrels}: no qrels for any topic of {topics}")
     notes = {"topics_without_qrels": len(topic_map) - len(queries)}

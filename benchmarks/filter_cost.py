@@ -35,7 +35,7 @@ import numpy as np
 
 from benchmarks.big_index import documents
 from benchmarks.datasets import Query, RetrievalDataset
-from benchmarks.demo_bench import commit
+from benchmarks.demo_bench import commit, pct, save_results
 from benchmarks.retrieval import Run, run_inprocess
 from indexer.build import chunks, staged
 from indexer.langid import normalize_lang
@@ -107,7 +107,7 @@ def queries(n: int, count: int, seed: int = 0) -> tuple[RetrievalDataset, np.nda
 
 
 def p50(run: Run) -> float:
-    return float(np.percentile([t["total"] for t in run.timings.values()], 50))
+    return pct([t["total"] for t in run.timings.values()], 50)
 
 
 def measure(index: Index, dataset: RetrievalDataset, qvecs: np.ndarray,
@@ -196,8 +196,7 @@ def main(argv: list[str] | None = None) -> int:
            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "load_average_after": list(os.getloadavg()),
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
            "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    save_results(args.out, out)
     print(f"wrote {args.out}")
     return 0
 

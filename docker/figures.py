@@ -18,23 +18,20 @@ from pathlib import Path
 from typing import Any
 
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 # python:3.11-slim (Debian bookworm), uncompressed, as `docker images` reports it
 PYTHON_SLIM_BYTES = 130_000_000
 
 
-def _norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def closure(root: str, extras: set[str]) -> set[str]:
     """Installed distributions that ``root[extras]`` pulls in (itself excluded)."""
-    dists = {_norm(d.metadata["Name"]): d for d in md.distributions()}
+    dists = {canonicalize_name(d.metadata["Name"]): d for d in md.distributions()}
     seen: set[tuple[str, tuple[str, ...]]] = set()
     stack = [(root, extras)]
     while stack:
         name, ext = stack.pop()
-        key = (_norm(name), tuple(sorted(ext)))
+        key = (canonicalize_name(name), tuple(sorted(ext)))
         dist = dists.get(key[0])
         if dist is None or key in seen:
             continue
@@ -43,7 +40,7 @@ def closure(root: str, extras: set[str]) -> set[str]:
             req = Requirement(spec)
             if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in (ext or {""})):
                 stack.append((req.name, set(req.extras)))
-    return {name for name, _ in seen} - {_norm(root)}
+    return {name for name, _ in seen} - {canonicalize_name(root)}
 
 
 def installed_bytes(name: str) -> int:

@@ -13,7 +13,6 @@ time with statistics over the documents alive in all of them, so scores equal th
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -103,6 +102,12 @@ def term_frequencies(doc_ids: Sequence[Sequence[int]], vocab_size: int, chunk: i
     doc_len = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
     return TermFrequencies(mat.indptr.astype(np.int64, copy=False), mat.indices.astype(np.int32, copy=False),
                            mat.data.astype(np.int32, copy=False), doc_len.astype(np.int32))
+
+
+def lucene_idf(n_docs: int, df: Any) -> Any:
+    """Lucene's idf ``ln(1 + (N - df + 0.5) / (df + 0.5))`` (a number or an array of document frequencies): the
+    live scoring here and the highlights' sentence scores (``app/highlight.py``)."""
+    return np.log(1.0 + (n_docs - df + 0.5) / (df + 0.5))
 
 
 def score_matrix(tf: TermFrequencies, k1: float = K1, b: float = B, method: str = METHOD,
@@ -239,7 +244,7 @@ def lucene_scores(segments: Sequence[Segment], tokens: Sequence[str], total_rows
                 df += live
         if df == 0:
             continue
-        idf = mult * np.log(1.0 + (n_docs - df + 0.5) / (df + 0.5))
+        idf = mult * lucene_idf(n_docs, df)
         for seg, norm, docs, tf in parts:
             tff = tf.astype(np.float64)
             scores[seg.offset + docs] += idf * tff / (tff + norm[docs])  # a term lists each document once
@@ -251,14 +256,13 @@ def lucene_scores(segments: Sequence[Segment], tokens: Sequence[str], total_rows
 
 
 def bm25s_backend() -> str:
-    """bm25s's ``numba`` backend when numba is importable, else its ``numpy`` one. numba is a base dependency
-    (bm25s's batched ``retrieve`` uses it); the serving image leaves it out (a 200 MB compiler), and the searcher's
-    per-query scores (``get_scores``) are the same numpy code under either backend."""
-    try:
-        found = importlib.util.find_spec("numba") is not None
-    except ValueError:  # a module object without a spec in sys.modules
-        found = False
-    return "numba" if found else "numpy"
+    """bm25s's ``numba`` backend when bm25s could import numba, else its ``numpy`` one (what bm25s's own ``auto``
+    picks, named). numba is a base dependency (bm25s's batched ``retrieve`` uses it); the serving image leaves it out
+    (a 200 MB compiler), and the searcher's per-query scores (``get_scores``) are the same numpy code under either
+    backend."""
+    import bm25s
+
+    return "numba" if bm25s.NUMBA_AVAILABLE else "numpy"
 
 
 class BM25Searcher:
@@ -267,9 +271,8 @@ class BM25Searcher:
 
         # the backend saved with the index (``numba`` when it was built with numba) is overridden: loading an index
         # with bm25s's numba backend where numba is missing fails
-        backend = bm25s_backend()
-        self._r = bm25s.BM25.load(str(directory), mmap=mmap, load_vocab=True, show_progress=False, backend=backend)
-        self._r.backend = backend
+        self._r = bm25s.BM25.load(str(directory), mmap=mmap, load_vocab=True, show_progress=False,
+                                  backend=bm25s_backend())
         self.vocab: dict[str, int] = self._r.vocab_dict
         self.num_docs = int(self._r.scores["num_docs"])
         self.k1, self.b = float(self._r.k1), float(self._r.b)

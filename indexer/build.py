@@ -294,7 +294,7 @@ def embedded_batches(source: Iterable[Document], encoder: Encoder, opts: BuildOp
         t0 = timer.add("langid", t0)
         vecs, cached = load_or_compute(resume, encoder, cache_kind(encoder, "passage"), texts,
                                        partial(encoder.encode_passages, texts, batch_size=opts.batch_size,
-                                               **({"progress": progress} if progress is not None else {})))
+                                               progress=progress))
         counts["resumed_docs"] += len(texts) if cached else 0
         if progress is not None and cached:
             progress(len(texts))

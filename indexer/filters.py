@@ -367,11 +367,14 @@ def condition_mask(columns: MetadataColumns, cond: Condition) -> np.ndarray:
     return out
 
 
-def filter_mask(columns: MetadataColumns, flt: Filter) -> np.ndarray | None:
-    """The rows of ``columns`` that satisfy every metadata condition of ``flt`` (None: it has none)."""
-    if not flt.conditions:
-        return None
-    mask = condition_mask(columns, flt.conditions[0])
-    for cond in flt.conditions[1:]:
+def condition_rows(columns: MetadataColumns, conditions: Sequence[Condition]) -> np.ndarray:
+    """The rows of ``columns`` that satisfy every one of ``conditions`` (at least one)."""
+    mask = condition_mask(columns, conditions[0])
+    for cond in conditions[1:]:
         mask &= condition_mask(columns, cond)
     return mask
+
+
+def filter_mask(columns: MetadataColumns, flt: Filter) -> np.ndarray | None:
+    """The rows of ``columns`` that satisfy every metadata condition of ``flt`` (None: it has none)."""
+    return condition_rows(columns, flt.conditions) if flt.conditions else None

@@ -17,7 +17,7 @@ from indexer.bm25 import BM25Searcher
 from indexer.centering import Centroids, center, centered_norms, centered_scores, check_mode, resolve_auto
 from indexer.dense import DenseShard, load_shard_index, search_shards
 from indexer.docstore import DocStore
-from indexer.filters import LANG_FIELD, MetadataColumns, filter_mask, merge_schemas, parse_filter
+from indexer.filters import LANG_FIELD, MetadataColumns, condition_rows, merge_schemas, parse_filter
 from indexer.langid import normalize_lang
 from indexer.layout import LANGS_FILE, VECTOR_SET, generation_dir
 from indexer.manifest import MANIFEST, Manifest
@@ -92,9 +92,7 @@ class SearchIndex(ABC):
         flt = parse_filter(raw, merge_schemas(seg.schema for seg in segments), normalize_lang)
         mask = None
         if flt.conditions:
-            parts = [filter_mask(seg, flt) for seg in segments]
-            mask = np.concatenate([np.zeros(seg.n, dtype=bool) if part is None else part
-                                   for seg, part in zip(segments, parts, strict=True)])
+            mask = np.concatenate([condition_rows(seg, flt.conditions) for seg in segments])
         if flt.langs is not None:
             langs = self.lang_mask(flt.langs)
             assert langs is not None  # langs is never empty

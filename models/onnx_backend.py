@@ -236,7 +236,11 @@ def is_current(path: Path, key: dict[str, Any], *, versions: bool = True) -> boo
     meta = read_meta(path)
     if meta is None or not path.is_file() or path.stat().st_size != meta.get("bytes"):
         return False
-    recorded = meta.get("key")
+    return _key_matches(meta.get("key"), key, versions=versions)
+
+
+def _key_matches(recorded: Any, key: dict[str, Any], *, versions: bool) -> bool:
+    """A recorded key is ``key`` (``versions=False``: but for the library versions)."""
     if versions or not isinstance(recorded, dict):
         return bool(recorded == key)
     return {k: v for k, v in recorded.items() if k != "versions"} == {k: v for k, v in key.items() if k != "versions"}
@@ -470,10 +474,15 @@ def derive_f16w(src: Path, out: Path) -> dict[str, Any]:
 
 def _record_matches(path: Path, key: dict[str, Any], *, versions: bool) -> bool:
     """The file's record (the file itself may be absent) was written for ``key``."""
-    recorded = (read_meta(path) or {}).get("key")
-    if versions or not isinstance(recorded, dict):
-        return bool(recorded == key)
-    return {k: v for k, v in recorded.items() if k != "versions"} == {k: v for k, v in key.items() if k != "versions"}
+    return _key_matches((read_meta(path) or {}).get("key"), key, versions=versions)
+
+
+def resolve_variant(quantized: bool, variant: str | None) -> str:
+    """``variant`` (``quantized=True`` is ``int8``, neither is ``fp32``), checked against :data:`VARIANTS`."""
+    variant = variant or ("int8" if quantized else "fp32")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown ONNX variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    return variant
 
 
 def ensure_onnx(resolved: ResolvedModel, checksum: str, *, quantized: bool = False, variant: str | None = None,
@@ -486,9 +495,7 @@ def ensure_onnx(resolved: ResolvedModel, checksum: str, *, quantized: bool = Fal
     without the fp32 file: a serving image ships the derived file and the two records only. Without torch, a file
     made with other library versions is used all the same when it cannot be made again here."""
     _require_onnx()
-    variant = variant or ("int8" if quantized else "fp32")
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown ONNX variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    variant = resolve_variant(quantized, variant)
     layout = layout or read_layout(resolved.path)
     folder = cache_dir(resolved, checksum, home)
     fp32 = folder / FP32_FILE
@@ -519,7 +526,7 @@ def ensure_onnx(resolved: ResolvedModel, checksum: str, *, quantized: bool = Fal
         produce(fp32, key, lambda tmp: export_fp32(layout.transformer_dir, tmp))
     if derived is None:
         return fp32
-    dkey = {**export_key(checksum, layout.transformer_dir, variant), "from": (read_meta(fp32) or {}).get("id")}
+    dkey = {**dkey, "from": (read_meta(fp32) or {}).get("id")}  # the fp32 file may have been exported just now
     if not is_current(derived, dkey):
         log.info("deriving the %s file of %s in %s (once)", variant, resolved.name, folder)
         make = quantize_int8 if variant == "int8" else derive_f16w  # looked up now (tests replace them)
@@ -631,9 +638,7 @@ class OnnxEncoder(LocalEncoder):
         _require_onnx()
         import onnxruntime as ort
 
-        variant = variant or ("int8" if quantized else "fp32")
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown ONNX variant {variant!r}; choose from {', '.join(VARIANTS)}")
+        variant = resolve_variant(quantized, variant)
         self._resolved = resolved
         self._spec = resolved.spec
         self.variant = variant

@@ -13,9 +13,8 @@ from typer.testing import CliRunner
 
 from app.main import create_app
 from app.settings import DEFAULT_COLLECTION, Settings, parse_collection, parse_collections
-from indexer.build import BuildOptions, build_index
 from indexer.live import append_files
-from tests.conftest import FakeEncoder, write_jsonl
+from tests.conftest import FakeEncoder, fake_index, write_jsonl
 
 NEWS = [
     {"id": "n1", "title": "markets", "text": "stock markets fell sharply today", "lang": "en"},
@@ -32,8 +31,7 @@ WIKI = [
 
 def build(folder: Path, docs: list[dict[str, object]]) -> Path:
     folder.mkdir()
-    build_index([write_jsonl(folder / "c.jsonl", docs)], folder / "idx", FakeEncoder(), BuildOptions(progress=False))
-    return folder / "idx"
+    return fake_index(folder, docs)
 
 
 @pytest.fixture
