@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev,train]"
+	$(PY) -m pip install --quiet -e ".[dev,train,ray]"
 	touch $@
 
 models: install
@@ -36,7 +36,7 @@ test: setup
 	$(PY) -m pytest -q
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow and not model"
+	$(PY) -m pytest -q -m "not slow and not model and not ray"
 
 lint: install
 	$(VENV)/bin/ruff check .

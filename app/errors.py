@@ -27,6 +27,7 @@ from xlir.errors import (
     PayloadTooLarge,
     QueryTooLong,
     RerankerNotConfigured,
+    ShardUnavailable,
     Unauthorized,
     XlirError,
 )
@@ -52,6 +53,7 @@ STATUS: dict[type[XlirError], int] = {
     IndexInvalid: 503,
     ModelNotFound: 503,
     ModelInvalid: 503,
+    ShardUnavailable: 503,  # and ReplicaUnavailable; with Retry-After (RETRY_AFTER)
 }
 
 
@@ -75,9 +77,17 @@ def error_response(status: int, code: str, detail: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": code, "detail": detail}, headers=HEADERS.get(status))
 
 
+# transient 503s: a shard or encoder replica on Ray is being replaced; clients (app/client.py) retry after it
+RETRY_AFTER: dict[type[XlirError], str] = {ShardUnavailable: "1"}
+
+
 def xlir_error_response(exc: XlirError) -> JSONResponse:
     """The answer to a domain error (also for middlewares, which run outside the exception handlers)."""
-    return error_response(status_of(exc), exc.code, exc.detail)
+    resp = error_response(status_of(exc), exc.code, exc.detail)
+    retry = next((RETRY_AFTER[c] for c in type(exc).__mro__ if c in RETRY_AFTER), None)
+    if retry is not None:
+        resp.headers["Retry-After"] = retry
+    return resp
 
 
 def _location(loc: tuple[object, ...]) -> str:

@@ -335,8 +335,16 @@ class Ready(BaseModel):
     delta_docs: int | None = Field(None, description="documents upserted since that generation was published")
     tombstones: int | None = Field(None, description="documents deleted or replaced since then")
     reload_error: str | None = Field(None, description="why the last newly published generation was not loaded")
+    ray: RayServing | None = Field(None, description="with XLIR_RAY: where the shards and the encoder are served")
     collections: list[CollectionInfo] | None = Field(
         None, description="unnamed /ready: every collection the server serves (the default first)")
+
+
+class RayServing(BaseModel):
+    address: str = Field(description="the Ray cluster (host:port of its head)")
+    shard_actors: int = Field(description="Ray actors serving the dense shards of the generation served, one per "
+                              "shard (the live delta is searched in the app)")
+    encoder_replicas: int | None = Field(None, description="Ray actors serving the query encoder")
 
 
 class CollectionInfo(BaseModel):
@@ -353,7 +361,7 @@ class CollectionList(BaseModel):
     collections: list[CollectionInfo]
 
 
-Ready.model_rebuild()  # its `collections` field names CollectionInfo, defined after it
+Ready.model_rebuild()  # its `collections` and `ray` fields name CollectionInfo and RayServing, defined after it
 
 
 class DocumentIn(BaseModel):

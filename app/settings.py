@@ -206,6 +206,11 @@ class Settings(BaseSettings):
         "processes (xlir index --append); 0 = only on POST /reload")
     data_dir: Path | None = Field(
         None, description="paths named by clients must stay inside it; default: the index's parent directory")
+    ray: str | None = Field(
+        None, description="serve on a Ray cluster (pip install 'xlir[ray]'): each dense shard in a Ray actor, the "
+        "query encoder in XLIR_RAY_ENCODER_REPLICAS replica actors, this app fanning out and merging exactly; "
+        "'local' = $RAY_ADDRESS or a new local cluster, else host:port of `ray start --head`; unset = one process")
+    ray_encoder_replicas: int = Field(2, ge=1, description="with XLIR_RAY: replica actors of the query encoder")
 
     @field_validator("api_keys")
     @classmethod

@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from app.batching import QueryBatcher, VectorBatcher
 from app.mining import MiningService
-from app.schemas import CollectionInfo, CollectionList, Ready
+from app.schemas import CollectionInfo, CollectionList, RayServing, Ready
 from app.service import DocumentService, Limits, SearchService
 from app.settings import DEFAULT_COLLECTION, Settings
 from indexer.centering import Centroids
@@ -68,11 +68,14 @@ class Collection:
         svc = self.service
         index = svc.index
         live = self.live.stats() if self.live is not None else {}
+        host = self.live.shard_host if self.live is not None else None
+        ray = None if host is None or self.live is None else RayServing(
+            **host.describe(self.live.main), encoder_replicas=getattr(svc.encoder, "replica_count", None))
         return Ready(ready=True, docs=index.size, languages=index.languages,
                      encoder=svc.encoder.name, reranker=svc.reranker.name if svc.reranker else None,
                      centering=index.centering, centroid_table_langs=svc.table.langs if svc.table else None,
                      generation=live.get("generation"), delta_docs=live.get("delta_docs"),
-                     tombstones=live.get("tombstones"), reload_error=live.get("reload_error"))
+                     tombstones=live.get("tombstones"), reload_error=live.get("reload_error"), ray=ray)
 
 
 @dataclass
@@ -197,20 +200,35 @@ def load_state(
     state = AppState(settings=settings)
     if reranker is None:
         reranker = configured_reranker(settings)
+    host = None
+    if settings.ray is not None:  # shards as Ray actors, the encoder as Ray replicas
+        from indexer.ray_shards import RayShardHost
+        from models.ray_encoder import RemoteEncoder, given
+
+        host = RayShardHost.connect(None if settings.ray == "local" else settings.ray)
+        if encoder is not None and not isinstance(encoder, RemoteEncoder):
+            encoder = RemoteEncoder(given(encoder), settings.ray_encoder_replicas)
     opened: dict[str, LiveStore] = {}
     table: Centroids | None = None
     for name, folder in settings.collection_dirs.items():
         coll = state.collections[name] = Collection(name, folder)
         try:
-            live = LiveStore(folder, verify=settings.verify)  # the generation CURRENT names, its log replayed
+            # the generation CURRENT names, its log replayed
+            live = LiveStore(folder, verify=settings.verify, shard_host=host)
             try:
                 index = live.main
                 if index.manifest.bm25.analyzer != ANALYZER_NAME:
                     raise IndexInvalid(f"index {folder} uses the BM25 analyzer {index.manifest.bm25.analyzer!r}; "
                                        f"this xlir has {ANALYZER_NAME!r}: rebuild the index")
                 if encoder is None:  # the first collection's encoder (or XLIR_MODEL) serves them all
-                    encoder = load_encoder(settings.model or index.vector_set.encoder, device=settings.device,
-                                           home=settings.home, backend=settings.backend, spin=settings.onnx_spin)
+                    load = partial(load_encoder, settings.model or index.vector_set.encoder, device=settings.device,
+                                   home=settings.home, backend=settings.backend, spin=settings.onnx_spin)
+                    if host is None:
+                        encoder = load()
+                    else:
+                        from models.ray_encoder import RemoteEncoder
+
+                        encoder = RemoteEncoder(load, settings.ray_encoder_replicas)
                 check_encoder(index, encoder)
                 live.encoder_checksum = encoder.checksum  # generations published later must match it too
                 if table is None:

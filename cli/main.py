@@ -30,6 +30,39 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N]"
 BackendOpt = Annotated[str, typer.Option("--backend", envvar="XLIR_BACKEND", help="encoder runtime: auto | torch | "
                                          "onnx | onnx-int8 | onnx-f16w (auto: torch fp16 on GPU; on CPU the backend "
                                          "measured fastest at equal quality for the command's workload)")]
+RAY_LOCAL = "local"  # `--ray` without an address: $RAY_ADDRESS, else a new local cluster
+RayOpt = Annotated[str | None, typer.Option("--ray", metavar="[ADDRESS]", help="run on a Ray cluster (pip install "
+                                            "'xlir\\[ray]'): ADDRESS is host:port from `ray start --head`; --ray "
+                                            "alone joins $RAY_ADDRESS or starts a local cluster")]
+
+
+def ray_address(value: str | None) -> str | None:
+    """The address to pass to :func:`indexer.ray_cluster.connect` for a ``--ray`` value (None: no Ray)."""
+    return None if value in (None, RAY_LOCAL) else value
+
+
+def _looks_like_address(token: str) -> bool:
+    return token == "auto" or token.startswith("ray://") or (":" in token and token.rsplit(":", 1)[1].isdigit())
+
+
+def normalize_ray_flag(argv: list[str]) -> list[str]:
+    """``--ray`` takes an optional ADDRESS: it consumes the next token only when that looks like one (``host:port``,
+    ``auto``, ``ray://...``); otherwise it stands alone (``--ray=local``)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--ray":
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            if nxt is not None and _looks_like_address(nxt):
+                out.append(f"--ray={nxt}")
+                i += 2
+                continue
+            out.append(f"--ray={RAY_LOCAL}")
+        else:
+            out.append(tok)
+        i += 1
+    return out
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -258,7 +291,9 @@ def index_cmd(
                                             "--memory-budget)")] = "auto",
     memory_budget: Annotated[str | None, typer.Option("--memory-budget", help="RAM for the FAISS indexes with "
                                                       "--index auto, e.g. 8G = 8 GiB (default: no limit)")] = None,
-    shard_size: Annotated[int, typer.Option("--shard-size", help="documents per FAISS shard")] = 1_000_000,
+    shard_size: Annotated[int | None, typer.Option("--shard-size", help="documents per FAISS shard (default "
+                                                   "1,000,000; with --ray: about 4 ranges per cluster CPU, "
+                                                   "10,000 to 1,000,000)")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     lang: Annotated[str | None, typer.Option("--lang", help="language of documents without a lang field "
                                              "(default: detect)")] = None,
@@ -274,8 +309,9 @@ def index_cmd(
     home: HomeOpt = None,
     device: DeviceOpt = "auto",
     backend: BackendOpt = "auto",
+    ray: RayOpt = None,
 ) -> None:
-    """Build an index: FAISS shards + docstore + BM25 + manifest."""
+    """Build an index: FAISS shards + docstore + BM25 + manifest (with --ray: one Ray task per shard)."""
     from indexer.build import TARGET_LIVE, BuildOptions, build_index, overwrite_target
     from indexer.planning import parse_bytes
     from models.encoders import load_encoder
@@ -284,33 +320,58 @@ def index_cmd(
         budget = parse_bytes(memory_budget) if memory_budget is not None else None
     except ValueError as exc:
         fail(f"--memory-budget: {exc}")
-    opts = BuildOptions(shard_size=shard_size, index_type=index_type, batch_size=batch_size, default_lang=lang,
-                        overwrite=overwrite, progress=not quiet, centering=centering, memory_budget=budget)
+    opts = BuildOptions(shard_size=1_000_000 if shard_size is None else shard_size, index_type=index_type,
+                        batch_size=batch_size, default_lang=lang, overwrite=overwrite, progress=not quiet,
+                        centering=centering, memory_budget=budget)
     for p in corpus:
         if not p.exists():
             fail(f"{p}: no such file or directory")
     target = overwrite_target(out) if overwrite and not append else None  # refuses before the model loads
-    enc = load_encoder(model, device=device, home=home, backend=backend, workload="passages")
-    if append:
-        from indexer.live import append_files
+    if ray is not None:  # one Ray task per shard (indexer/ray_build.py); the driver loads no model
+        from functools import partial
 
-        rep = append_files(out, corpus, enc, default_lang=lang, batch_size=batch_size)
-        typer.echo(f"appended {rep.count} documents ({rep.replaced} replaced, {rep.skipped_empty} empty skipped) "
-                   f"to {out} [generation {rep.generation}, {rep.delta_docs} documents in the delta]")
-        return
-    if target == TARGET_LIVE:
-        from indexer.compact import rebuild
+        from indexer.ray_build import build_index_ray
+        from indexer.ray_cluster import connect
 
-        m, _ = rebuild(corpus, out, enc, opts)
+        if append:
+            fail("--ray builds a new index and --append adds documents to an existing one: drop one of them")
+        if target == TARGET_LIVE:
+            fail(f"{out} is an index updated live: rebuild it without --ray, or build into another --out")
+        connect(ray_address(ray))
+
+        def started(info: dict[str, object]) -> None:
+            how = "auto: about 4 ranges per CPU" if info["auto_shard"] else "--shard-size"
+            typer.echo(f"Ray cluster: {info['cpus']} CPUs; shard size {info['shard_size']} ({how})", err=True)
+
+        factory = partial(load_encoder, model, home=home, backend=backend, device="cpu", workload="passages")
+        m = build_index_ray(corpus, out, factory, opts, auto_shard=shard_size is None, on_start=started)
+        if m.build.get("resumed_ranges"):
+            typer.echo(f"resumed: {m.build['resumed_ranges']} of {m.build['ranges']} ranges were finished by the "
+                       "interrupted build", err=True)
     else:
-        m = build_index(corpus, out, enc, opts)
-    if m.build.get("resumed_docs"):
+        enc = load_encoder(model, device=device, home=home, backend=backend, workload="passages")
+        if append:
+            from indexer.live import append_files
+
+            rep = append_files(out, corpus, enc, default_lang=lang, batch_size=batch_size)
+            typer.echo(f"appended {rep.count} documents ({rep.replaced} replaced, {rep.skipped_empty} empty "
+                       f"skipped) to {out} [generation {rep.generation}, {rep.delta_docs} documents in the delta]")
+            return
+        if target == TARGET_LIVE:
+            from indexer.compact import rebuild
+
+            m, _ = rebuild(corpus, out, enc, opts)
+        else:
+            m = build_index(corpus, out, enc, opts)
+    if m.build.get("resumed_docs") and ray is None:
         typer.echo(f"resumed: embeddings of {m.build['resumed_docs']} documents came from the interrupted build",
                    err=True)
     typer.echo(f"indexed {m.doc_count} documents in {len(m.shards)} shard(s), "
                f"{len(m.languages)} languages ({', '.join(f'{k}:{v}' for k, v in m.languages.items())}) "
                f"-> {out} [{m.build['seconds']}s, {m.build['docs_per_second']} docs/s; "
-               f"centering {m.vector_sets['main'].centering}; FAISS {m.vector_sets['main'].index_type}]")
+               f"centering {m.vector_sets['main'].centering}; FAISS {m.vector_sets['main'].index_type}]"
+               + (f" on Ray ({m.build['workers']} CPUs, {m.build['ranges']} ranges, resumed "
+                  f"{m.build['resumed_ranges']})" if ray is not None else ""))
 
 
 @app.command("compact")
@@ -370,9 +431,15 @@ def serve_cmd(
                                                    "text)")] = None,
     verify: Annotated[str | None, typer.Option("--verify", help="index check before serving: full (sizes and "
                                                "sha256, default) | size | off (XLIR_VERIFY)")] = None,
+    ray: RayOpt = None,
+    encoder_replicas: Annotated[int | None, typer.Option(
+        "--encoder-replicas", help="with --ray: Ray actors serving the query encoder (XLIR_RAY_ENCODER_REPLICAS; "
+        "default 2)")] = None,
 ) -> None:
     """Serve an index over REST (POST /search, POST /embed, GET /health, GET /ready, GET /metrics, /docs), or
-    several: `--index news=DIR1 --index wiki=DIR2` (GET /collections, /collections/NAME/search, ...)."""
+    several: `--index news=DIR1 --index wiki=DIR2` (GET /collections, /collections/NAME/search, ...). With --ray
+    each dense shard is served by a Ray actor and the query encoder by replica actors; this server fans out and
+    merges exactly."""
     import os
 
     import uvicorn
@@ -388,7 +455,8 @@ def serve_cmd(
     if not where and not os.environ.get("XLIR_INDEX") and not os.environ.get("XLIR_COLLECTIONS"):
         fail("give --index DIR (or NAME=DIR, repeatable), or set XLIR_INDEX / XLIR_COLLECTIONS")
     settings = validated(Settings, host=host, port=port, device=device, backend=backend, reranker=reranker,
-                         model=model, home=home, verify=verify, log_format=log_format, **where)
+                         model=model, home=home, verify=verify, log_format=log_format, ray=ray,
+                         ray_encoder_replicas=encoder_replicas, **where)
     logging.config.dictConfig(log_config(settings.log_format, log_level))  # the start-up's lines in the format too
     # loaded before binding the port: a missing index or model is a clear error, not a server answering 503
     state = load_state(settings)
@@ -577,11 +645,13 @@ def mine_cmd(
     home: HomeOpt = None,
     device: DeviceOpt = "auto",
     backend: BackendOpt = "auto",
+    ray: RayOpt = None,
 ) -> None:
     """Mine parallel sentences from two monolingual files (margin-based, Artetxe & Schwenk 2019).
 
     Embeddings are cached under XLIR_HOME/cache/mining by encoder and file checksum; a killed job run again
     with the same arguments continues from its last finished chunk; OUT is written atomically at the end.
+    With --ray, embedding and search run as Ray tasks (same output file).
     """
     from indexer.mining import MineOptions
     from indexer.mining_job import mine_files
@@ -600,10 +670,19 @@ def mine_cmd(
     for p in (src, tgt):
         if not p.is_file():
             fail(f"{p}: no such file")
-    enc = load_encoder(model, device=device, home=home, backend=backend, workload="sentences")
+    show, cache_dir = progress and not quiet, (home / "cache" / "mining") if home else None
     try:
-        rep = mine_files(enc, src, tgt, out, opts, progress=progress and not quiet, work_dir=work_dir,
-                         cache_dir=(home / "cache" / "mining") if home else None)
+        if ray is not None:
+            from functools import partial
+
+            from indexer.ray_mining import mine_files_ray
+
+            factory = partial(load_encoder, model, device=device, home=home, backend=backend, workload="sentences")
+            rep = mine_files_ray(factory, src, tgt, out, opts, address=ray_address(ray), progress=show,
+                                 work_dir=work_dir, cache_dir=cache_dir)
+        else:
+            enc = load_encoder(model, device=device, home=home, backend=backend, workload="sentences")
+            rep = mine_files(enc, src, tgt, out, opts, progress=show, work_dir=work_dir, cache_dir=cache_dir)
     except (ValueError, OSError) as exc:
         fail(str(exc))
     for side, plan in (("src->tgt", rep.fwd_plan), ("tgt->src", rep.bwd_plan)):
@@ -620,7 +699,8 @@ def mine_cmd(
                        err=True)
     typer.echo(f"{rep.pairs:,} pairs from {rep.src:,} x {rep.tgt:,} sentences -> {out} (embed "
                f"{rep.embed_seconds:.1f}s, index {rep.index_seconds:.1f}s, search {rep.search_seconds:.1f}s, "
-               f"score {rep.score_seconds:.1f}s, write {rep.write_seconds:.1f}s)")
+               f"score {rep.score_seconds:.1f}s, write {rep.write_seconds:.1f}s)"
+               + (f" on Ray ({rep.ray_cpus} CPUs, {rep.ray_tasks} tasks)" if rep.ray_tasks else ""))
 
 
 @bench_app.command("demo")
@@ -736,7 +816,7 @@ def print_results(body: dict[str, object]) -> None:
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        app()
+        app(args=normalize_ray_flag(sys.argv[1:]))
     except XlirError as exc:
         typer.secho(f"error: {exc.detail}", fg=typer.colors.RED, err=True)
         sys.exit(2)

@@ -13,9 +13,10 @@ time with statistics over the documents alive in all of them, so scores equal th
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,34 @@ class BM25Builder:
     def __len__(self) -> int:
         return len(self.doc_ids)
 
+    def part(self) -> BM25Part:
+        """This builder's documents as a part (its own vocabulary, first seen first) for :meth:`extend`."""
+        lengths = np.fromiter((len(d) for d in self.doc_ids), dtype=np.int64, count=len(self.doc_ids))
+        ids = np.fromiter((t for d in self.doc_ids for t in d), dtype=np.int32, count=int(lengths.sum()))
+        return BM25Part(list(self.vocab), ids, lengths)
+
+    def extend(self, part: BM25Part) -> None:
+        """Add the documents of ``part`` after those already added, as :meth:`add` would have added them one by
+        one: a token new to this builder gets the next id, in the order the part first saw its tokens (which is
+        the order :meth:`add` would meet them), so parts extended in order give the vocabulary ids and the id
+        lists of one builder fed every document in order."""
+        if not len(part.lengths):
+            return
+        vocab = self.vocab
+        setdefault = vocab.setdefault
+        lookup = np.fromiter((setdefault(tok, len(vocab)) for tok in part.tokens), dtype=np.int64,
+                             count=len(part.tokens))
+        ids = lookup[part.ids] if len(part.ids) else np.zeros(0, dtype=np.int64)
+        self.doc_ids.extend(a.tolist() for a in np.split(ids, np.cumsum(part.lengths)[:-1]))
+
+    @classmethod
+    def merge(cls, parts: Iterable[BM25Part], k1: float = K1, b: float = B, method: str = METHOD) -> BM25Builder:
+        """One builder of the documents of ``parts``, in order (:meth:`extend`)."""
+        builder = cls(k1, b, method)
+        for part in parts:
+            builder.extend(part)
+        return builder
+
     def save(self, directory: Path) -> None:
         """Write the bm25s index (per-posting scores, vocabulary, parameters) and the term frequencies.
 
@@ -66,6 +95,34 @@ class BM25Builder:
         retriever.nonoccurrence_array = None
         retriever.save(str(directory), show_progress=False)
         write_postings(directory, tf)
+
+
+@dataclass
+class BM25Part:
+    """The tokenized documents of one range (a shard of a build) with the range's own vocabulary: ``tokens`` in
+    id order (first seen first), every document's token ids concatenated (``ids``) and each one's count
+    (``lengths``). A worker saves it beside its shard; the driver merges the parts in order
+    (:meth:`BM25Builder.extend`)."""
+
+    tokens: list[str]
+    ids: np.ndarray  # int32
+    lengths: np.ndarray  # int64, one per document
+
+    FILES = ("tokens.json", "ids.npy", "lengths.npy")
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / self.FILES[0]).write_text(json.dumps(self.tokens, ensure_ascii=False), encoding="utf-8")
+        np.save(directory / self.FILES[1], np.asarray(self.ids, dtype=np.int32))
+        np.save(directory / self.FILES[2], np.asarray(self.lengths, dtype=np.int64))
+
+    @classmethod
+    def load(cls, directory: Path) -> BM25Part:
+        tokens = json.loads((directory / cls.FILES[0]).read_text(encoding="utf-8"))
+        ids, lengths = np.load(directory / cls.FILES[1]), np.load(directory / cls.FILES[2])
+        if int(lengths.sum()) != len(ids) or (len(ids) and int(ids.max()) >= len(tokens)):
+            raise ValueError(f"{directory}: the BM25 part's ids do not match its lengths or vocabulary")
+        return cls(tokens, ids, lengths)
 
 
 TF_FILES = ("tf.indptr.npy", "tf.indices.npy", "tf.data.npy", "doc_len.npy")

@@ -247,6 +247,45 @@ def staged(out: Path, overwrite: bool = False) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def document_chunks(source: Iterable[Document], size: int, counts: MutableMapping[str, int], *,
+                    unique: bool = True) -> Iterator[list[Document]]:
+    """The documents of ``source`` read in chunks of ``size``, each chunk less its empty documents (counted in
+    ``counts["skipped_empty"]``); chunks left empty are not yielded. A repeated id is a :class:`CorpusError` when
+    ``unique``. The local build and the Ray build's driver both read through it."""
+    counts.setdefault("skipped_empty", 0)
+    seen: set[str] = set()
+    for chunk in chunks(source, size):
+        docs: list[Document] = []
+        for doc in chunk:
+            if unique and doc.id in seen:
+                raise CorpusError(f"duplicate document id {doc.id!r} (ids must be unique across all inputs)")
+            seen.add(doc.id)
+            if not doc.text.strip() and not doc.title.strip():
+                counts["skipped_empty"] += 1
+                continue
+            docs.append(doc)
+        if docs:
+            yield docs
+
+
+def document_langs(docs: Sequence[Document], texts: Sequence[str], detector: LanguageDetector,
+                   counts: MutableMapping[str, int]) -> list[str]:
+    """Each document's normalised language: its own (a :class:`CorpusError` if it is not a language code), else
+    detected from its text (counted in ``counts["languages_detected"]``)."""
+    counts.setdefault("languages_detected", 0)
+    langs = []
+    for doc, text in zip(docs, texts, strict=True):
+        if doc.lang:
+            try:
+                langs.append(normalize_lang(doc.lang))
+            except ValueError as exc:
+                raise CorpusError(f"document {doc.id!r}: {exc}") from exc
+        else:
+            langs.append(detector.detect(text))
+            counts["languages_detected"] += 1
+    return langs
+
+
 def embedded_batches(source: Iterable[Document], encoder: Encoder, opts: BuildOptions, detector: LanguageDetector,
                      *, resume: Path | None = None, timer: Timer | None = None,
                      counts: MutableMapping[str, int] | None = None, unique: bool = True,
@@ -265,32 +304,11 @@ def embedded_batches(source: Iterable[Document], encoder: Encoder, opts: BuildOp
     counts = {} if counts is None else counts
     for key in ("languages_detected", "skipped_empty", "resumed_docs"):
         counts.setdefault(key, 0)
-    seen: set[str] = set()
     t0 = time.perf_counter()
-    for chunk in chunks(source, opts.chunk_docs):
-        docs: list[Document] = []
-        for doc in chunk:
-            if unique and doc.id in seen:
-                raise CorpusError(f"duplicate document id {doc.id!r} (ids must be unique across all inputs)")
-            seen.add(doc.id)
-            if not doc.text.strip() and not doc.title.strip():
-                counts["skipped_empty"] += 1
-                continue
-            docs.append(doc)
+    for docs in document_chunks(source, opts.chunk_docs, counts, unique=unique):
         t0 = timer.add("read", t0)
-        if not docs:
-            continue
         texts = [passage_text(d.title, d.text) for d in docs]
-        langs = []
-        for doc, text in zip(docs, texts, strict=True):
-            if doc.lang:
-                try:
-                    langs.append(normalize_lang(doc.lang))
-                except ValueError as exc:
-                    raise CorpusError(f"document {doc.id!r}: {exc}") from exc
-            else:
-                langs.append(detector.detect(text))
-                counts["languages_detected"] += 1
+        langs = document_langs(docs, texts, detector, counts)
         t0 = timer.add("langid", t0)
         vecs, cached = load_or_compute(resume, encoder, cache_kind(encoder, "passage"), texts,
                                        partial(encoder.encode_passages, texts, batch_size=opts.batch_size,

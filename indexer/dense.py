@@ -9,10 +9,10 @@ whole collection, ties broken by lower global row.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import faiss
 import numpy as np
@@ -180,6 +180,28 @@ def _masked_search(index: faiss.Index, queries: np.ndarray, k: int, mask: np.nda
     return scores, ids
 
 
+ShardHits = tuple[np.ndarray, np.ndarray]  # one shard's (scores, global rows; -1: the shard had no more), nq x k
+
+
+class ShardSearcher(Protocol):
+    """What the fan-out of :func:`search_shards` asks of a shard: a local :class:`DenseShard`, or one served
+    elsewhere (``indexer/ray_shards.py: RemoteShard``, a Ray actor). ``submit`` starts the search and returns the
+    call that gathers its :data:`ShardHits`, so remote shards search in parallel while the merge is this one."""
+
+    offset: int  # global row of the shard's first vector
+
+    @property
+    def size(self) -> int: ...
+
+    def submit(self, queries: np.ndarray, k: int, mask: np.ndarray | None) -> Callable[[], ShardHits]: ...
+
+
+def shard_hits(index: faiss.Index, offset: int, queries: np.ndarray, k: int, mask: np.ndarray | None) -> ShardHits:
+    """One shard's top ``k`` per query (``k`` at most its size), as global rows: what every shard answers."""
+    s, ids = _masked_search(index, queries, k, mask)
+    return s, np.where(ids >= 0, ids + offset, -1)
+
+
 @dataclass
 class DenseShard:
     index: faiss.Index
@@ -188,6 +210,10 @@ class DenseShard:
     @property
     def size(self) -> int:
         return int(self.index.ntotal)
+
+    def submit(self, queries: np.ndarray, k: int, mask: np.ndarray | None) -> Callable[[], ShardHits]:
+        hits = shard_hits(self.index, self.offset, queries, k, mask)  # searched now, in this process
+        return lambda: hits
 
 
 def load_shard_index(path: Path, offset: int, search_params: Mapping[str, Any] | None = None) -> DenseShard:
@@ -200,24 +226,30 @@ def load_shard_index(path: Path, offset: int, search_params: Mapping[str, Any] |
     return DenseShard(index=index, offset=offset)
 
 
+def merge_shard_hits(parts: Sequence[ShardHits], n_queries: int, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per query, (scores, global rows) of the top ``k`` over the shards' answers (ties by lower row)."""
+    all_s = [np.zeros((n_queries, 0), np.float32), *(p[0] for p in parts)]
+    all_r = [np.zeros((n_queries, 0), np.int64), *(p[1] for p in parts)]
+    s, r = np.concatenate(all_s, axis=1), np.concatenate(all_r, axis=1)
+    return [top_k(s[q], k, labels=r[q], mask=r[q] >= 0) for q in range(n_queries)]
+
+
 def search_shards(
-    shards: Sequence[DenseShard],
+    shards: Sequence[ShardSearcher],
     queries: np.ndarray,
     k: int,
     masks: Sequence[np.ndarray | None] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per query, (scores, global rows) of the top ``k`` over all shards.
+    """Per query, (scores, global rows) of the top ``k`` over all shards, local or remote (every search is
+    submitted before any is gathered; a remote shard that cannot answer raises, so a merge is never partial).
 
     ``masks[i]`` is an optional boolean array over shard ``i``'s rows; False rows are never returned.
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    all_s, all_r = [np.zeros((len(queries), 0), np.float32)], [np.zeros((len(queries), 0), np.int64)]
+    pending = []
     for i, shard in enumerate(shards):
         mask = masks[i] if masks is not None else None
         if shard.size == 0 or (mask is not None and not mask.any()):
             continue
-        s, ids = _masked_search(shard.index, queries, min(k, shard.size), mask)
-        all_s.append(s)
-        all_r.append(np.where(ids >= 0, ids + shard.offset, -1))  # -1: the shard had no more
-    s, r = np.concatenate(all_s, axis=1), np.concatenate(all_r, axis=1)
-    return [top_k(s[q], k, labels=r[q], mask=r[q] >= 0) for q in range(len(queries))]
+        pending.append(shard.submit(queries, min(k, shard.size), mask))
+    return merge_shard_hits([gather() for gather in pending], len(queries), k)

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -48,6 +48,17 @@ def _write_error(root: Path, exc: BaseException) -> BaseException:
     return exc
 
 
+class ShardHost(Protocol):
+    """Where a served generation's dense shards are searched, when not in this process (``indexer/ray_shards.py:
+    RayShardHost``): ``attach`` before the generation is served, ``retire`` once it no longer is."""
+
+    def attach(self, index: Index) -> None: ...
+
+    def retire(self, index: Index, grace: float | None = None) -> None: ...
+
+    def describe(self, index: Index) -> dict[str, Any]: ...
+
+
 @dataclass
 class WriteResult:
     count: int
@@ -65,8 +76,10 @@ class LiveStore:
     new snapshot published to readers.
     """
 
-    def __init__(self, root: Path, *, encoder_checksum: str | None = None, verify: str = "size") -> None:
+    def __init__(self, root: Path, *, encoder_checksum: str | None = None, verify: str = "size",
+                 shard_host: ShardHost | None = None) -> None:
         self.root = Path(root)
+        self.shard_host = shard_host  # each generation opened gets its shards there (xlir serve --ray)
         self.encoder_checksum = encoder_checksum
         self.verify = verify
         self.on_publish: Callable[[LiveIndex], None] | None = None  # the server's: called with each new snapshot
@@ -93,7 +106,10 @@ class LiveStore:
     def _open_main(self, name: str) -> Index:
         gdir = generation_dir(self.root, name)
         verify_index(gdir, self.encoder_checksum, level=self.verify)
-        return open_index(gdir, verify="off")
+        main = open_index(gdir, verify="off")
+        if self.shard_host is not None:
+            self.shard_host.attach(main)
+        return main
 
     def _verified(self, name: str) -> Index:
         """Generation ``name``, opened after :meth:`_open_main` verified it (under ``verify=full`` the sha256 of
@@ -107,7 +123,7 @@ class LiveStore:
             if self._verified_main is not None and self._verified_main[0] == name:
                 return self._verified_main[1]
             main = self._open_main(name)
-            self._verified_main = (name, main)
+            self._verified_main = (name, main)  # one verified but never served: its shard actors go with it
             return main
 
     def _load(self, main: Index, name: str) -> None:
@@ -120,9 +136,12 @@ class LiveStore:
             self._writer.close()
         self._writer = None
         self._read_end, self._read_ino = res.end, res.ino
+        old = getattr(self, "main", None)
         self.main, self.delta, self.generation = main, delta, name
         self._postings_cache = None
         self._publish()
+        if old is not None and old is not main and self.shard_host is not None:
+            self.shard_host.retire(old)  # its actors outlive the queries still running on it
 
     def _publish(self) -> None:
         self.snapshot = LiveIndex(self.main, self.delta.view(), self.generation, self._fallback_postings)
@@ -327,6 +346,8 @@ class LiveStore:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
+            if self.shard_host is not None:
+                self.shard_host.retire(self.main, grace=0)
 
     # -- introspection
     def stats(self) -> dict[str, Any]:

@@ -127,6 +127,30 @@ def effective_k(k: int, rows: int) -> int:
     return min(k, rows)
 
 
+def _sorted_search(index: faiss.Index, q: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    s, i = index.search(q, depth)
+    order = np.lexsort((i, -s), axis=1)  # faiss leaves the order of equal scores open
+    return np.take_along_axis(s, order, axis=1), np.take_along_axis(i, order, axis=1)
+
+
+def _flat_top_k(index: faiss.Index, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` rows of a flat ``index`` by similarity desc, ties by id asc, also at the k-th place:
+    FAISS keeps any of the rows tied there, so the search goes deeper (2k, then 4 times deeper) for the rows
+    whose k-th score is still tied at the end of their list. The result is then a function of the scores
+    alone, and the top k of per-shard top-k lists is the top k of the whole (indexer/ray_mining.py)."""
+    total = index.ntotal
+    depth = min(total, 2 * k)
+    s, i = _sorted_search(index, q, depth)
+    sims, ids = s[:, :k].copy(), i[:, :k].copy()
+    rows = np.flatnonzero(s[:, k - 1] == s[:, -1]) if depth > k else np.empty(0, dtype=np.int64)
+    while len(rows) and depth < total:
+        depth = min(total, depth * 4)
+        s, i = _sorted_search(index, q[rows], depth)
+        sims[rows], ids[rows] = s[:, :k], i[:, :k]
+        rows = rows[s[:, k - 1] == s[:, -1]]
+    return sims, ids
+
+
 def _knn(x: np.ndarray, y: np.ndarray, k: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
     """knn() on already validated float32 arrays."""
     kk = effective_k(k, len(y))
@@ -136,10 +160,7 @@ def _knn(x: np.ndarray, y: np.ndarray, k: int, chunk: int) -> tuple[np.ndarray, 
     ids = np.empty((len(x), kk), dtype=np.int64)
     for start in range(0, len(x), chunk):
         stop = min(start + chunk, len(x))
-        s, i = index.search(x[start:stop], kk)
-        order = np.lexsort((i, -s), axis=1)  # faiss leaves the order of equal scores open
-        sims[start:stop] = np.take_along_axis(s, order, axis=1)
-        ids[start:stop] = np.take_along_axis(i, order, axis=1)
+        sims[start:stop], ids[start:stop] = _flat_top_k(index, x[start:stop], kk)
     return sims, ids
 
 
@@ -147,8 +168,8 @@ def knn(x: np.ndarray, y: np.ndarray, k: int, chunk: int = DEFAULT_CHUNK) -> tup
     """Exact top-``k`` rows of ``y`` by inner product for every row of ``x``.
 
     Returns ``(sims, ids)``, both ``len(x) x min(k, len(y))`` (float32, int64), each row sorted by
-    similarity desc, ties by id asc (which of several rows tied at the k-th place is returned is up to
-    FAISS). ``x`` is searched ``chunk`` rows at a time (FAISS ``IndexFlatIP``),
+    similarity desc, ties by id asc (also at the k-th place: of several tied rows the lowest ids are
+    returned). ``x`` is searched ``chunk`` rows at a time (FAISS ``IndexFlatIP``),
     so memory beyond the two inputs stays bounded.
     """
     x, y = _check_pair(x, y, "x", "y")
@@ -215,6 +236,7 @@ class _Candidates:
 
 
 PairCos = Callable[[np.ndarray, np.ndarray], np.ndarray]
+Knn = Callable[[np.ndarray, np.ndarray, int, int], tuple[np.ndarray, np.ndarray]]  # (x, y, k, chunk) -> sims, ids
 
 
 def _candidates_from(
@@ -243,11 +265,13 @@ def _candidates_from(
     )
 
 
-def _candidates(x: np.ndarray, y: np.ndarray, k: int, chunk: int) -> _Candidates:
+def _candidates(x: np.ndarray, y: np.ndarray, k: int, chunk: int, knn: Knn | None = None) -> _Candidates:
     # FAISS (float32) picks the neighbours; their cosines are recomputed once per distinct pair in
     # float64, so a pair found in both directions has one score, and the averages use the same values.
-    fwd_sims, fwd_ids = _knn(x, y, k, chunk)
-    bwd_sims, bwd_ids = _knn(y, x, k, chunk)
+    # ``knn`` replaces :func:`_knn` with an equal search run elsewhere (indexer/ray_mining.py: Ray tasks).
+    knn = knn or _knn
+    fwd_sims, fwd_ids = knn(x, y, k, chunk)
+    bwd_sims, bwd_ids = knn(y, x, k, chunk)
     return _candidates_from(fwd_sims, fwd_ids, bwd_sims, bwd_ids, len(y),
                             pair_cos=lambda s, t: _pair_cos(x, y, s, t))
 

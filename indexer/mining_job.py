@@ -21,6 +21,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from indexer.mining import MinedArrays, MinedPair, MineOptions
-from indexer.mining_search import ArrayRows, F32Rows, SearchPlan, mine_rows
+from indexer.mining_search import ArrayRows, F32Rows, Range, SearchPlan, SearchRunner, mine_rows
 from models.cache import atomic_path, cache_key, cache_kind
 from models.registry import xlir_home
 from xlir.errors import CorpusError
@@ -42,6 +43,16 @@ CACHE_VERSION = 1
 
 class PassageEncoder(Protocol):
     def encode_passages(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray: ...
+
+
+class MineRunner(SearchRunner, Protocol):
+    """Where :func:`mine_files` embeds and searches: in this process (``runner=None``) or on a cluster with the
+    same results (indexer/ray_mining.py)."""
+
+    def embed_chunks(self, texts: Sequence[str], ranges: Sequence[Range], batch_size: int,
+                     side: str) -> Iterable[np.ndarray]:
+        """``_embed(encoder, texts[start:stop], batch_size, side)`` for each range, in order."""
+        ...
 
 
 @dataclass
@@ -67,6 +78,8 @@ class MineReport:
     score_seconds: float = 0.0
     write_seconds: float = 0.0
     threshold: float | None = None  # the threshold applied (the value a threshold rule set), None = no threshold
+    ray_cpus: int = 0  # run on Ray (indexer/ray_mining.py): the cluster's CPUs and the tasks run; 0 = here
+    ray_tasks: int = 0
 
     @property
     def mine_seconds(self) -> float:
@@ -95,13 +108,14 @@ def _embed(encoder: PassageEncoder, texts: Sequence[str], batch_size: int, side:
 
 def embed_to_file(
     encoder: PassageEncoder, texts: Sequence[str], path: Path, *, batch_size: int = 32,
-    chunk: int = EMBED_CHUNK, progress: bool = False, desc: str = "embed",
+    chunk: int = EMBED_CHUNK, progress: bool = False, desc: str = "embed", runner: MineRunner | None = None,
 ) -> tuple[F32Rows, int]:
     """Embeddings of ``texts`` in the float32 file ``path``, written a chunk at a time.
 
     A finished file (with its ``.json`` beside it, same row count) is reused as is. An interrupted one
     (``path.partial`` + ``path.partial.json`` holding the rows done) continues after its last finished chunk.
-    Returns the rows and how many of them were already there.
+    Returns the rows and how many of them were already there. ``runner`` embeds the chunks elsewhere
+    (default: ``encoder`` here); they are written here, in order.
     """
     meta_path = path.with_name(path.name + ".json")
     n = len(texts)
@@ -125,9 +139,10 @@ def embed_to_file(
               dynamic_ncols=True, leave=False) as bar:
         fh = partial.open("r+b") if done else None
         try:
-            for start in range(done, n, chunk):
-                stop = min(start + chunk, n)
-                vecs = _embed(encoder, texts[start:stop], batch_size, desc)
+            ranges = [(start, min(start + chunk, n)) for start in range(done, n, chunk)]
+            chunks = (runner.embed_chunks(texts, ranges, batch_size, desc) if runner is not None and ranges
+                      else (_embed(encoder, texts[a:b], batch_size, desc) for a, b in ranges))
+            for (start, stop), vecs in zip(ranges, chunks, strict=True):
                 if fh is None:  # first chunk: now the dimension is known
                     dim = vecs.shape[1]
                     with partial.open("wb") as new:
@@ -328,6 +343,7 @@ def mine_files(
     progress: bool = False,
     cache_dir: Path | None = None,
     work_dir: Path | None = None,
+    runner: MineRunner | None = None,
     **overrides: Any,
 ) -> MineReport:
     """Mine two sentence files and write ``out_path`` as TSV, atomically (see the module docstring).
@@ -338,7 +354,8 @@ def mine_files(
 
     ``cache_dir`` (default ``$XLIR_HOME/cache/mining``) keeps embeddings for encoders that have a
     ``checksum``; ``work_dir`` (default ``<out>.work``) holds the resumable state of this job and is removed
-    when the output is written.
+    when the output is written. ``runner`` embeds and searches elsewhere with the same results
+    (indexer/ray_mining.py: ``mine_files_ray``); ``encoder`` then only names the cache (name, checksum, backend).
     """
     opts = _options(options, overrides)  # invalid options fail before anything expensive
     src_p, tgt_p, out_p = Path(src_path), Path(tgt_path), Path(out_path)
@@ -358,13 +375,22 @@ def mine_files(
     emb_root = (cache_dir or default_cache_dir()) / key[0][:16] if checksum else work / "embeddings"
 
     t0 = time.perf_counter()
-    (src_emb, src_cached), (tgt_emb, tgt_cached) = (
-        embed_to_file(encoder, texts, emb_root / f"{cache_key(*key, texts)}.f32", batch_size=opts.batch_size,
-                      progress=progress, desc=f"embed {side}")
-        for side, texts in (("src", src_u), ("tgt", tgt_u)))
+    sides = [(side, texts, emb_root / f"{cache_key(*key, texts)}.f32") for side, texts in (("src", src_u),
+                                                                                          ("tgt", tgt_u))]
+
+    def embed_side(side: str, texts: list[str], path: Path) -> tuple[F32Rows, int]:
+        return embed_to_file(encoder, texts, path, batch_size=opts.batch_size, progress=progress,
+                             desc=f"embed {side}", runner=runner)
+
+    if runner is not None and sides[0][2] != sides[1][2]:  # a cluster embeds both sides at once
+        with ThreadPoolExecutor(2) as pool:
+            (src_emb, src_cached), (tgt_emb, tgt_cached) = pool.map(lambda a: embed_side(*a), sides)
+    else:
+        (src_emb, src_cached), (tgt_emb, tgt_cached) = (embed_side(*a) for a in sides)
     embed_s = time.perf_counter() - t0
     job_key = {"encoder": key[0], "src": str(src_emb.path.name), "tgt": str(tgt_emb.path.name)}
-    mined, rep = mine_rows(src_emb, tgt_emb, opts, work=work / "search", job_key=job_key, progress=progress)
+    mined, rep = mine_rows(src_emb, tgt_emb, opts, work=work / "search", job_key=job_key, progress=progress,
+                           runner=runner)
     t1 = time.perf_counter()
     src_rows, tgt_rows = src_map[mined.src], tgt_map[mined.tgt]
     rows = (

@@ -19,7 +19,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -235,16 +235,41 @@ class Neighbours:
     ids: np.ndarray  # rows x k, int64
 
 
+Range = tuple[int, int]
+Result = tuple[np.ndarray, np.ndarray]  # (sims, ids) of a block of query rows
+
+
+class SearchRunner(Protocol):
+    """Where the two searches of :func:`mine_rows` run: in this process (``runner=None``) or elsewhere with
+    the same results (indexer/ray_mining.py: Ray tasks)."""
+
+    def knn(self, x: np.ndarray, y: np.ndarray, k: int, chunk: int) -> Result:
+        """:func:`indexer.mining._knn`'s exact result (the exact plan)."""
+        ...
+
+    def search_chunks(self, index: faiss.Index, queries: RowSource, k: int,
+                      ranges: Sequence[Range]) -> Iterable[Result]:
+        """``search_chunk(index, queries, k, start, stop)`` for each range, in order (the IVF plan)."""
+        ...
+
+
+def search_chunk(index: faiss.Index, queries: RowSource, k: int, start: int, stop: int) -> Result:
+    """Top-``k`` of ``index`` for the query rows ``start:stop``: one chunk of :func:`search_rows`."""
+    return _search(index, queries.read(start, stop), k)
+
+
 def search_rows(
     index: faiss.Index, queries: RowSource, k: int, *, chunk: int = 65_536, work: Path | None = None,
-    name: str = "search", progress: bool = False,
+    name: str = "search", progress: bool = False, runner: SearchRunner | None = None,
 ) -> Neighbours:
     """Top-``k`` of ``index`` for every query row, a chunk at a time. With ``work``, each finished chunk is
-    saved as ``<work>/<name>-<start>.npz`` and reused when the search is run again."""
+    saved as ``<work>/<name>-<start>.npz`` and reused when the search is run again. ``runner`` searches the
+    chunks not yet done (default: here, one after the other)."""
     n = queries.shape[0]
     kk = effective_k(k, index.ntotal)
     sims = np.empty((n, kk), dtype=np.float32)
     ids = np.empty((n, kk), dtype=np.int64)
+    todo: list[Range] = []
     with _bar(name, n, "query", progress) as bar:
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
@@ -252,13 +277,18 @@ def search_rows(
             if path is not None and path.is_file():
                 with np.load(path) as z:
                     sims[start:stop], ids[start:stop] = z["sims"], z["ids"]
+                bar.update(stop - start)
             else:
-                s, i = _search(index, queries.read(start, stop), kk)
-                sims[start:stop], ids[start:stop] = s, i
-                if path is not None:
-                    tmp = path.with_name(path.name + ".tmp.npz")
-                    np.savez(tmp, sims=s, ids=i)
-                    os.replace(tmp, path)
+                todo.append((start, stop))
+        results = (runner.search_chunks(index, queries, kk, todo) if runner is not None and todo
+                   else (search_chunk(index, queries, kk, a, b) for a, b in todo))
+        for (start, stop), (s, i) in zip(todo, results, strict=True):
+            sims[start:stop], ids[start:stop] = s, i
+            if work is not None:
+                path = work / f"{name}-{start:012d}.npz"
+                tmp = path.with_name(path.name + ".tmp.npz")
+                np.savez(tmp, sims=s, ids=i)
+                os.replace(tmp, path)
             bar.update(stop - start)
     return Neighbours(sims, ids)
 
@@ -332,12 +362,14 @@ def mine_rows(
     work: Path | None = None,
     job_key: Mapping[str, object] | None = None,
     progress: bool = False,
+    runner: SearchRunner | None = None,
 ) -> tuple[MinedArrays, SearchReport]:
     """Mine two sides of embeddings with the search :func:`plan_search` picks for each direction.
 
     Both exact: both sides are loaded and :func:`indexer.mining.mine`'s exact path runs (cosines in float64).
     Otherwise each direction is searched chunk by chunk and the pairs are scored from the neighbour lists.
     ``work`` (with ``job_key`` describing the job) makes the search resumable; the caller removes it.
+    ``runner`` runs the searches elsewhere with the same results (see :class:`SearchRunner`).
     """
     (n, dim), (m, dim_t) = src.shape, tgt.shape
     if dim != dim_t:
@@ -351,7 +383,7 @@ def mine_rows(
     if report.fwd.kind == "exact" and report.bwd.kind == "exact":
         x, y = src_c.read(0, n), tgt_c.read(0, m)
         t1 = time.perf_counter()
-        cand = _candidates(x, y, opts.k, min(opts.chunk, 8192))
+        cand = _candidates(x, y, opts.k, min(opts.chunk, 8192), knn=runner.knn if runner else None)
         t2 = time.perf_counter()
         mined = _select(cand, n, m, **select)  # type: ignore[arg-type]
         report.search_seconds, report.score_seconds = t2 - t1, time.perf_counter() - t2
@@ -366,7 +398,7 @@ def mine_rows(
         index = _timed_index(base, plan, opts, work, name, progress)
         t_b = time.perf_counter()
         results.append(search_rows(index, queries, opts.k, chunk=opts.chunk, work=work, name=name,
-                                   progress=progress))
+                                   progress=progress, runner=runner))
         del index  # one index in memory at a time
         report.index_seconds += t_b - t_a
         report.search_seconds += time.perf_counter() - t_b

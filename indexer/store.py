@@ -15,7 +15,7 @@ import numpy as np
 
 from indexer.bm25 import BM25Searcher
 from indexer.centering import Centroids, center, centered_norms, centered_scores, check_mode, resolve_auto
-from indexer.dense import DenseShard, load_shard_index, search_shards
+from indexer.dense import ShardSearcher, load_shard_index, search_shards
 from indexer.docstore import DocStore
 from indexer.filters import LANG_FIELD, MetadataColumns, condition_rows, merge_schemas, parse_filter
 from indexer.langid import normalize_lang
@@ -128,7 +128,7 @@ class Index(SearchIndex):
         self.dir = directory
         self.manifest = manifest
         try:
-            self.shards: list[DenseShard] = []
+            self.shards: list[ShardSearcher] = []  # local DenseShards, or remote ones (serve_shards)
             self.docstores: list[DocStore] = []
             langs = []
             for info in manifest.shards:
@@ -165,6 +165,13 @@ class Index(SearchIndex):
     @property
     def size(self) -> int:
         return self.manifest.doc_count
+
+    def serve_shards(self, shards: Sequence[ShardSearcher]) -> None:
+        """Search through ``shards`` instead of the FAISS indexes loaded here (e.g. Ray actors over the same files,
+        ``indexer/ray_shards.py``): each at the same offset with the same size; the local indexes are released."""
+        if [(s.offset, s.size) for s in shards] != [(s.offset, s.size) for s in self.shards]:
+            raise IndexInvalid(f"{self.dir}: the shards to serve do not match the index's offsets and sizes")
+        self.shards = list(shards)
 
     @property
     def languages(self) -> dict[str, int]:

@@ -599,10 +599,14 @@ def export_for_serving(name_or_path: str, home: Path | None = None) -> Path | No
 
 
 def cpu_cores() -> int:
+    """The cores this process may use: its CPU affinity, capped by ``OMP_NUM_THREADS`` when set (a Ray task or
+    actor gets its CPU share there, so two 1-CPU tasks on 2 cores do not both spin 2 threads)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    return min(cores, int(omp)) if omp.isdigit() and int(omp) > 0 else cores
 
 
 def session_options(threads: int, spin: bool) -> Any:

@@ -218,3 +218,22 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         intermediate_size=32, max_position_embeddings=32)
     BertModel(config, add_pooling_layer=False).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> Iterator[str]:
+    """A real local Ray cluster (2 CPUs) for the session: its address, for ``--ray ADDRESS`` and subprocesses."""
+    from ray_support import ray_head
+
+    with ray_head(num_cpus=2) as address:
+        yield address
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_address: str) -> Iterator[str]:
+    """This test process connected (``ray.init``) to the session's cluster; yields the address."""
+    from indexer.ray_cluster import connect
+
+    ray = connect(ray_address)
+    yield ray_address
+    ray.shutdown()

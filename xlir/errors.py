@@ -115,3 +115,24 @@ class EncoderUnavailable(XlirError):
     """The query encoder's worker failed and is restarting; retry shortly (HTTP 503)."""
 
     code = "encoder_unavailable"
+
+
+class ShardUnavailable(XlirError):
+    """A shard served by a Ray actor did not answer (the actor died and Ray is replacing it, or it timed out): the
+    query is refused rather than answered from the other shards; retry shortly (HTTP 503 with Retry-After)."""
+
+    code = "shard_unavailable"
+
+
+class ReplicaUnavailable(ShardUnavailable):
+    """No replica of the query encoder served on Ray answered (they died and are being replaced); retry shortly
+    (HTTP 503 with Retry-After)."""
+
+    code = "replica_unavailable"
+
+
+class RayTaskFailed(XlirError):
+    """A Ray task of a distributed job failed for good (its worker died more often than it is retried): the work
+    finished so far is kept, and running the same command again resumes it."""
+
+    code = "ray_task_failed"

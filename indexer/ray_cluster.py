@@ -1,0 +1,62 @@
+"""Ray, the one distributed engine xlir uses (``pip install 'xlir[ray]'``): connecting to a cluster.
+
+Ray is an optional extra: it is imported only here, and only when a command asks for ``--ray``; every other code
+path works without it. :func:`connect` joins the cluster at ``address`` (``ray start --head`` prints it), or the
+one ``RAY_ADDRESS`` names, or starts a local one on this machine when neither is given. Workers run the same
+installed xlir as the driver; on several machines the index and corpus folders must be on a shared filesystem
+(every task reads and writes them by path).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from xlir.errors import XlirError
+
+INSTALL_HINT = "pip install 'xlir[ray]'"
+
+
+def require_ray() -> Any:
+    """The ``ray`` module, or an :class:`XlirError` saying how to install it."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise XlirError(f"--ray needs Ray, which is not installed: {INSTALL_HINT}") from exc
+    return ray
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None) -> Any:
+    """Join the Ray cluster at ``address`` (``host:port``, ``auto``; None: ``$RAY_ADDRESS`` or a new local
+    cluster with ``num_cpus``) once per process; returns the ``ray`` module. A cluster that cannot be reached is
+    an :class:`XlirError` naming the address."""
+    ray = require_ray()
+    if ray.is_initialized():
+        return ray
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": "WARNING"}
+    if address is None:
+        kwargs.update(num_cpus=num_cpus, include_dashboard=False)
+    else:
+        _probe(address)
+    try:
+        ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = address or "a new local cluster"
+        raise XlirError(f"cannot connect to the Ray cluster at {where}: {exc}") from exc
+    return ray
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """A ``host:port`` where nothing listens is an :class:`XlirError` at once (``ray.init`` waits minutes for it)."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        why = exc.strerror or exc
+        raise XlirError(f"cannot connect to the Ray cluster at {address}: nothing answers there ({why}); "
+                        "start one with `ray start --head` or give the address it printed") from exc
