@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -57,11 +59,17 @@ STATUS: dict[type[XlirError], int] = {
 }
 
 
+T = TypeVar("T")
+
+
+def _of_class(table: Mapping[type[XlirError], T], exc: XlirError) -> T | None:
+    """``table``'s entry for the most specific class of ``exc`` it has (None: none)."""
+    return next((table[cls] for cls in type(exc).__mro__ if cls in table), None)
+
+
 def status_of(exc: XlirError) -> int:
-    for cls in type(exc).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return 400
+    status = _of_class(STATUS, exc)
+    return 400 if status is None else status
 
 
 HEADERS: dict[int, dict[str, str]] = {
@@ -84,7 +92,7 @@ RETRY_AFTER: dict[type[XlirError], str] = {ShardUnavailable: "1"}
 def xlir_error_response(exc: XlirError) -> JSONResponse:
     """The answer to a domain error (also for middlewares, which run outside the exception handlers)."""
     resp = error_response(status_of(exc), exc.code, exc.detail)
-    retry = next((RETRY_AFTER[c] for c in type(exc).__mro__ if c in RETRY_AFTER), None)
+    retry = _of_class(RETRY_AFTER, exc)
     if retry is not None:
         resp.headers["Retry-After"] = retry
     return resp

@@ -68,9 +68,10 @@ class Collection:
         svc = self.service
         index = svc.index
         live = self.live.stats() if self.live is not None else {}
-        host = self.live.shard_host if self.live is not None else None
-        ray = None if host is None or self.live is None else RayServing(
-            **host.describe(self.live.main), encoder_replicas=getattr(svc.encoder, "replica_count", None))
+        ray = None
+        if self.live is not None and self.live.shard_host is not None:
+            ray = RayServing(**self.live.shard_host.describe(self.live.main),
+                             encoder_replicas=getattr(svc.encoder, "replica_count", None))
         return Ready(ready=True, docs=index.size, languages=index.languages,
                      encoder=svc.encoder.name, reranker=svc.reranker.name if svc.reranker else None,
                      centering=index.centering, centroid_table_langs=svc.table.langs if svc.table else None,
@@ -200,14 +201,15 @@ def load_state(
     state = AppState(settings=settings)
     if reranker is None:
         reranker = configured_reranker(settings)
-    host = None
+    host = remote = None
     if settings.ray is not None:  # shards as Ray actors, the encoder as Ray replicas
         from indexer.ray_shards import RayShardHost
         from models.ray_encoder import RemoteEncoder, given
 
-        host = RayShardHost.connect(None if settings.ray == "local" else settings.ray)
+        host = RayShardHost.connect(settings.ray)  # "local": $RAY_ADDRESS or a new local cluster
+        remote = partial(RemoteEncoder, replicas=settings.ray_encoder_replicas)  # an encoder factory -> replicas
         if encoder is not None and not isinstance(encoder, RemoteEncoder):
-            encoder = RemoteEncoder(given(encoder), settings.ray_encoder_replicas)
+            encoder = remote(given(encoder))
     opened: dict[str, LiveStore] = {}
     table: Centroids | None = None
     for name, folder in settings.collection_dirs.items():
@@ -223,12 +225,7 @@ def load_state(
                 if encoder is None:  # the first collection's encoder (or XLIR_MODEL) serves them all
                     load = partial(load_encoder, settings.model or index.vector_set.encoder, device=settings.device,
                                    home=settings.home, backend=settings.backend, spin=settings.onnx_spin)
-                    if host is None:
-                        encoder = load()
-                    else:
-                        from models.ray_encoder import RemoteEncoder
-
-                        encoder = RemoteEncoder(load, settings.ray_encoder_replicas)
+                    encoder = load() if remote is None else remote(load)
                 check_encoder(index, encoder)
                 live.encoder_checksum = encoder.checksum  # generations published later must match it too
                 if table is None:

@@ -30,7 +30,7 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N]"
 BackendOpt = Annotated[str, typer.Option("--backend", envvar="XLIR_BACKEND", help="encoder runtime: auto | torch | "
                                          "onnx | onnx-int8 | onnx-f16w (auto: torch fp16 on GPU; on CPU the backend "
                                          "measured fastest at equal quality for the command's workload)")]
-RAY_LOCAL = "local"  # `--ray` without an address: $RAY_ADDRESS, else a new local cluster
+RAY_LOCAL = "local"  # `--ray` without an address (indexer/ray_cluster.py: LOCAL)
 RayOpt = Annotated[str | None, typer.Option("--ray", metavar="[ADDRESS]", help="run on a Ray cluster (pip install "
                                             "'xlir\\[ray]'): ADDRESS is host:port from `ray start --head`; --ray "
                                             "alone joins $RAY_ADDRESS or starts a local cluster")]
@@ -320,9 +320,9 @@ def index_cmd(
         budget = parse_bytes(memory_budget) if memory_budget is not None else None
     except ValueError as exc:
         fail(f"--memory-budget: {exc}")
-    opts = BuildOptions(shard_size=1_000_000 if shard_size is None else shard_size, index_type=index_type,
-                        batch_size=batch_size, default_lang=lang, overwrite=overwrite, progress=not quiet,
-                        centering=centering, memory_budget=budget)
+    opts = BuildOptions(shard_size=BuildOptions.shard_size if shard_size is None else shard_size,
+                        index_type=index_type, batch_size=batch_size, default_lang=lang, overwrite=overwrite,
+                        progress=not quiet, centering=centering, memory_budget=budget)
     for p in corpus:
         if not p.exists():
             fail(f"{p}: no such file or directory")

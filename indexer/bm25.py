@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,16 +65,7 @@ class BM25Builder:
         setdefault = vocab.setdefault
         lookup = np.fromiter((setdefault(tok, len(vocab)) for tok in part.tokens), dtype=np.int64,
                              count=len(part.tokens))
-        ids = lookup[part.ids] if len(part.ids) else np.zeros(0, dtype=np.int64)
-        self.doc_ids.extend(a.tolist() for a in np.split(ids, np.cumsum(part.lengths)[:-1]))
-
-    @classmethod
-    def merge(cls, parts: Iterable[BM25Part], k1: float = K1, b: float = B, method: str = METHOD) -> BM25Builder:
-        """One builder of the documents of ``parts``, in order (:meth:`extend`)."""
-        builder = cls(k1, b, method)
-        for part in parts:
-            builder.extend(part)
-        return builder
+        self.doc_ids.extend(a.tolist() for a in np.split(lookup[part.ids], np.cumsum(part.lengths)[:-1]))
 
     def save(self, directory: Path) -> None:
         """Write the bm25s index (per-posting scores, vocabulary, parameters) and the term frequencies.

@@ -127,10 +127,14 @@ def effective_k(k: int, rows: int) -> int:
     return min(k, rows)
 
 
-def _sorted_search(index: faiss.Index, q: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
-    s, i = index.search(q, depth)
-    order = np.lexsort((i, -s), axis=1)  # faiss leaves the order of equal scores open
+def sort_rows(s: np.ndarray, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row of (scores, ids) by score desc, ties by id asc (FAISS leaves the order of equal scores open)."""
+    order = np.lexsort((i, -s), axis=1)
     return np.take_along_axis(s, order, axis=1), np.take_along_axis(i, order, axis=1)
+
+
+def _sorted_search(index: faiss.Index, q: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    return sort_rows(*index.search(q, depth))
 
 
 def _flat_top_k(index: faiss.Index, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from indexer.centering import center, side_shifts
-from indexer.mining import MinedArrays, MineOptions, _candidates, _select, effective_k, mine_neighbours
+from indexer.mining import MinedArrays, MineOptions, _candidates, _select, effective_k, mine_neighbours, sort_rows
 
 IVF_SQ8_SHARE = 0.6  # use SQ8 codes when flat codes would take more than this share of the budget
 TRAIN_PER_LIST = 40  # training vectors per IVF list (FAISS warns below 39)
@@ -206,11 +206,6 @@ def build_index(rows: RowSource, plan: SearchPlan, *, chunk: int = 65_536, progr
     return index
 
 
-def _sorted_result(s: np.ndarray, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    order = np.lexsort((i, -s), axis=1)  # FAISS leaves the order of equal scores open
-    return np.take_along_axis(s, order, axis=1), np.take_along_axis(i, order, axis=1)
-
-
 def _search(index: faiss.Index, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k, re-searching rows that came back short (an IVF probe can visit fewer than k vectors) with
     more lists until every row is full."""
@@ -226,7 +221,7 @@ def _search(index: faiss.Index, q: np.ndarray, k: int) -> tuple[np.ndarray, np.n
                 short = short[(i2 < 0).any(axis=1)]
         finally:
             index.nprobe = nprobe
-    return _sorted_result(s, i)
+    return sort_rows(s, i)
 
 
 @dataclass
@@ -270,10 +265,14 @@ def search_rows(
     sims = np.empty((n, kk), dtype=np.float32)
     ids = np.empty((n, kk), dtype=np.int64)
     todo: list[Range] = []
+
+    def saved(start: int) -> Path | None:  # where the chunk at ``start`` is kept
+        return work / f"{name}-{start:012d}.npz" if work is not None else None
+
     with _bar(name, n, "query", progress) as bar:
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
-            path = work / f"{name}-{start:012d}.npz" if work is not None else None
+            path = saved(start)
             if path is not None and path.is_file():
                 with np.load(path) as z:
                     sims[start:stop], ids[start:stop] = z["sims"], z["ids"]
@@ -284,8 +283,8 @@ def search_rows(
                    else (search_chunk(index, queries, kk, a, b) for a, b in todo))
         for (start, stop), (s, i) in zip(todo, results, strict=True):
             sims[start:stop], ids[start:stop] = s, i
-            if work is not None:
-                path = work / f"{name}-{start:012d}.npz"
+            path = saved(start)
+            if path is not None:
                 tmp = path.with_name(path.name + ".tmp.npz")
                 np.savez(tmp, sims=s, ids=i)
                 os.replace(tmp, path)

@@ -43,10 +43,11 @@ from indexer.build import BuildOptions, document_chunks, document_langs, staged
 from indexer.langid import LanguageDetector
 from indexer.manifest import Manifest
 from indexer.progress import count_records, doc_bar, finish
-from indexer.ray_cluster import require_ray
+from indexer.ray_cluster import require_ray, worker_cached
 from indexer.readers import Document, read_corpus
 from indexer.write import EncoderInfo, IndexJob, ShardPart, ShardWriter, Timer, finish_index, passage_text
 from models.base import Encoder
+from models.ray_encoder import unwrap
 from xlir.errors import RayTaskFailed, XlirError
 
 EncoderFactory = Callable[[], Encoder]
@@ -110,10 +111,11 @@ def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def write_range(work: str, key: str, run: str, groups: list[list[Document]], factory: EncoderFactory,
+def write_range(work: str, key: str, run: str, groups: list[list[Document]], factory: EncoderFactory, job: str,
                 opts: BuildOptions) -> dict[str, Any]:
     """One range (a Ray task): language -> embed -> :class:`ShardWriter`, into ``work/parts/<key>``; returns its
-    done marker. Each attempt writes a folder of its own, renamed into place once complete."""
+    done marker. Each attempt writes a folder of its own, renamed into place once complete. The encoder is built
+    once per worker and ``job`` (the hash of the pickled factory) and kept for the worker's next ranges."""
     parts = Path(work) / "parts"
     final = parts / key
     attempts = Path(work) / "attempts" / run
@@ -124,11 +126,10 @@ def write_range(work: str, key: str, run: str, groups: list[list[Document]], fac
         return done
     t_start = time.perf_counter()
     tmp = parts / f".{key}.{uuid.uuid4().hex}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     timer = Timer()
     t0 = time.perf_counter()
-    encoder = factory()
+    encoder = worker_cached("encoder", job, factory)
     t0 = timer.add("load_encoder", t0)
     detector = LanguageDetector()
     counts = {"languages_detected": 0}
@@ -157,9 +158,10 @@ def write_range(work: str, key: str, run: str, groups: list[list[Document]], fac
     return marker
 
 
-def describe_encoder(factory: EncoderFactory) -> tuple[str, str, int]:
-    """A Ray task: the name, weights checksum and dimension of the factory's encoder (nothing is embedded)."""
-    enc = factory()
+def describe_encoder(factory: EncoderFactory, job: str) -> tuple[str, str, int]:
+    """A Ray task: the name, weights checksum and dimension of the factory's encoder (nothing is embedded; the
+    worker keeps the encoder for its ranges)."""
+    enc = worker_cached("encoder", job, factory)
     return enc.name, enc.checksum, enc.dim
 
 
@@ -180,7 +182,7 @@ def _get(ray: Any, ref: Any, what: str) -> Any:
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
-        cause = getattr(exc, "cause", None)
+        cause = unwrap(exc)
         if isinstance(cause, XlirError):
             raise cause from None
         raise
@@ -192,13 +194,16 @@ def _get(ray: Any, ref: Any, what: str) -> Any:
 
 
 def _in_order(ray: Any, refs: Sequence[Any], what: str, bar: tqdm | None = None) -> list[Any]:
+    """The results of ``refs``, in order, each fetched once as it finishes (a failure is raised at once)."""
+    position = {ref: i for i, ref in enumerate(refs)}
+    results: list[Any] = [None] * len(refs)
     pending = list(refs)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
-        _get(ray, ready[0], what)
+        results[position[ready[0]]] = _get(ray, ready[0], what)
         if bar is not None:
             bar.update(1)
-    return [_get(ray, ref, what) for ref in refs]
+    return results
 
 
 def ray_jobs(ray: Any, progress: bool) -> Callable[[Sequence[IndexJob]], list[dict[str, Any]]]:
@@ -240,7 +245,7 @@ def build_index_ray(paths: Sequence[Path], out: Path, encoder_factory: EncoderFa
     (:func:`indexer.ray_cluster.connect`); returns the written manifest, whose ``build`` record holds ``ray``,
     ``ranges``, ``workers`` (cluster CPUs), ``resumed_ranges`` and ``retries``.
 
-    ``encoder_factory``: a picklable zero-argument callable returning the encoder (each task loads its own);
+    ``encoder_factory``: a picklable zero-argument callable returning the encoder (each worker loads its own);
     ``auto_shard``: pick the shard size from the corpus size and the cluster (:func:`auto_shard_size`) instead of
     ``options.shard_size``; ``on_start(info)``: called once the shard size and the cluster are known (the CLI
     prints them). Options are those of the local build (``resume``: keep finished parts for a rerun)."""
@@ -259,12 +264,13 @@ def build_index_ray(paths: Sequence[Path], out: Path, encoder_factory: EncoderFa
     if not opts.resume:  # start afresh: no range of an earlier run is taken
         shutil.rmtree(work, ignore_errors=True)
     run = uuid.uuid4().hex
+    job = hashlib.sha256(ray.cloudpickle.dumps(encoder_factory)).hexdigest()
     write_task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(write_range)
-    in_flight: dict[Any, int] = {}
+    in_flight: set[Any] = set()
     with staged(out, opts.overwrite) as tmp:
         try:
             t0 = t_start = time.perf_counter()
-            encoder = EncoderInfo(*_get(ray, ray.remote(num_cpus=1)(describe_encoder).remote(encoder_factory),
+            encoder = EncoderInfo(*_get(ray, ray.remote(num_cpus=1)(describe_encoder).remote(encoder_factory, job),
                                         "loading the encoder"))
             timer = Timer()
             t0 = timer.add("load_encoder", t0)
@@ -283,22 +289,21 @@ def build_index_ray(paths: Sequence[Path], out: Path, encoder_factory: EncoderFa
 
             def harvest() -> None:
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
-                in_flight.pop(ready[0])
+                in_flight.remove(ready[0])
                 finished(_get(ray, ready[0], "a range"))
 
             for groups in cut_ranges(read_corpus(paths, opts.default_lang), opts, counts):
                 key = range_key(groups, encoder, opts)
                 keys.append(key)
-                n = sum(len(g) for g in groups)
                 marker = read_done(work / "parts" / key, key) if opts.resume else None
                 if marker is not None:
                     resumed += 1
-                    counts["resumed_docs"] += n
+                    counts["resumed_docs"] += sum(len(g) for g in groups)
                     finished(marker)
                     continue
                 while len(in_flight) >= limit:
                     harvest()
-                in_flight[write_task.remote(str(work), key, run, groups, encoder_factory, opts)] = n
+                in_flight.add(write_task.remote(str(work), key, run, groups, encoder_factory, job, opts))
                 submitted += 1
             while in_flight:
                 harvest()

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from xlir.errors import XlirError
 
 INSTALL_HINT = "pip install 'xlir[ray]'"
+LOCAL = "local"  # as an address (`--ray` alone, XLIR_RAY=local): $RAY_ADDRESS, else a new local cluster
+
+# In a Ray worker process: what its tasks of one job share (an encoder, an IVF index), one per kind, built once
+_WORKER: dict[str, Any] = {}
 
 
 def require_ray() -> Any:
@@ -28,13 +33,13 @@ def require_ray() -> Any:
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> Any:
-    """Join the Ray cluster at ``address`` (``host:port``, ``auto``; None: ``$RAY_ADDRESS`` or a new local
-    cluster with ``num_cpus``) once per process; returns the ``ray`` module. A cluster that cannot be reached is
+    """Join the Ray cluster at ``address`` (``host:port``, ``auto``; None or ``"local"``: ``$RAY_ADDRESS`` or a new
+    local cluster with ``num_cpus``) once per process; returns the ``ray`` module. A cluster that cannot be reached is
     an :class:`XlirError` naming the address."""
     ray = require_ray()
     if ray.is_initialized():
         return ray
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    address = (None if address == LOCAL else address) or os.environ.get("RAY_ADDRESS") or None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": "WARNING"}
     if address is None:
@@ -60,3 +65,14 @@ def _probe(address: str, timeout: float = 5.0) -> None:
         why = exc.strerror or exc
         raise XlirError(f"cannot connect to the Ray cluster at {address}: nothing answers there ({why}); "
                         "start one with `ray start --head` or give the address it printed") from exc
+
+
+def worker_cached(kind: str, key: str, build: Callable[[], Any]) -> Any:
+    """In a Ray task: the worker's ``kind`` object for job ``key`` (e.g. the encoder of one build), built by
+    ``build`` the first time a task of that job runs in this worker process, then kept for the job's next tasks;
+    a new key frees the previous job's object before building its own."""
+    held = _WORKER.get(kind)
+    if held is None or held[0] != key:
+        _WORKER[kind] = None
+        _WORKER[kind] = (key, build())
+    return _WORKER[kind][1]

@@ -45,10 +45,11 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from indexer.mining import MineOptions, _knn, effective_k
+from indexer.mining import MineOptions, _knn, effective_k, sort_rows
 from indexer.mining_job import MineReport, _embed, _options, mine_files
 from indexer.mining_search import Range, Result, RowSource, search_chunk
-from indexer.ray_cluster import connect
+from indexer.ray_cluster import connect, worker_cached
+from models.ray_encoder import unwrap
 from xlir.errors import XlirError
 
 FLAT_BLOCK = 1024  # base rows per FAISS BLAS block (faiss.cvar.distance_compute_blas_database_bs): shard unit
@@ -71,8 +72,7 @@ def shard_ranges(rows: int, shard_rows: int, block: int = FLAT_BLOCK) -> list[Ra
 
 def query_ranges(rows: int, chunk: int, per_task: int) -> list[Range]:
     """``rows`` cut into blocks of ``per_task`` rows rounded up to a multiple of ``chunk``."""
-    size = max(chunk, -(-per_task // chunk) * chunk)
-    return [(a, min(a + size, rows)) for a in range(0, rows, size)]
+    return shard_ranges(rows, per_task, chunk)
 
 
 def shard_knn(x: np.ndarray, y_shard: np.ndarray, offset: int, k: int, chunk: int) -> Result:
@@ -85,49 +85,32 @@ def shard_knn(x: np.ndarray, y_shard: np.ndarray, offset: int, k: int, chunk: in
 def merge_topk(parts: Sequence[Result], k: int) -> Result:
     """The first ``k`` of each row of the concatenated per-shard lists, by similarity desc, ties by id asc: the
     exact top-k over all shards when each part holds its shard's top-k (or all of the shard's rows)."""
-    sims = np.concatenate([s for s, _ in parts], axis=1)
-    ids = np.concatenate([i for _, i in parts], axis=1)
-    order = np.lexsort((ids, -sims), axis=1)[:, :k]
-    return np.take_along_axis(sims, order, axis=1), np.take_along_axis(ids, order, axis=1)
+    sims, ids = sort_rows(np.concatenate([s for s, _ in parts], axis=1), np.concatenate([i for _, i in parts], axis=1))
+    return sims[:, :k], ids[:, :k]
 
 
 # --------------------------------------------------------------------------------------------------
 # Tasks (plain functions, wrapped with ray.remote by the runner; run in the workers)
 # --------------------------------------------------------------------------------------------------
 
-_WORKER: dict[str, Any] = {}  # per worker process: an encoder and an IVF index, one of each, built once
-
-
-def _cached(kind: str, key: str, build: Callable[[], Any]) -> Any:
-    held = _WORKER.get(kind)
-    if held is None or held[0] != key:
-        _WORKER[kind] = None  # free the previous job's before building the new one
-        _WORKER[kind] = (key, build())
-    return _WORKER[kind][1]
-
-
 def _identity_task(factory: EncoderFactory, job: str) -> dict[str, Any]:
-    enc = _cached("encoder", job, factory)
+    enc = worker_cached("encoder", job, factory)
     return {"name": str(getattr(enc, "name", type(enc).__name__)), "checksum": getattr(enc, "checksum", None),
             "backend": str(getattr(enc, "backend", "torch"))}
 
 
 def _embed_task(factory: EncoderFactory, job: str, texts: list[str], batch_size: int, side: str) -> np.ndarray:
-    return _embed(_cached("encoder", job, factory), texts, batch_size, side)
+    return _embed(worker_cached("encoder", job, factory), texts, batch_size, side)
 
 
 def _knn_task(x: np.ndarray, y: np.ndarray, q: Range, shard: Range, k: int, chunk: int) -> Result:
     return shard_knn(x[q[0] : q[1]], y[shard[0] : shard[1]], shard[0], k, chunk)
 
 
-def _search_task(blob: np.ndarray, key: str, nprobe: int, queries: RowSource, k: int, rng: Range) -> Result:
-    def load() -> faiss.Index:
-        index = faiss.deserialize_index(np.asarray(blob))
-        if nprobe:
-            faiss.extract_index_ivf(index).nprobe = nprobe
-        return index
-
-    return search_chunk(_cached("index", key, load), queries, k, *rng)
+def _search_task(blob: np.ndarray, key: str, queries: RowSource, k: int, rng: Range) -> Result:
+    # the serialized index keeps its search parameters (an IVF's nprobe)
+    index = worker_cached("index", key, lambda: faiss.deserialize_index(np.asarray(blob)))
+    return search_chunk(index, queries, k, *rng)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -182,10 +165,10 @@ class RayRunner:
         try:
             return self.ray.get(ref)
         except exceptions.RayTaskError as exc:
-            cause = getattr(exc, "cause", None)
+            cause = unwrap(exc)
             if isinstance(cause, XlirError | ValueError | OSError):
                 raise cause from None
-            raise XlirError(f"a Ray task failed: {cause or exc}") from exc
+            raise XlirError(f"a Ray task failed: {cause}") from exc
         except exceptions.RayError as exc:
             raise XlirError(f"a Ray task was lost ({self.max_retries} retries): {exc}") from exc
 
@@ -245,11 +228,9 @@ class RayRunner:
     def search_chunks(self, index: faiss.Index, queries: RowSource, k: int,
                       ranges: Sequence[Range]) -> Iterable[Result]:
         """:func:`indexer.mining_search.search_chunk` for each range, one task each, on the driver's index."""
-        ivf = isinstance(index, faiss.IndexIVF) or "IVF" in type(index).__name__
-        nprobe = faiss.extract_index_ivf(index).nprobe if ivf else 0
         blob = self.ray.put(faiss.serialize_index(index))
         key = uuid.uuid4().hex
-        return self._ordered(lambda r: self._submit(self._search, blob, key, nprobe, queries, k, r), ranges)
+        return self._ordered(lambda r: self._submit(self._search, blob, key, queries, k, r), ranges)
 
 
 def mine_files_ray(

@@ -33,7 +33,7 @@ import numpy as np
 
 from indexer.dense import ShardHits, load_shard_index
 from indexer.layout import VECTOR_SET
-from indexer.ray_cluster import connect
+from indexer.ray_cluster import LOCAL, connect
 from indexer.store import Index
 from models.ray_encoder import actor_errors, start_errors, unwrap
 from xlir.errors import IndexInvalid, ShardUnavailable
@@ -139,9 +139,10 @@ class RayShardHost:
 
     @classmethod
     def connect(cls, address: str | None, **kwargs: Any) -> RayShardHost:
-        """Join the cluster (``indexer.ray_cluster.connect``: None = ``$RAY_ADDRESS`` or a new local one)."""
+        """Join the cluster (``indexer.ray_cluster.connect``: None or ``"local"`` = ``$RAY_ADDRESS`` or a new local
+        one)."""
         ray = connect(address)
-        where = address or ray.get_runtime_context().gcs_address
+        where = ray.get_runtime_context().gcs_address if address in (None, LOCAL) else address
         return cls(str(where), **kwargs)
 
     def attach(self, index: Index) -> None:

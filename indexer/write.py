@@ -143,6 +143,12 @@ class ShardPart:
         return part
 
 
+def check_vectors(n_docs: int, vecs: np.ndarray, dim: int) -> None:
+    """An :class:`XlirError` unless ``vecs`` holds one vector of ``dim`` for each of ``n_docs`` documents."""
+    if vecs.shape != (n_docs, dim):
+        raise XlirError(f"{n_docs} documents came with vectors of shape {vecs.shape}, not ({n_docs}, {dim})")
+
+
 class ShardWriter:
     """Writes the documents given to it, in order, as one shard in ``directory`` (docstore, raw vectors, centroid
     statistics); :meth:`finish` closes it and returns its :class:`ShardPart`. Used by the local build (one
@@ -164,9 +170,7 @@ class ShardWriter:
 
     def add(self, docs: Sequence[Document], langs: Sequence[str], vecs: np.ndarray, *,
             timer: Timer | None = None) -> None:
-        if vecs.shape != (len(docs), self.dim):
-            raise XlirError(f"{len(docs)} documents came with vectors of shape {vecs.shape}, "
-                            f"not ({len(docs)}, {self.dim})")
+        check_vectors(len(docs), vecs, self.dim)
         t0 = time.perf_counter()
         for doc in docs:
             self.bm25.add(tokenize(passage_text(doc.title, doc.text)))
@@ -199,8 +203,7 @@ def write_shards(out: Path, batches: Iterable[Batch], options: WriteOptions, dim
     writer: ShardWriter | None = None
     number = 0
     for docs, langs, vecs in batches:
-        if vecs.shape != (len(docs), dim):
-            raise XlirError(f"{len(docs)} documents came with vectors of shape {vecs.shape}, not ({len(docs)}, {dim})")
+        check_vectors(len(docs), vecs, dim)  # the whole batch: its slices could hide a longer vector array
         pos = 0
         while pos < len(docs):
             if writer is None:
@@ -321,11 +324,12 @@ def finish_index(out: Path, parts: Iterable[ShardPart], options: WriteOptions, e
     for number, part in enumerate(parts):
         t0 = time.perf_counter()
         name = shard_name(number)
-        if Path(part.directory).resolve() != (out / name).resolve():
-            place_shard(Path(part.directory), out / name)
+        if part.directory.resolve() != (out / name).resolve():
+            place_shard(part.directory, out / name)
         rows = np.asarray([lang_index.setdefault(code, len(lang_index)) for code in part.lang_codes], dtype=np.uint16)
-        np.save(out / name / LANGS_FILE, rows[np.asarray(part.lang_rows, dtype=np.int64)])
-        per_code = np.bincount(np.asarray(part.lang_rows, dtype=np.int64), minlength=len(part.lang_codes))
+        part_rows = np.asarray(part.lang_rows, dtype=np.int64)
+        np.save(out / name / LANGS_FILE, rows[part_rows])
+        per_code = np.bincount(part_rows, minlength=len(part.lang_codes))
         lang_counts.update({code: int(n) for code, n in zip(part.lang_codes, per_code, strict=True)})
         shard_stats.append(part.stats)
         shards.append(ShardInfo(name=name, offset=total, count=part.count, index={}))

@@ -104,7 +104,9 @@ def test_bm25_parts_merged_in_order_equal_one_builder_fed_in_order() -> None:
         for toks in docs[lo:hi]:
             b.add(toks)
         parts.append(b.part())
-    merged = BM25Builder.merge(parts)
+    merged = BM25Builder()
+    for part in parts:
+        merged.extend(part)
     assert merged.vocab == one.vocab and list(merged.vocab) == list(one.vocab)  # the same ids, the same order
     assert merged.doc_ids == one.doc_ids
     assert merged.doc_ids[-2] == [] and merged.doc_ids[-1] == [one.vocab["apple"]] * 2 + [one.vocab["new"]]
