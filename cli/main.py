@@ -30,15 +30,10 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N]"
 BackendOpt = Annotated[str, typer.Option("--backend", envvar="XLIR_BACKEND", help="encoder runtime: auto | torch | "
                                          "onnx | onnx-int8 | onnx-f16w (auto: torch fp16 on GPU; on CPU the backend "
                                          "measured fastest at equal quality for the command's workload)")]
-RAY_LOCAL = "local"  # `--ray` without an address (indexer/ray_cluster.py: LOCAL)
+RAY_LOCAL = "local"  # `--ray` without an address: indexer/ray_cluster.py's LOCAL, which connect() resolves
 RayOpt = Annotated[str | None, typer.Option("--ray", metavar="[ADDRESS]", help="run on a Ray cluster (pip install "
                                             "'xlir\\[ray]'): ADDRESS is host:port from `ray start --head`; --ray "
                                             "alone joins $RAY_ADDRESS or starts a local cluster")]
-
-
-def ray_address(value: str | None) -> str | None:
-    """The address to pass to :func:`indexer.ray_cluster.connect` for a ``--ray`` value (None: no Ray)."""
-    return None if value in (None, RAY_LOCAL) else value
 
 
 def _looks_like_address(token: str) -> bool:
@@ -337,7 +332,7 @@ def index_cmd(
             fail("--ray builds a new index and --append adds documents to an existing one: drop one of them")
         if target == TARGET_LIVE:
             fail(f"{out} is an index updated live: rebuild it without --ray, or build into another --out")
-        connect(ray_address(ray))
+        connect(ray)
 
         def started(info: dict[str, object]) -> None:
             how = "auto: about 4 ranges per CPU" if info["auto_shard"] else "--shard-size"
@@ -678,7 +673,7 @@ def mine_cmd(
             from indexer.ray_mining import mine_files_ray
 
             factory = partial(load_encoder, model, device=device, home=home, backend=backend, workload="sentences")
-            rep = mine_files_ray(factory, src, tgt, out, opts, address=ray_address(ray), progress=show,
+            rep = mine_files_ray(factory, src, tgt, out, opts, address=ray, progress=show,
                                  work_dir=work_dir, cache_dir=cache_dir)
         else:
             enc = load_encoder(model, device=device, home=home, backend=backend, workload="sentences")

@@ -43,7 +43,7 @@ from indexer.build import BuildOptions, document_chunks, document_langs, staged
 from indexer.langid import LanguageDetector
 from indexer.manifest import Manifest
 from indexer.progress import count_records, doc_bar, finish
-from indexer.ray_cluster import require_ray, worker_cached
+from indexer.ray_cluster import factory_key, require_ray, worker_cached
 from indexer.readers import Document, read_corpus
 from indexer.write import EncoderInfo, IndexJob, ShardPart, ShardWriter, Timer, finish_index, passage_text
 from models.base import Encoder
@@ -264,7 +264,7 @@ def build_index_ray(paths: Sequence[Path], out: Path, encoder_factory: EncoderFa
     if not opts.resume:  # start afresh: no range of an earlier run is taken
         shutil.rmtree(work, ignore_errors=True)
     run = uuid.uuid4().hex
-    job = hashlib.sha256(ray.cloudpickle.dumps(encoder_factory)).hexdigest()
+    job = factory_key(ray, encoder_factory)
     write_task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(write_range)
     in_flight: set[Any] = set()
     with staged(out, opts.overwrite) as tmp:

@@ -9,6 +9,7 @@ installed xlir as the driver; on several machines the index and corpus folders m
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from collections.abc import Callable
@@ -76,3 +77,9 @@ def worker_cached(kind: str, key: str, build: Callable[[], Any]) -> Any:
         _WORKER[kind] = None
         _WORKER[kind] = (key, build())
     return _WORKER[kind][1]
+
+
+def factory_key(ray: Any, factory: Callable[[], Any]) -> str:
+    """The key of :func:`worker_cached` for what ``factory`` builds: the hash of its pickled form (the same factory
+    gives the same key in every task of a job)."""
+    return hashlib.sha256(ray.cloudpickle.dumps(factory)).hexdigest()

@@ -32,7 +32,6 @@ nothing. On several machines the input, cache and work folders must be on a shar
 
 from __future__ import annotations
 
-import hashlib
 import os
 import uuid
 from collections import deque
@@ -48,7 +47,7 @@ from tqdm import tqdm
 from indexer.mining import MineOptions, _knn, effective_k, sort_rows
 from indexer.mining_job import MineReport, _embed, _options, mine_files
 from indexer.mining_search import Range, Result, RowSource, search_chunk
-from indexer.ray_cluster import connect, worker_cached
+from indexer.ray_cluster import connect, factory_key, worker_cached
 from models.ray_encoder import unwrap
 from xlir.errors import XlirError
 
@@ -144,7 +143,7 @@ class RayRunner:
         self.tasks = 0
         # a worker keeps the encoder of this factory across the jobs of this driver (Ray starts new workers for a
         # new driver): keyed by the pickled factory
-        self.job = hashlib.sha256(ray.cloudpickle.dumps(encoder_factory)).hexdigest()
+        self.job = factory_key(ray, encoder_factory)
         self._factory = ray.put(encoder_factory)
         opts = {"num_cpus": 1, "max_retries": max_retries}
         self._identity = ray.remote(_identity_task).options(**opts)

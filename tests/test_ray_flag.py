@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cli.main import normalize_ray_flag, ray_address
+from cli.main import RAY_LOCAL, normalize_ray_flag
+from indexer.ray_cluster import LOCAL
 
 
 @pytest.mark.parametrize(("argv", "expected"), [
@@ -21,10 +22,8 @@ def test_normalize_ray_flag(argv: list[str], expected: list[str]) -> None:
     assert normalize_ray_flag(argv) == expected
 
 
-def test_ray_address() -> None:
-    assert ray_address(None) is None
-    assert ray_address("local") is None
-    assert ray_address("h:1") == "h:1"
+def test_ray_alone_is_what_connect_takes_for_a_local_cluster() -> None:
+    assert RAY_LOCAL == LOCAL
 
 
 def test_onnx_threads_follow_omp_num_threads(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -42,3 +41,33 @@ def test_onnx_threads_follow_omp_num_threads(monkeypatch: pytest.MonkeyPatch) ->
     assert cpu_cores() == cores
     monkeypatch.setenv("OMP_NUM_THREADS", "x")
     assert cpu_cores() == cores
+
+
+@pytest.mark.parametrize(("given", "env", "expected"), [
+    ("local", None, None), (None, None, None), ("local", "10.0.0.5:6379", "10.0.0.5:6379"), ("auto", None, "auto"),
+])
+def test_connect_resolves_local_to_ray_address_or_a_new_cluster(
+        monkeypatch: pytest.MonkeyPatch, given: str | None, env: str | None, expected: str | None) -> None:
+    """``--ray`` alone / XLIR_RAY=local: $RAY_ADDRESS when set, else a new local cluster (address None)."""
+    import indexer.ray_cluster as rc
+
+    calls: list[dict[str, object]] = []
+
+    class FakeRay:
+        @staticmethod
+        def is_initialized() -> bool:
+            return False
+
+        @staticmethod
+        def init(address: str | None = None, **kwargs: object) -> None:
+            calls.append({"address": address, **kwargs})
+
+    monkeypatch.setattr(rc, "require_ray", lambda: FakeRay)
+    monkeypatch.setattr(rc, "_probe", lambda address: None)
+    if env is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    assert rc.connect(given) is FakeRay
+    assert calls[0]["address"] == expected
+    assert ("include_dashboard" in calls[0]) == (expected is None)  # a new local cluster is started lean
